@@ -1,0 +1,98 @@
+"""What plugins register: samplers, models, model adapters and σ schedules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+
+
+class SamplerFn(Protocol):
+    """k-diffusion's sampler shape: ``model(x, sigma, **extra_args)`` returns denoised x."""
+
+    def __call__(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
+                 extra_args: dict | None = None, callback: Callable | None = None,
+                 disable: bool | None = None, **options: Any) -> torch.Tensor: ...
+
+
+def one_eval_per_step(sigmas: torch.Tensor) -> int:
+    """Network evaluations of a one-evaluation-per-step sampler (Euler, DPM-Solver++(2M), ...)."""
+    return len(sigmas) - 1
+
+
+def two_evals_per_step(sigmas: torch.Tensor) -> int:
+    """Evaluations of a two-stage sampler whose step to σ=0 is a single Euler stage (Heun, DPM-2)."""
+    steps = len(sigmas) - 1
+    return 2 * steps - int(steps > 0 and float(sigmas[-1]) == 0.0)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler.
+
+    ``nfe(sigmas)`` says how many network evaluations one run on ``sigmas`` makes;
+    ``stochastic`` is a bool or a function of the run's options (Heun with churn).
+    """
+
+    name: str
+    fn: SamplerFn
+    nfe: Callable[[torch.Tensor], int] = one_eval_per_step
+    stochastic: bool | Callable[[Mapping[str, Any]], bool] = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    plugin: str = ""
+    tunable: bool = True
+    untunable_reason: str = ""
+
+    def options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults with ``overrides`` applied."""
+        return {**self.defaults, **(overrides or {})}
+
+    def is_stochastic(self, options: Mapping[str, Any] | None = None) -> bool:
+        if callable(self.stochastic):
+            return bool(self.stochastic(self.options(options)))
+        return bool(self.stochastic)
+
+    def with_plugin(self, plugin: str) -> "SamplerSpec":
+        return replace(self, plugin=plugin)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model; ``load()`` returns a tunable denoiser."""
+
+    name: str
+    load: Callable[[], Any]
+    description: str = ""
+    plugin: str = ""
+
+    def with_plugin(self, plugin: str) -> "ModelSpec":
+        return replace(self, plugin=plugin)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Turns a foreign denoiser object into a tunable one when ``accepts(obj)``."""
+
+    name: str
+    accepts: Callable[[Any], bool]
+    adapt: Callable[..., Any]
+    description: str = ""
+    plugin: str = ""
+
+    def with_plugin(self, plugin: str) -> "AdapterSpec":
+        return replace(self, plugin=plugin)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """``fn(n, model)`` returns n σ's from high to low for the model's range, then 0."""
+
+    name: str
+    fn: Callable[[int, Any], torch.Tensor]
+    description: str = ""
+    plugin: str = ""
+
+    def with_plugin(self, plugin: str) -> "ScheduleSpec":
+        return replace(self, plugin=plugin)
