@@ -1,0 +1,15 @@
+"""Built-in plugin: the bundled models."""
+
+from registry import ModelSpec, hookimpl
+
+from .. import bundled
+
+
+@hookimpl
+def register_models(register):
+    register(ModelSpec("digits-ddpm", lambda: bundled.load("digits-ddpm"),
+                       "8x8 digits, discrete DDPM (1000 steps, linear beta), eps-prediction U-Net, class-conditional"))
+    register(ModelSpec("digits-edm", lambda: bundled.load("digits-edm"),
+                       "8x8 digits, EDM preconditioning (Karras et al. 2022), same U-Net, class-conditional"))
+    register(ModelSpec("gmm-digits", lambda: bundled.load("gmm-digits"),
+                       "Gaussian mixture fit to the digits with its exact denoiser (no network)"))

@@ -1,0 +1,59 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it becomes ``path`` in one step.
+
+    Without ``overwrite`` an existing ``path`` is never replaced, also when two
+    writers race (the loser gets ``FileExistsError``). On any error the temporary
+    file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: no clobbering
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)

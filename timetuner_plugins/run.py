@@ -1,0 +1,101 @@
+"""Running a registered sampler, plainly or with a τ lookup applied through the ``wrap_model`` hook."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+import registry
+from registry import SamplerSpec
+
+from .noise import SeededNoise
+from .samplers import run_options
+from .tau import RecordingModel, TauLookup
+
+
+def sampler_spec(sampler: str | SamplerSpec) -> SamplerSpec:
+    return sampler if isinstance(sampler, SamplerSpec) else registry.get_sampler(sampler)
+
+
+def make_sigmas(model: Any, schedule: str, steps: int) -> torch.Tensor:
+    """``steps`` σ's of the named schedule over the model's range, then 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return registry.get_schedule(schedule).fn(steps, model)
+
+
+def steps_for_nfe(spec: SamplerSpec, model: Any, schedule: str, nfe: int) -> int:
+    """The most steps whose run makes at most ``nfe`` network evaluations."""
+    best = None
+    for steps in range(1, nfe + 1):
+        if spec.nfe(make_sigmas(model, schedule, steps)) <= nfe:
+            best = steps
+    if best is None:
+        raise ValueError(f"{spec.name} needs more than {nfe} evaluations for a single step")
+    return best
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork and seed torch's global RNG (for samplers that draw with ``torch.randn_like``)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def run_sampler(model: Callable[..., torch.Tensor], spec: SamplerSpec, x: torch.Tensor, sigmas: torch.Tensor, *,
+                lookup: TauLookup | None = None, extra_args: dict | None = None, options: dict | None = None,
+                noise_sampler: Callable | None = None, seed: int = 0, callback: Callable | None = None,
+                disable: bool = True) -> torch.Tensor:
+    """One run of ``spec`` from ``x`` (already at σ₀) over ``sigmas``.
+
+    With a ``lookup`` the model is wrapped by the registry's ``wrap_model`` hook and the
+    run must make exactly ``len(lookup)`` evaluations. Stochastic samplers without a
+    ``noise_sampler`` get seeded noise, so a run is deterministic for ``seed``.
+    """
+    opts = spec.options(options)
+    if noise_sampler is None and spec.is_stochastic(opts):
+        noise_sampler = SeededNoise(x, seed)
+    if noise_sampler is not None:
+        opts["noise_sampler"] = noise_sampler
+    call = model if lookup is None else registry.wrap_model(model, lookup, spec)
+    with seeded(seed, x.device):
+        out = spec.fn(call, x, sigmas.to(x.device), extra_args=extra_args, callback=callback, disable=disable,
+                      **run_options(spec.fn, opts))
+    check = getattr(call, "check_complete", None)
+    if lookup is not None and check is not None:
+        check()
+    return out
+
+
+def sample(model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, noise: torch.Tensor, *,
+           tuned: Any = None, lookup: TauLookup | None = None, force: bool = False, **kwargs: Any) -> torch.Tensor:
+    """Sample from standard-normal ``noise`` (scaled to σ₀ here), optionally with a tuned set.
+
+    A ``tuned`` set is checked against the model, sampler and σ's first; a mismatch
+    raises :class:`~timetuner_plugins.tuned_set.TunedSetMismatch` unless ``force``.
+    """
+    spec = sampler_spec(sampler)
+    if tuned is not None:
+        tuned.check(model=model, sampler=spec.name, sigmas=sigmas, force=force)
+        lookup = tuned.lookup()
+    return run_sampler(model, spec, noise * sigmas[0], sigmas, lookup=lookup, **kwargs)
+
+
+def eval_sigmas(spec: SamplerSpec, sigmas: torch.Tensor, sample_shape: tuple[int, ...],
+                options: dict | None = None) -> torch.Tensor:
+    """The σ of each network evaluation a run on ``sigmas`` makes (found by running it on a stand-in
+    denoiser that returns zeros; samplers whose σ's depend on the model are not tunable)."""
+    recorder = RecordingModel(lambda x, sigma, **_: torch.zeros_like(x))
+    x = torch.randn((1, *sample_shape), generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    with torch.no_grad():
+        run_sampler(recorder, spec, x, sigmas, options=options)
+    recorded = torch.tensor(recorder.sigmas, dtype=torch.float32)
+    expected = spec.nfe(sigmas)
+    if len(recorded) != expected:
+        raise RuntimeError(f"sampler {spec.name!r} made {len(recorded)} evaluations on {len(sigmas) - 1} steps but "
+                           f"its spec says {expected}; fix the nfe function its plugin registers")
+    return recorded

@@ -1,0 +1,112 @@
+"""τ lookups: for each network evaluation of a run, the noise level the network is conditioned on.
+
+A run's k-th evaluation happens at σ_k (``eval_sigmas[k]``); the network sees
+τ_k instead. The model wrapper conditions on ``sigma · (τ_k / σ_k)``, so an identity
+lookup (τ = σ) multiplies by exactly 1.0 and reproduces the plain sampler bit for bit.
+Two ways to find k: by counting calls (our samplers) or by matching σ within a
+relative tolerance (hosts such as ComfyUI that cannot count calls).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+class TauLookupError(RuntimeError):
+    """A run whose evaluations do not line up with the τ lookup."""
+
+
+class TauLookup:
+    """τ_k (σ units) for evaluation k at σ_k; ``tau`` may require grad (tuning)."""
+
+    def __init__(self, eval_sigmas: torch.Tensor, tau: torch.Tensor, rtol: float = 1e-4):
+        if eval_sigmas.ndim != 1 or tau.shape != eval_sigmas.shape:
+            raise ValueError(f"eval_sigmas and tau must be 1-D of one length, got {tuple(eval_sigmas.shape)} "
+                             f"and {tuple(tau.shape)}")
+        self.eval_sigmas, self.tau, self.rtol = eval_sigmas, tau, rtol
+        self.ratio = tau / eval_sigmas
+        self._host_sigmas: list[float] | None = None
+
+    @classmethod
+    def identity(cls, eval_sigmas: torch.Tensor, rtol: float = 1e-4) -> "TauLookup":
+        return cls(eval_sigmas, eval_sigmas.clone(), rtol)
+
+    def __len__(self) -> int:
+        return len(self.eval_sigmas)
+
+    def __repr__(self) -> str:
+        return f"TauLookup({len(self)} evaluations, tau/sigma={[round(r, 4) for r in self.ratio.tolist()]})"
+
+    def is_identity(self) -> bool:
+        return bool(torch.equal(self.tau.detach(), self.eval_sigmas))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "TauLookup":
+        """This lookup on ``device``/``dtype`` (moved once per run, not per step)."""
+        if self.ratio.device == torch.device(device) and self.ratio.dtype == dtype:
+            return self
+        moved = TauLookup(self.eval_sigmas.to(device, dtype), self.tau.to(device, dtype), self.rtol)
+        moved._host_sigmas = self._host_sigmas
+        return moved
+
+    def cond_sigma(self, k: int, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's noise conditioning at evaluation ``k`` made at ``sigma``."""
+        return sigma * self.ratio[k]
+
+    def index_of(self, sigma: float, start: int = 0) -> int | None:
+        """The first evaluation at or after ``start`` whose σ matches within ``rtol``, else any match."""
+        if self._host_sigmas is None:
+            self._host_sigmas = self.eval_sigmas.detach().double().cpu().tolist()
+        matches = [k for k, s in enumerate(self._host_sigmas) if abs(sigma - s) <= self.rtol * s]
+        if not matches:
+            return None
+        return next((k for k in matches if k >= start), matches[0])
+
+    def cond_sigma_matched(self, sigma: torch.Tensor) -> torch.Tensor:
+        """σ-keyed conditioning computed on the device, no host sync: each σ that matches an
+        evaluation σ within ``rtol`` gets that evaluation's ratio (the first one on ties), others
+        keep ratio 1."""
+        ev = self.eval_sigmas.to(sigma.device, sigma.dtype)
+        ratio = self.ratio.to(sigma.device, sigma.dtype)
+        flat = sigma.reshape(-1, 1)
+        close = (flat - ev).abs() <= self.rtol * ev
+        first = close.float().argmax(dim=1)
+        picked = torch.where(close.any(dim=1), ratio[first], torch.ones_like(flat[:, 0]))
+        return sigma * picked.reshape(sigma.shape)
+
+
+class TauModel:
+    """Wraps a tunable denoiser so the k-th call is conditioned on τ_k (counted calls)."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], lookup: TauLookup):
+        self.inner_model, self.lookup, self.calls = model, lookup, 0
+        self._moved: TauLookup | None = None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        k = self.calls
+        if k >= len(self.lookup):
+            raise TauLookupError(
+                f"the sampler made more than {len(self.lookup)} network evaluations, the number this τ set "
+                f"was made for: it was tuned for another sampler, schedule or step count")
+        if self._moved is None:
+            self._moved = self.lookup.to(sigma.device, sigma.dtype)
+        self.calls = k + 1
+        return self.inner_model(x, sigma, cond_sigma=self._moved.cond_sigma(k, sigma), **extra)
+
+    def check_complete(self) -> None:
+        """Raise if the run made fewer evaluations than the lookup has."""
+        if self.calls != len(self.lookup):
+            raise TauLookupError(f"the sampler made {self.calls} network evaluations but this τ set has "
+                                 f"{len(self.lookup)}: it was tuned for another sampler, schedule or step count")
+
+
+class RecordingModel:
+    """Records the σ of each evaluation (host floats) and passes the call through."""
+
+    def __init__(self, model: Callable[..., torch.Tensor]):
+        self.inner_model, self.sigmas = model, []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        self.sigmas.append(float(sigma.reshape(-1)[0]))
+        return self.inner_model(x, sigma, **extra)
