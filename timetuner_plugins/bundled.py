@@ -1,0 +1,78 @@
+"""The bundled models: safetensors weights under ``timetuner_plugins/weights`` (no pickle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from . import nets
+from .denoisers import DiscreteVPDenoiser, EDMDenoiser, TunableDenoiser
+from .gmm import GMMDenoiser
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+FILES = {
+    "digits-ddpm": "digits_ddpm.safetensors",
+    "digits-edm": "digits_edm.safetensors",
+    "gmm-digits": "gmm_digits.safetensors",
+    "digits-classifier": "digits_classifier.safetensors",
+}
+
+
+def weights_path(name: str) -> Path:
+    path = WEIGHTS / FILES[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled weights for {name!r} are missing at {path}; reinstall the package or "
+                                f"rebuild them with `python -m timetuner_plugins.training {name}`")
+    return path
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return load_file(str(path)), metadata
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _net(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> torch.nn.Module:
+    net = nets.build(metadata["arch"], json.loads(metadata["config"]))
+    net.load_state_dict(_strip(tensors, "net."))
+    return net.eval().requires_grad_(False)
+
+
+def load(name: str) -> TunableDenoiser:
+    """A bundled diffusion model as a tunable denoiser, on CPU, in eval mode."""
+    return load_path(weights_path(name), name)
+
+
+def load_path(path: Path, name: str | None = None) -> TunableDenoiser:
+    """A diffusion model from a weights file written by the training scripts."""
+    tensors, metadata = read_weights(path)
+    kind = metadata.get("kind")
+    if kind == "vp_discrete":
+        betas = json.loads(metadata["betas"])
+        model: TunableDenoiser = DiscreteVPDenoiser(
+            _net(tensors, metadata), DiscreteVPDenoiser.linear_betas(**betas), metadata["prediction"])
+    elif kind == "edm":
+        model = EDMDenoiser(_net(tensors, metadata), float(metadata["sigma_data"]), float(metadata["sigma_min"]),
+                            float(metadata["sigma_max"]))
+    elif kind == "gmm":
+        model = GMMDenoiser(tensors["weights"], tensors["means"], tensors["covariances"],
+                            tuple(json.loads(metadata["sample_shape"])))
+    else:
+        raise ValueError(f"{path}: unknown model kind {kind!r} in its weights file")
+    model.sample_shape = tuple(json.loads(metadata.get("sample_shape", "[1, 8, 8]")))
+    model.model_id = name or metadata.get("model_id", path.stem)
+    model.fd_kind = "gmm" if kind == "gmm" else "digits"
+    return model.eval().requires_grad_(False)
+
+
+def load_classifier() -> nets.DigitsClassifier:
+    tensors, metadata = read_weights(weights_path("digits-classifier"))
+    return _net(tensors, metadata)

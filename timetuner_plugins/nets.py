@@ -1,0 +1,116 @@
+"""The bundled networks: a small U-Net denoiser and a digits classifier for FD features.
+
+On 2 CPU cores a 3×3 convolution at 8×8 costs about 0.6 ms per call at batch 128
+whatever its width (per-call overhead, not arithmetic), so the U-Net keeps its
+convolutions at the 8×8 edges (encoder, decoder, skip) and does its depth in a
+dense bottleneck at 4×4: 3.7 ms per batch-128 evaluation against 24 ms for an
+all-convolution U-Net of similar width, measured on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NULL_LABEL = 10  # the "no class" label of the class-conditional digits models (for CFG)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of continuous (fractional) noise labels."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class _DenseBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.inner = nn.Linear(width, width)
+        self.film = nn.Linear(width, 2 * width)
+        self.outer = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(emb).chunk(2, dim=1)
+        z = self.inner(F.silu(h)) * (1 + scale) + shift
+        return h + self.outer(F.silu(z))
+
+
+class DigitsUNet(nn.Module):
+    """ε (or F) network for 8×8 digits: conv encoder, dense FiLM bottleneck, conv decoder with skip.
+
+    ``forward(x, noise_label, label=None)``; ``noise_label`` is the fractional
+    timestep (DDPM) or EDM's c_noise, multiplied by ``label_scale`` before the
+    sinusoidal embedding; ``label`` is a class 0-9 or ``NULL_LABEL``.
+    """
+
+    def __init__(self, channels: int = 32, width: int = 256, blocks: int = 3, label_scale: float = 1.0,
+                 num_classes: int = 10):
+        super().__init__()
+        self.config = dict(channels=channels, width=width, blocks=blocks, label_scale=label_scale,
+                           num_classes=num_classes)
+        c = channels
+        self.label_scale = label_scale
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.down = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.to_dense = nn.Linear(16 * c, width)
+        self.time_mlp = nn.Sequential(nn.Linear(64, width), nn.SiLU(), nn.Linear(width, width))
+        self.class_emb = nn.Embedding(num_classes + 1, width)
+        self.blocks = nn.ModuleList(_DenseBlock(width) for _ in range(blocks))
+        self.from_dense = nn.Linear(width, 16 * c)
+        self.up = nn.ConvTranspose2d(c, c, 2, stride=2)
+        self.head = nn.Conv2d(2 * c, 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        b = x.shape[0]
+        if noise_label.ndim == 0:
+            noise_label = noise_label.expand(b)
+        if label is None:
+            label = torch.full((b,), self.config["num_classes"], dtype=torch.long, device=x.device)
+        emb = self.time_mlp(timestep_embedding(noise_label * self.label_scale, 64).to(x.dtype))
+        emb = emb + self.class_emb(label.to(x.device))
+        skip = F.silu(self.stem(x))
+        h = self.to_dense(F.silu(self.down(skip)).reshape(b, -1))
+        for block in self.blocks:
+            h = block(h, emb)
+        h = F.silu(self.up(self.from_dense(F.silu(h)).reshape(b, -1, 4, 4)))
+        return self.head(torch.cat([h, skip], dim=1))
+
+
+class DigitsClassifier(nn.Module):
+    """A small conv classifier; ``features`` (64-d, before the last layer) serve the Fréchet distance."""
+
+    def __init__(self, channels: int = 32, features: int = 64):
+        super().__init__()
+        self.config = dict(channels=channels, features=features)
+        c = channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(2 * c * 16, features), nn.SiLU(),
+        )
+        self.logits = nn.Linear(features, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.body(x))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"DigitsUNet": DigitsUNet, "DigitsClassifier": DigitsClassifier}
+
+
+def build(arch: str, config: dict[str, Any]) -> nn.Module:
+    """Rebuild a bundled network from the architecture name and config stored with its weights."""
+    try:
+        return ARCHITECTURES[arch](**config)
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}") from None

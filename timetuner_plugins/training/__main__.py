@@ -1,0 +1,39 @@
+"""``python -m timetuner_plugins.training NAME [--steps N] [--seed S] [--out FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..bundled import FILES, WEIGHTS
+from . import digits
+
+TRAINERS = {
+    "digits-ddpm": digits.train_ddpm,
+    "digits-edm": digits.train_edm,
+    "gmm-digits": lambda out, steps=None, seed=0: digits.fit_gmm(out, seed=seed),
+    "digits-classifier": digits.train_classifier,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m timetuner_plugins.training", description=__doc__)
+    parser.add_argument("name", choices=[*TRAINERS, "all"])
+    parser.add_argument("--steps", type=int, help="optimisation steps (default: the shipped recipe)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="output file (default: the bundled weights path)")
+    args = parser.parse_args(argv)
+    names = list(TRAINERS) if args.name == "all" else [args.name]
+    if args.out and len(names) > 1:
+        parser.error("--out needs a single model name")
+    for name in names:
+        kwargs = {"seed": args.seed}
+        if args.steps:
+            kwargs["steps"] = args.steps
+        out = args.out or WEIGHTS / FILES[name]
+        TRAINERS[name](out, **kwargs)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
