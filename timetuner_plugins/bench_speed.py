@@ -1,0 +1,72 @@
+"""Speed figures: τ-wrapped sampling against the plain sampler, and default tuning time.
+
+``python -m timetuner_plugins.bench_speed [--quick]`` prints a table; the README quotes it.
+Timings interleave plain and τ runs and report medians, so drift on a shared machine
+affects both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import registry
+
+from .evaluate import eval_noise
+from .run import eval_sigmas, make_sigmas, run_sampler
+from .tau import TauLookup
+from .tuner import TuneConfig, Tuner
+
+
+def overhead(model_name: str, sampler: str, steps: int, batch: int, repeats: int) -> dict[str, float]:
+    model = registry.load_model(model_name)
+    spec = registry.get_sampler(sampler)
+    sigmas = make_sigmas(model, model.default_schedule, steps)
+    ev = eval_sigmas(spec, sigmas, model.sample_shape)
+    lookup = TauLookup(ev, ev * torch.linspace(1.05, 0.95, len(ev)))  # not identity: the real code path
+    x = eval_noise(batch, tuple(model.sample_shape), 0) * sigmas[0]
+    plain, tuned = [], []
+    with torch.no_grad():
+        for _ in range(2):  # warm-up
+            run_sampler(model, spec, x, sigmas)
+            run_sampler(model, spec, x, sigmas, lookup=lookup)
+        for _ in range(repeats):
+            for times, lk in ((plain, None), (tuned, lookup)):
+                started = time.perf_counter()
+                run_sampler(model, spec, x, sigmas, lookup=lk)
+                times.append(time.perf_counter() - started)
+    p, t = statistics.median(plain), statistics.median(tuned)
+    return {"plain_ms": p * 1e3, "tau_ms": t * 1e3, "overhead_pct": (t / p - 1) * 100, "nfe": len(ev)}
+
+
+def tuning_time(model_name: str, sampler: str, nfe: int) -> dict[str, float]:
+    model = registry.load_model(model_name)
+    sigmas = make_sigmas(model, model.default_schedule, nfe)
+    started = time.perf_counter()
+    result = Tuner(model, sampler, sigmas, model.default_schedule, TuneConfig(show_progress=False)).tune()
+    return {"seconds": time.perf_counter() - started, "iters": result.config.iters, "nfe": len(result.tau)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 31
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'model':<12} {'sampler':<9} {'batch':>5} {'NFE':>3} {'plain ms':>9} {'τ ms':>9} {'overhead':>9}")
+    for sampler in ("ddim", "dpmpp_2m", "heun"):
+        for batch in (64, 1000):
+            r = overhead("digits-ddpm", sampler, 10, batch, repeats)
+            print(f"{'digits-ddpm':<12} {sampler:<9} {batch:>5} {r['nfe']:>3} {r['plain_ms']:>9.2f} {r['tau_ms']:>9.2f} "
+                  f"{r['overhead_pct']:>8.2f}%", flush=True)
+    if not args.quick:
+        r = tuning_time("digits-ddpm", "ddim", 10)
+        print(f"tuning digits-ddpm × ddim, NFE {r['nfe']}, default settings ({r['iters']} iterations, teacher "
+              f"included): {r['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

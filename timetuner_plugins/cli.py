@@ -1,0 +1,260 @@
+"""The ``timetuner`` command line (also ``python -m timetuner_plugins``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import registry
+
+from . import __version__
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. --option s_churn=10)", param_hint="--option")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class _Group(click.Group):
+    """Turns our own errors into one clean line and exit code 1 (a traceback only with TIMETUNER_DEBUG)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import os
+
+        from .shipped import NoShippedSet
+        from .tau import TauLookupError
+        from .tuned_set import TunedSetError
+        from .tuner import TuneError
+
+        try:
+            return super().invoke(ctx)
+        except (registry.UnknownNameError, TunedSetError, TuneError, TauLookupError, FileExistsError,
+                NoShippedSet) as exc:
+            if os.environ.get("TIMETUNER_DEBUG"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="timetuner")
+def cli() -> None:
+    """TimeTuner: learned network timesteps (τ) for few-step diffusion samplers."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def samplers(as_json: bool) -> None:
+    """List the registered samplers, with the plugin each comes from."""
+    specs = registry.samplers()
+    rows = [{"name": s.name, "plugin": s.plugin, "stochastic": s.is_stochastic(), "tunable": s.tunable,
+             "defaults": {k: v for k, v in s.defaults.items()}, "description": s.description,
+             **({"untunable_reason": s.untunable_reason} if not s.tunable else {})} for s in specs.values()]
+    problems = [{"plugin": p.plugin, "message": p.message} for p in registry.problems()]
+    width = max((len(r["name"]) for r in rows), default=4)
+    lines = [f"{r['name']:<{width}}  {r['plugin']:<34} {'stochastic' if r['stochastic'] else 'deterministic':<13} "
+             f"{'' if r['tunable'] else '(untunable: ' + r['untunable_reason'] + ') '}{r['description']}" for r in rows]
+    lines += [f"note: plugin {p['plugin']}: {p['message']}" for p in problems]
+    _emit({"samplers": rows, "problems": problems}, as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json: bool) -> None:
+    """List the registered models."""
+    rows = [{"name": m.name, "plugin": m.plugin, "description": m.description} for m in registry.models().values()]
+    width = max((len(r["name"]) for r in rows), default=4)
+    _emit(rows, as_json, "\n".join(f"{r['name']:<{width}}  {r['description']}" for r in rows))
+
+
+def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | None) -> int:
+    from .run import steps_for_nfe
+
+    if (steps is None) == (nfe is None):
+        raise click.UsageError("give exactly one of --steps (sampler steps) or --nfe (network evaluations)")
+    return steps if steps is not None else steps_for_nfe(spec, model, schedule, nfe)
+
+
+@cli.command()
+@click.option("--model", required=True, help="A registered model (see `timetuner models`).")
+@click.option("--sampler", required=True, help="A registered sampler (see `timetuner samplers`).")
+@click.option("--steps", type=click.IntRange(1), help="Sampler steps (intervals of the σ schedule).")
+@click.option("--nfe", type=click.IntRange(1), help="Or: the most steps within this many network evaluations.")
+@click.option("--schedule", default=None, help="σ schedule (default: the model's).")
+@click.option("--objective", type=click.Choice(["paper", "trajectory", "final"]), default="final", show_default=True)
+@click.option("--mode", type=click.Choice(["sequential", "parallel"]), default="sequential", show_default=True,
+              help="For --objective paper.")
+@click.option("--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper).")
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01; paper 2e-3).")
+@click.option("--param", type=click.Choice(["log_ratio", "t_ratio"]), default=None)
+@click.option("--data", type=click.Choice(["teacher", "real"]), default=None,
+              help="teacher: data-free from the model's own high-NFE run; real: the model's data (paper only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output tuned set (default: MODEL_SAMPLER_SCHEDULE_nfeK.safetensors).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left beside --out.")
+@click.option("--eval-n", type=click.IntRange(0), default=1000, show_default=True,
+              help="Samples for the before/after metrics stored in the set (0 skips them).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
+         mode: str, iters: int | None, batch: int, lr: float | None, param: str | None, data: str | None, seed: int,
+         options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, eval_n: int, quiet: bool) -> None:
+    """Train τ for a sampler × schedule × model and save a tuned set."""
+    from .evaluate import evaluate
+    from .run import make_sigmas
+    from .tuner import TuneConfig, Tuner
+
+    spec = registry.get_sampler(sampler)
+    m = registry.load_model(model)
+    schedule = schedule or m.default_schedule
+    registry.get_schedule(schedule)
+    n_steps = _steps(spec, m, schedule, steps, nfe)
+    sigmas = make_sigmas(m, schedule, n_steps)
+    opts = _parse_options(options)
+    base = TuneConfig.paper(mode) if objective == "paper" else TuneConfig(objective=objective)
+    for key, value in dict(iters=iters, lr=lr, param=param, data=data).items():
+        if value is not None:
+            setattr(base, key, value)
+    base.batch, base.seed, base.show_progress = batch, seed, not quiet
+    tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
+    out = out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another file")
+    tuner.checkpoint = out.with_name(out.name + ".ckpt")
+    result = tuner.tune(resume=resume)
+    before = after = {}
+    if eval_n:
+        before = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts)
+        after = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts, lookup=result.tuned_set(m).lookup())
+    result.tuned_set(m, before, after).save(out, overwrite=overwrite)
+    click.echo(f"wrote {out}: {spec.name} on {model}, {schedule}, {n_steps} steps, NFE {len(result.tau)}, "
+               f"{objective}, {result.seconds:.1f} s")
+    if eval_n:
+        click.echo(_metric_line("untuned", before) + "\n" + _metric_line("tuned", after))
+
+
+def _metric_line(label: str, m: dict[str, Any]) -> str:
+    fd = "n/a" if m.get("fd") is None else f"{m['fd']:.4f}"
+    return f"  {label:<8} FD {fd}  traj_err {m['traj_err']:.4f}  NFE {m['nfe']}  {m['seconds']:.2f} s"
+
+
+@cli.command(name="eval")
+@click.option("--tuned", "tuned_path", type=click.Path(path_type=Path), default=None, help="A tuned-set file.")
+@click.option("--model", default=None, help="Model (default: the one the set was tuned for).")
+@click.option("--sampler", default=None, help="Without --tuned: the sampler to evaluate untuned.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Without --tuned: sampler steps.")
+@click.option("--schedule", default=None, help="Without --tuned: σ schedule (default: the model's).")
+@click.option("--n", "n", type=click.IntRange(2), default=1000, show_default=True, help="Samples.")
+@click.option("--seed", type=int, default=10_000, show_default=True, help="Evaluation noise seed.")
+@click.option("--force", is_flag=True, help="Apply a set whose model, sampler or schedule does not match.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps: int | None, schedule: str | None,
+          n: int, seed: int, force: bool, as_json: bool) -> None:
+    """Evaluate a tuned set against the untuned sampler: FD, trajectory error, NFE, seconds."""
+    from .evaluate import evaluate
+    from .run import make_sigmas
+    from .tuned_set import TunedSet
+
+    if tuned_path is not None:
+        ts = TunedSet.load(tuned_path)
+        m = registry.load_model(model or ts.model_id)
+        spec = registry.get_sampler(ts.sampler)
+        ts.check(model=m, sampler=spec.name, force=force)
+        sigmas, schedule = ts.sigmas, ts.schedule
+        options = ts.sampler_options
+    else:
+        if not (model and sampler and steps):
+            raise click.UsageError("give --tuned FILE, or --model, --sampler and --steps to evaluate untuned")
+        ts, m, spec = None, registry.load_model(model), registry.get_sampler(sampler)
+        schedule = schedule or m.default_schedule
+        sigmas, options = make_sigmas(m, schedule, steps), {}
+    untuned = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options)
+    report: dict[str, Any] = {"model": m.model_id, "sampler": spec.name, "schedule": schedule,
+                              "steps": len(sigmas) - 1, "untuned": untuned}
+    result = untuned
+    if ts is not None:
+        result = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options, lookup=ts.lookup())
+        report.update(tuned=result, tuned_set=str(tuned_path))
+    report.update({k: result[k] for k in ("fd", "fd_reference", "traj_err", "nfe", "seconds")})
+    lines = [f"{m.model_id} × {spec.name}, {schedule}, {len(sigmas) - 1} steps ({n} samples)",
+             _metric_line("untuned", untuned)]
+    if ts is not None:
+        lines.append(_metric_line("tuned", result))
+    if result.get("fd_reference") is not None:
+        lines.append(f"  reference FD (500 NFE) {result['fd_reference']:.4f}")
+    _emit(report, as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(files: tuple[Path, ...], as_json: bool) -> None:
+    """Show a tuned set's metadata and τ; with no FILES, list the shipped sets."""
+    from . import shipped
+    from .tuned_set import TunedSet, TunedSetError
+
+    if not files:
+        rows = [{"file": str(e.path), "model": e.model, "sampler": e.sampler, "schedule": e.schedule, "nfe": e.nfe,
+                 "objective": e.objective, "metrics": e.metrics} for e in shipped.entries()]
+        _emit(rows, as_json, "\n".join(f"{r['model']:<12} {r['sampler']:<24} NFE {r['nfe']:<3} {r['schedule']:<12} "
+                                       f"{r['file']}" for r in rows) or "no shipped tuned sets")
+        return
+    reports, failed = [], False
+    for path in files:
+        try:
+            reports.append(TunedSet.load(path).summary())
+        except TunedSetError as exc:
+            failed = True
+            reports.append({"path": str(path), "error": str(exc)})
+    if as_json:
+        _emit(reports, True, "")
+    else:
+        for r in reports:
+            if "error" in r:
+                click.echo(f"{r['path']}: INVALID\n  {r['error']}")
+                continue
+            click.echo(f"{r['path']}\n  model {r['model_id']} ({r['model_fingerprint'][:16]}…)  sampler {r['sampler']} "
+                       f"{r['sampler_options'] or ''}\n  schedule {r['schedule']}, {r['steps']} steps, NFE {r['nfe']}, "
+                       f"objective {r['objective']} ({r['mode']}), {r['iterations']} iterations, seed {r['seed']}, "
+                       f"data {r['data_source']}\n  written by timetuner {r['library_version']} at {r['created']}")
+            click.echo("  τ/σ " + " ".join(f"{v:.3f}" for v in r["tau_over_sigma"]))
+            for label in ("metrics_before", "metrics_after"):
+                if r[label]:
+                    click.echo(f"  {label}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in r[label].items()))
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--retune", is_flag=True, help="Tune the sets here instead of using the shipped ones.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), show_default=True)
+@click.option("--n", "n", type=click.IntRange(100), default=1000, show_default=True, help="Samples per evaluation.")
+def demo(retune: bool, out: Path, n: int) -> None:
+    """Untuned vs tuned DDIM and DPM-Solver++(2M) at NFE 5 and 10 on digits-ddpm, with figures."""
+    from .demo import run_demo
+
+    run_demo(out, retune=retune, n=n)
+
+
+def main() -> None:
+    cli(prog_name="timetuner")

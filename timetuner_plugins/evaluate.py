@@ -1,0 +1,110 @@
+"""Evaluating a sampler run, untuned or with τ: FD, error against a 500-NFE reference, time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from registry import SamplerSpec
+
+from .io import atomic_path
+from .metrics import fd_metric, trajectory_error
+from .noise import BrownianNoise
+from .run import eval_sigmas, make_sigmas, run_sampler, steps_for_nfe
+from .tau import TauLookup
+
+REFERENCE_NFE = 500
+EVAL_SEED = 10_000   # evaluation noise is drawn apart from any tuning seed
+CHUNK = 500
+
+
+def cache_dir() -> Path:
+    """Where reference runs are cached: $TIMETUNER_CACHE, else ~/.cache/timetuner."""
+    return Path(os.environ.get("TIMETUNER_CACHE", Path.home() / ".cache" / "timetuner"))
+
+
+def eval_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def generate(model: Any, spec: SamplerSpec, sigmas: torch.Tensor, noise: torch.Tensor, *,
+             lookup: TauLookup | None = None, options: dict | None = None, extra_args: dict | None = None,
+             seed: int = EVAL_SEED, chunk: int = CHUNK) -> torch.Tensor:
+    """Samples from ``noise`` in chunks; stochastic samplers follow one Brownian path per chunk, so runs
+    with different step counts from the same seed are comparable sample by sample."""
+    stochastic = spec.is_stochastic(options)
+    out = []
+    with torch.no_grad():
+        for c, sub in enumerate(noise.split(chunk)):
+            x = sub * sigmas[0]
+            ns = BrownianNoise(x, model.sigma_min, model.sigma_max, seed + c) if stochastic else None
+            args = _slice_args(extra_args, c * chunk, len(sub))
+            out.append(run_sampler(model, spec, x, sigmas, lookup=lookup, options=options, extra_args=args,
+                                   noise_sampler=ns, seed=seed + c))
+    return torch.cat(out)
+
+
+def _slice_args(extra_args: dict | None, start: int, n: int) -> dict | None:
+    if not extra_args:
+        return extra_args
+    return {k: v[start:start + n] if torch.is_tensor(v) and v.ndim and len(v) > 1 else v for k, v in extra_args.items()}
+
+
+def _key(*parts: Any) -> str:
+    def enc(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        if isinstance(v, dict):
+            return {k: enc(x) for k, x in sorted(v.items())}
+        return v
+    return hashlib.sha256(json.dumps([enc(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def reference(model: Any, spec: SamplerSpec, schedule: str, noise: torch.Tensor, *, options: dict | None = None,
+              extra_args: dict | None = None, seed: int = EVAL_SEED, nfe: int = REFERENCE_NFE) -> torch.Tensor:
+    """The same sampler at about ``nfe`` evaluations on the same schedule from the same noise (and the
+    same Brownian path for stochastic samplers); cached on disk by everything it depends on."""
+    options = spec.options(options)
+    key = _key("reference-v1", model.fingerprint, spec.name, spec.plugin, options, schedule, nfe, noise, extra_args,
+               seed)
+    path = cache_dir() / "references" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["samples"]
+        except Exception:
+            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
+    steps = steps_for_nfe(spec, model, schedule, nfe)
+    samples = generate(model, spec, make_sigmas(model, schedule, steps), noise, options=options,
+                       extra_args=extra_args, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file({"samples": samples.contiguous()}, str(tmp))
+    return samples
+
+
+def evaluate(model: Any, sampler: SamplerSpec, sigmas: torch.Tensor, schedule: str, *, lookup: TauLookup | None = None,
+             n: int = 1000, seed: int = EVAL_SEED, options: dict | None = None, extra_args: dict | None = None,
+             ref: torch.Tensor | None = None) -> dict[str, Any]:
+    """``fd`` (None when the model has no FD), ``fd_reference``, ``traj_err``, ``nfe`` and ``seconds``."""
+    noise = eval_noise(n, tuple(model.sample_shape), seed)
+    if ref is None:
+        ref = reference(model, sampler, schedule, noise, options=options, extra_args=extra_args, seed=seed)
+    started = time.perf_counter()
+    samples = generate(model, sampler, sigmas, noise, lookup=lookup, options=options, extra_args=extra_args, seed=seed)
+    seconds = time.perf_counter() - started
+    fd = fd_metric(model)
+    return {
+        "fd": None if fd is None else fd(samples),
+        "fd_reference": None if fd is None else fd(ref),
+        "traj_err": trajectory_error(samples, ref),
+        "nfe": len(eval_sigmas(sampler, sigmas, tuple(model.sample_shape), options)),
+        "seconds": round(seconds, 4),
+        "n": n,
+    }

@@ -1,0 +1,86 @@
+"""The shipped tuned sets: ``tuned_sets/index.yaml`` lists each file with its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import tuned_sets
+
+from .tuned_set import TunedSet, TunedSetError
+
+ROOT = Path(tuned_sets.__file__).resolve().parent
+INDEX = ROOT / "index.yaml"
+
+
+class NoShippedSet(LookupError):
+    """No shipped set matches the request."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    file: str
+    model: str
+    sampler: str
+    schedule: str
+    steps: int
+    nfe: int
+    objective: str
+    sha256: str
+    metrics: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return ROOT / self.file
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def entries() -> list[Entry]:
+    """Every set the index lists (an absent index lists none)."""
+    if not INDEX.is_file():
+        return []
+    try:
+        raw = yaml.safe_load(INDEX.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TunedSetError(INDEX, f"is not valid YAML ({exc})", "Reinstall the package") from None
+    return [Entry(**{**item, "metrics": item.get("metrics") or {}}) for item in raw.get("sets", [])]
+
+
+def find(model: str, sampler: str, nfe: int | None = None, steps: int | None = None) -> Entry:
+    """The shipped set for model × sampler at ``nfe`` evaluations (or ``steps`` steps)."""
+    matches = [e for e in entries() if e.model == model and e.sampler == sampler
+               and (nfe is None or e.nfe == nfe) and (steps is None or e.steps == steps)]
+    if not matches:
+        have = sorted({f"{e.sampler}@{e.nfe}" for e in entries() if e.model == model})
+        raise NoShippedSet(f"no shipped tuned set for {model} × {sampler} at "
+                          f"{f'NFE {nfe}' if nfe is not None else f'{steps} steps'}; shipped for {model}: "
+                          f"{', '.join(have) or 'none'}. Tune one with `timetuner tune`.")
+    return matches[0]
+
+
+def load(entry: Entry) -> TunedSet:
+    """Load a shipped set after checking its sha256 against the index."""
+    if not entry.path.is_file():
+        raise TunedSetError(entry.path, "is listed in the index but missing", "Reinstall the package")
+    digest = sha256_file(entry.path)
+    if digest != entry.sha256:
+        raise TunedSetError(entry.path, f"has sha256 {digest[:12]}… but the index records {entry.sha256[:12]}…",
+                            "The file was modified or damaged: reinstall the package")
+    return TunedSet.load(entry.path)
+
+
+def write_index(items: list[Entry]) -> None:
+    """Rewrite the index (used by the script that builds the shipped sets)."""
+    from .io import atomic_path
+
+    body = {"format": 1, "sets": [{k: getattr(e, k) for k in Entry.__dataclass_fields__} for e in items]}
+    with atomic_path(INDEX, overwrite=True) as tmp:
+        tmp.write_text("# Shipped tuned sets; regenerate with `python -m timetuner_plugins.build_sets`.\n"
+                       + yaml.safe_dump(body, sort_keys=False))

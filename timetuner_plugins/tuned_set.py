@@ -1,0 +1,263 @@
+"""Tuned-set files: safetensors with ``sigmas``, ``eval_sigmas``, ``tau`` and string metadata.
+
+Loading never unpickles anything and validates every field; each problem raises
+:class:`TunedSetError` naming the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from . import __version__
+from .io import atomic_path
+from .tau import TauLookup
+
+FORMAT_VERSION = 1
+TENSORS = ("sigmas", "eval_sigmas", "tau")
+MAX_FILE_BYTES = 16 * 2 ** 20      # a tuned set is a few kB; anything this big is not one
+MAX_HEADER_BYTES = 256 * 2 ** 10
+SIGMA_RTOL = 1e-4
+REQUIRED = ("format_version", "model_id", "model_fingerprint", "sampler", "sampler_options", "schedule", "steps",
+            "nfe", "objective", "mode", "iterations", "seed", "data_source", "library_version", "created")
+JSON_FIELDS = ("sampler_options", "metrics_before", "metrics_after", "extra")
+INT_FIELDS = ("format_version", "steps", "nfe", "iterations", "seed")
+
+
+class TunedSetError(ValueError):
+    """A tuned-set file that cannot be used: the message names the file, the problem and the fix."""
+
+    def __init__(self, path: str | Path | None, problem: str, fix: str):
+        self.path, self.problem, self.fix = (str(path) if path else None), problem, fix
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}{problem}. {fix}")
+
+
+class TunedSetMismatch(TunedSetError):
+    """A valid tuned set used with a model, sampler or schedule it was not tuned for."""
+
+
+@dataclass
+class TunedSet:
+    """τ for every network evaluation of one sampler × schedule × model run, with its provenance."""
+
+    sigmas: torch.Tensor
+    eval_sigmas: torch.Tensor
+    tau: torch.Tensor
+    model_id: str
+    model_fingerprint: str
+    sampler: str
+    schedule: str
+    objective: str
+    mode: str = "-"
+    iterations: int = 0
+    seed: int = 0
+    data_source: str = "teacher"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    metrics_before: dict[str, Any] = field(default_factory=dict)
+    metrics_after: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    library_version: str = __version__
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+    path: Path | None = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def nfe(self) -> int:
+        return len(self.tau)
+
+    def lookup(self, rtol: float = SIGMA_RTOL) -> TauLookup:
+        return TauLookup(self.eval_sigmas, self.tau, rtol)
+
+    def metadata(self) -> dict[str, str]:
+        meta: dict[str, Any] = {k: v for k, v in asdict(self).items() if k not in (*TENSORS, "path")}
+        meta.update(steps=self.steps, nfe=self.nfe, created=self.created or
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return {k: json.dumps(v, sort_keys=True) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
+
+    def to_bytes(self) -> bytes:
+        _validate_tensors(None, {"sigmas": self.sigmas, "eval_sigmas": self.eval_sigmas, "tau": self.tau})
+        tensors = {name: getattr(self, name).detach().to("cpu", torch.float32).contiguous() for name in TENSORS}
+        return save_safetensors(tensors, metadata=self.metadata())
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write atomically; an existing file is replaced only with ``overwrite``."""
+        path = Path(path)
+        data = self.to_bytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_bytes(data)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TunedSet":
+        """Read and validate a tuned-set file."""
+        path = Path(path)
+        if not path.exists():
+            raise TunedSetError(path, "no such file", "Check the path, or list shipped sets with `timetuner inspect`")
+        if not path.is_file():
+            raise TunedSetError(path, "is a directory, not a tuned-set file", "Pass the .safetensors file inside it")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise TunedSetError(path, f"is {size} bytes, far larger than any tuned set",
+                                "Check that this is a tuned-set file and not a model checkpoint")
+        return cls.from_bytes(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | Path | None = None) -> "TunedSet":
+        metadata = _read_header(data, path)
+        try:
+            tensors = load_safetensors(data)
+        except Exception as exc:
+            raise TunedSetError(path, f"is not a valid safetensors file ({exc})",
+                                "The file is corrupt or truncated: download or tune it again") from None
+        _validate_tensors(path, tensors)
+        meta = _parse_metadata(path, metadata)
+        if meta["nfe"] != len(tensors["tau"]) or meta["steps"] != len(tensors["sigmas"]) - 1:
+            raise TunedSetError(path, f"metadata says {meta['steps']} steps / {meta['nfe']} evaluations but the tensors "
+                                f"hold {len(tensors['sigmas']) - 1} / {len(tensors['tau'])}",
+                                "The file was edited or corrupted: tune it again")
+        meta.pop("steps")
+        meta.pop("nfe")
+        return cls(**{k: tensors[k].float() for k in TENSORS}, **meta, path=Path(path) if path else None)
+
+    def check(self, *, model: Any = None, sampler: str | None = None, sigmas: torch.Tensor | None = None,
+              nfe: int | None = None, force: bool = False) -> list[str]:
+        """Compare against a run; raise :class:`TunedSetMismatch` on any difference unless ``force``
+        (then warn). Returns the differences."""
+        problems = []
+        fingerprint = getattr(model, "fingerprint", None)
+        if model is not None and fingerprint != self.model_fingerprint:
+            problems.append(f"tuned for model {self.model_id!r} (fingerprint {self.model_fingerprint[:12]}…) but the "
+                            f"run's model is {getattr(model, 'model_id', '?')!r} ({str(fingerprint)[:12]}…)")
+        if sampler is not None and sampler != self.sampler:
+            problems.append(f"tuned for sampler {self.sampler!r} but the run uses {sampler!r}")
+        if sigmas is not None and not sigmas_match(self.sigmas, sigmas):
+            problems.append(f"tuned on the {self.schedule} schedule with {self.steps} steps "
+                            f"{_short(self.sigmas)} but the run's σ's are {_short(sigmas)} ({len(sigmas) - 1} steps)")
+        if nfe is not None and nfe != self.nfe:
+            problems.append(f"tuned for {self.nfe} network evaluations but the run makes {nfe}")
+        if problems and not force:
+            raise TunedSetMismatch(self.path, "; ".join(problems),
+                                   "Use a set tuned for this run (`timetuner tune ...`), or pass --force "
+                                   "(force=True) to apply it anyway")
+        for problem in problems:
+            warnings.warn(f"{self.path or 'tuned set'}: {problem} (applied anyway: force)", stacklevel=2)
+        return problems
+
+    def summary(self) -> dict[str, Any]:
+        meta = {k: (json.loads(v) if k in JSON_FIELDS else v) for k, v in self.metadata().items()}
+        meta.update(sigmas=self.sigmas.tolist(), eval_sigmas=self.eval_sigmas.tolist(), tau=self.tau.tolist(),
+                    tau_over_sigma=(self.tau / self.eval_sigmas).tolist(), path=str(self.path) if self.path else None)
+        return meta
+
+
+def sigmas_match(a: torch.Tensor, b: torch.Tensor, rtol: float = SIGMA_RTOL) -> bool:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return a.shape == b.shape and bool(((a - b).abs() <= rtol * a.abs()).all())
+
+
+def _short(sigmas: torch.Tensor) -> str:
+    vals = [f"{v:.4g}" for v in sigmas.tolist()]
+    return "[" + ", ".join(vals if len(vals) <= 6 else vals[:3] + ["…"] + vals[-2:]) + "]"
+
+
+def _read_header(data: bytes, path: str | Path | None) -> dict[str, str]:
+    if len(data) < 8:
+        raise TunedSetError(path, f"is {len(data)} bytes long, too short for a safetensors file",
+                            "The file is truncated: download or tune it again")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > MAX_HEADER_BYTES or length > len(data) - 8:
+        raise TunedSetError(path, f"declares a {length}-byte header in a {len(data)}-byte file",
+                            "The file is corrupt, truncated or not a tuned set: download or tune it again")
+    try:
+        header = json.loads(data[8:8 + length])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TunedSetError(path, f"has an unreadable header ({exc})", "The file is corrupt: tune it again") from None
+    if not isinstance(header, dict):
+        raise TunedSetError(path, "has a header that is not a JSON object", "The file is corrupt: tune it again")
+    metadata = header.get("__metadata__")
+    if (not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
+            or "format_version" not in metadata):
+        raise TunedSetError(path, "has no tuned-set metadata (it is a safetensors file, but not a tuned set)",
+                            "Pass a file written by `timetuner tune`")
+    return metadata
+
+
+def _validate_tensors(path: str | Path | None, tensors: dict[str, torch.Tensor]) -> None:
+    names = set(tensors)
+    if names != set(TENSORS):
+        missing, unknown = sorted(set(TENSORS) - names), sorted(names - set(TENSORS))
+        detail = "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unexpected {unknown}"]))
+        raise TunedSetError(path, f"has the wrong tensors ({detail})", f"A tuned set holds exactly {list(TENSORS)}")
+    for name, t in tensors.items():
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TunedSetError(path, f"tensor {name!r} has dtype {t.dtype}", "Tuned-set tensors are float32")
+        if t.ndim != 1:
+            raise TunedSetError(path, f"tensor {name!r} has shape {tuple(t.shape)}", "Tuned-set tensors are 1-D")
+        if not bool(torch.isfinite(t).all()):
+            raise TunedSetError(path, f"tensor {name!r} holds NaN or infinite values",
+                                "The tuning run diverged: tune again (a lower learning rate helps)")
+    sig, ev, tau = tensors["sigmas"], tensors["eval_sigmas"], tensors["tau"]
+    if len(sig) < 2 or float(sig[-1]) != 0.0 or not bool((sig[:-1] > 0).all()) or not bool((sig[1:] < sig[:-1]).all()):
+        raise TunedSetError(path, f"its σ schedule {_short(sig)} is not strictly decreasing from positive values to 0",
+                            "The file is corrupt: tune it again")
+    if len(ev) != len(tau) or len(tau) == 0:
+        raise TunedSetError(path, f"has {len(ev)} evaluation σ's but {len(tau)} τ's", "The file is corrupt: tune again")
+    if not bool((ev > 0).all()) or not bool((tau > 0).all()):
+        raise TunedSetError(path, "has a non-positive σ or τ", "τ must be a positive noise level: tune it again")
+
+
+def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[str, Any]:
+    version_text = metadata.get("format_version", "")
+    try:
+        version = int(version_text)
+    except ValueError:
+        raise TunedSetError(path, f"has format_version {version_text!r}", "The file is not a tuned set") from None
+    if version > FORMAT_VERSION:
+        writer = metadata.get("library_version", "a newer version")
+        raise TunedSetError(path, f"uses tuned-set format {version}, newer than the {FORMAT_VERSION} this library "
+                            f"(timetuner {__version__}) reads", f"Upgrade to timetuner {writer} or later, which wrote it")
+    if version < 1:
+        raise TunedSetError(path, f"has format_version {version}", "The file is not a tuned set")
+    missing = [k for k in REQUIRED if k not in metadata]
+    if missing:
+        raise TunedSetError(path, f"lacks metadata {missing}", "The file is incomplete: tune it again")
+    meta: dict[str, Any] = {}
+    allowed = set(REQUIRED) | set(JSON_FIELDS) | {"format_version"}
+    for key, value in metadata.items():
+        if key not in allowed:
+            continue  # unknown keys from a same-version writer are ignored
+        if key in INT_FIELDS:
+            try:
+                meta[key] = int(value)
+            except ValueError:
+                raise TunedSetError(path, f"metadata {key}={value!r} is not an integer",
+                                    "The file is corrupt: tune it again") from None
+        elif key in JSON_FIELDS:
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise TunedSetError(path, f"metadata {key} is not valid JSON", "The file is corrupt: tune it again") from None
+            if not isinstance(parsed, dict):
+                raise TunedSetError(path, f"metadata {key} is not a JSON object", "The file is corrupt: tune it again")
+            meta[key] = parsed
+        else:
+            meta[key] = value
+    for key in ("metrics_before", "metrics_after", "extra", "sampler_options"):
+        meta.setdefault(key, {})
+    return meta
