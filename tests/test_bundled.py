@@ -1,0 +1,56 @@
+"""The bundled models: they load, generate recognisable digits, and the training script runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import registry
+from timetuner_plugins import bundled
+from timetuner_plugins.denoisers import CFGDenoiser
+from timetuner_plugins.evaluate import generate
+from timetuner_plugins.run import make_sigmas
+from timetuner_plugins.training import digits as training
+
+from helpers import noise
+
+
+def test_models_load_with_distinct_stable_fingerprints():
+    prints = {name: registry.load_model(name).fingerprint for name in ("digits-ddpm", "digits-edm", "gmm-digits")}
+    assert len(set(prints.values())) == 3
+    assert registry.load_model("digits-ddpm").fingerprint == prints["digits-ddpm"]
+    for name in bundled.FILES:
+        assert bundled.weights_path(name).stat().st_size <= 5 * 2 ** 20
+
+
+@pytest.mark.parametrize("name", ["digits-ddpm", "digits-edm"])
+def test_many_step_samples_are_recognisable_digits(name):
+    model = registry.load_model(name)
+    spec = registry.get_sampler("dpmpp_2m")
+    samples = generate(model, spec, make_sigmas(model, model.default_schedule, 100), noise(300, seed=4))
+    with torch.no_grad():
+        probs = bundled.load_classifier()(samples.clamp(-1, 1)).softmax(1)
+    confident = probs.max(1).values
+    assert float(confident.mean()) > 0.9
+    assert len(set(probs.argmax(1).tolist())) == 10
+
+
+def test_classifier_free_guidance_follows_the_class(ddpm):
+    model = CFGDenoiser(ddpm, scale=2.0)
+    spec = registry.get_sampler("dpmpp_2m")
+    labels = torch.full((64,), 3)
+    samples = generate(model, spec, make_sigmas(ddpm, "quadratic_t", 30), noise(64, seed=8),
+                       extra_args={"cond": labels, "uncond": torch.full((64,), 10)})
+    with torch.no_grad():
+        predicted = bundled.load_classifier()(samples.clamp(-1, 1)).argmax(1)
+    assert float((predicted == 3).float().mean()) > 0.9
+
+
+def test_training_script_runs_a_few_steps(tmp_path):
+    out = tmp_path / "ddpm.safetensors"
+    training.train_ddpm(out, steps=3, batch=16)
+    model = bundled.load_path(out)
+    assert model.model_id == "digits-ddpm" and model.default_schedule == "quadratic_t"
+    out = tmp_path / "edm.safetensors"
+    training.train_edm(out, steps=3, batch=16)
+    assert bundled.load_path(out).sigma_max == 80.0

@@ -1,0 +1,105 @@
+"""The generic tuner: every objective lowers its loss, runs are deterministic, and resume is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import registry
+from timetuner_plugins.evaluate import evaluate
+from timetuner_plugins.run import make_sigmas
+from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
+
+SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False)
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun", "ddpm"])
+def test_final_objective_lowers_loss_and_held_out_error(ddpm, sampler):
+    spec = registry.get_sampler(sampler)
+    sigmas = make_sigmas(ddpm, "quadratic_t", 4)
+    tuner = Tuner(ddpm, spec, sigmas, "quadratic_t", TuneConfig(iters=60, lr=0.03, **SMALL))
+    untuned = tuner.pool_objective(tuner.ev)
+    result = tuner.tune()
+    assert tuner.pool_objective() < 0.95 * untuned
+    before = evaluate(ddpm, spec, sigmas, "quadratic_t", n=200)
+    after = evaluate(ddpm, spec, sigmas, "quadratic_t", n=200, lookup=result.tuned_set(ddpm).lookup())
+    assert after["traj_err"] < before["traj_err"]
+
+
+def test_trajectory_objective_lowers_loss(gmm):
+    sigmas = make_sigmas(gmm, "quadratic_t", 4)
+    tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(objective="trajectory", iters=40, lr=0.03, **SMALL))
+    untuned = tuner.pool_objective(tuner.ev)
+    tuner.tune()
+    assert tuner.pool_objective() < 0.95 * untuned
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun"])
+def test_paper_objective_lowers_each_interval_loss(ddpm, mode, sampler):
+    sigmas = make_sigmas(ddpm, "quadratic_t", 4)
+    tuner = Tuner(ddpm, sampler, sigmas, "quadratic_t", TuneConfig.paper(mode, iters=40, lr=0.01, **SMALL))
+    result = tuner.tune()
+    assert len(result.losses) == 3 * 40  # intervals 0..2 tuned, the last left at τ = σ
+    counts = tuner._counts
+    torch.testing.assert_close(result.tau[counts[-1]:], result.eval_sigmas[counts[-1]:], rtol=1e-3, atol=0)
+    tuned = tuner.param.raw.detach().clone()
+
+    def held_out_loss(i, raw):
+        with torch.no_grad():
+            tuner.param.raw.copy_(raw)
+            return _mean([tuner._paper_loss(i, j, counts).item() for j in range(1000, 1006)])
+
+    for i in range(3):
+        untuned_here = tuned.clone()
+        untuned_here[counts[i - 1] if i else 0:counts[i]] = 1.0  # this interval back at r = 1
+        assert held_out_loss(i, tuned) < held_out_loss(i, untuned_here), i
+
+
+def test_tuning_is_deterministic_for_a_seed(gmm):
+    sigmas = make_sigmas(gmm, "logsnr", 3)
+    runs = [Tuner(gmm, "ddpm", sigmas, "logsnr", TuneConfig(iters=5, seed=seed, **SMALL)).tune().tau
+            for seed in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_resume_equals_an_uninterrupted_run(gmm, tmp_path):
+    sigmas = make_sigmas(gmm, "logsnr", 3)
+    cfg = dict(iters=12, checkpoint_every=4, **SMALL)
+    full = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg)).tune()
+
+    ckpt = tmp_path / "run.ckpt"
+    stopped = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt)
+    original = stopped._joint_loss
+
+    def stop_after_seven(iteration):
+        if iteration == 7:
+            raise KeyboardInterrupt
+        return original(iteration)
+
+    stopped._joint_loss = stop_after_seven
+    with pytest.raises(KeyboardInterrupt):
+        stopped.tune()
+    assert ckpt.exists()
+    with pytest.raises(TuneError, match="--resume"):
+        Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt).tune()
+    with pytest.raises(TuneError, match="other settings"):
+        Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**{**cfg, "lr": 0.5}), checkpoint=ckpt).tune(resume=True)
+    resumed = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt).tune(resume=True)
+    assert torch.equal(resumed.tau, full.tau)
+    assert resumed.losses == full.losses
+    assert not ckpt.exists()
+
+
+def test_bad_settings_are_named(gmm):
+    sigmas = make_sigmas(gmm, "logsnr", 3)
+    with pytest.raises(TuneError, match="unknown objective"):
+        Tuner(gmm, "ddim", sigmas, config=TuneConfig(objective="fid"))
+    with pytest.raises(TuneError, match="data-free"):
+        Tuner(gmm, "ddim", sigmas, config=TuneConfig(data="real"))
+    with pytest.raises(TuneError, match="lr must be"):
+        Tuner(gmm, "ddim", sigmas, config=TuneConfig(lr=float("nan")))
