@@ -1,0 +1,1 @@
+"""Shipped tuned sets and their index (index.yaml)."""
