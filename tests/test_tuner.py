@@ -8,9 +8,10 @@ import torch
 import registry
 from timetuner_plugins.evaluate import evaluate
 from timetuner_plugins.run import make_sigmas
+from timetuner_plugins.checkpoint import CheckpointError
 from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
 
-SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False)
+SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False, select=False)
 
 
 def _mean(xs):
@@ -21,7 +22,7 @@ def _mean(xs):
 def test_final_objective_lowers_loss_and_held_out_error(ddpm, sampler):
     spec = registry.get_sampler(sampler)
     sigmas = make_sigmas(ddpm, "quadratic_t", 4)
-    tuner = Tuner(ddpm, spec, sigmas, "quadratic_t", TuneConfig(iters=60, lr=0.03, **SMALL))
+    tuner = Tuner(ddpm, spec, sigmas, "quadratic_t", TuneConfig(objective="final", iters=60, lr=0.03, **SMALL))
     untuned = tuner.pool_objective(tuner.ev)
     result = tuner.tune()
     assert tuner.pool_objective() < 0.95 * untuned
@@ -30,12 +31,36 @@ def test_final_objective_lowers_loss_and_held_out_error(ddpm, sampler):
     assert after["traj_err"] < before["traj_err"]
 
 
-def test_trajectory_objective_lowers_loss(gmm):
+@pytest.mark.parametrize("objective", ["trajectory", "energy"])
+def test_joint_objectives_lower_their_loss(gmm, objective):
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
-    tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(objective="trajectory", iters=40, lr=0.03, **SMALL))
+    cfg = TuneConfig(objective=objective, iters=40, lr=0.03, **{**SMALL, "batch": 32, "pool": 64})
+    tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
     untuned = tuner.pool_objective(tuner.ev)
     tuner.tune()
     assert tuner.pool_objective() < 0.95 * untuned
+
+
+def test_energy_objective_can_match_real_data(gmm):
+    sigmas = make_sigmas(gmm, "quadratic_t", 3)
+    cfg = TuneConfig(objective="energy", data="real", iters=30, lr=0.05, **{**SMALL, "batch": 32, "pool": 64})
+    tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
+    untuned = tuner.pool_objective(tuner.ev)
+    tuner.tune()
+    assert tuner.pool_objective() < untuned
+
+
+def test_selection_keeps_the_best_and_falls_back_to_identity(gmm):
+    sigmas = make_sigmas(gmm, "logsnr", 25)  # already near-exact: any large τ change hurts
+    cfg = TuneConfig(objective="energy", iters=10, lr=1.0, validate_every=5, val_size=64,
+                     **{**SMALL, "select": True, "batch": 32, "pool": 64})
+    result = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", cfg).tune()
+    sel = result.selection
+    assert [s for s, _ in sel["scores"]] == [0, 5, 10]
+    assert sel["best"] == min(score for _, score in sel["scores"])
+    assert sel["fallback_identity"] and sel["best_iteration"] == 0
+    assert torch.equal(result.tau, result.eval_sigmas)  # exactly the untuned sampler
+    assert result.tuned_set(gmm).lookup().is_identity()
 
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])
@@ -69,7 +94,7 @@ def test_tuning_is_deterministic_for_a_seed(gmm):
 
 def test_resume_equals_an_uninterrupted_run(gmm, tmp_path):
     sigmas = make_sigmas(gmm, "logsnr", 3)
-    cfg = dict(iters=12, checkpoint_every=4, **SMALL)
+    cfg = dict(iters=12, checkpoint_every=4, validate_every=3, val_size=32, **{**SMALL, "select": True})
     full = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg)).tune()
 
     ckpt = tmp_path / "run.ckpt"
@@ -87,11 +112,12 @@ def test_resume_equals_an_uninterrupted_run(gmm, tmp_path):
     assert ckpt.exists()
     with pytest.raises(TuneError, match="--resume"):
         Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt).tune()
-    with pytest.raises(TuneError, match="other settings"):
+    with pytest.raises(CheckpointError, match="other settings"):
         Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**{**cfg, "lr": 0.5}), checkpoint=ckpt).tune(resume=True)
     resumed = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt).tune(resume=True)
     assert torch.equal(resumed.tau, full.tau)
     assert resumed.losses == full.losses
+    assert resumed.selection == full.selection
     assert not ckpt.exists()
 
 
@@ -100,6 +126,6 @@ def test_bad_settings_are_named(gmm):
     with pytest.raises(TuneError, match="unknown objective"):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(objective="fid"))
     with pytest.raises(TuneError, match="data-free"):
-        Tuner(gmm, "ddim", sigmas, config=TuneConfig(data="real"))
+        Tuner(gmm, "ddim", sigmas, config=TuneConfig(objective="final", data="real"))
     with pytest.raises(TuneError, match="lr must be"):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(lr=float("nan")))

@@ -108,3 +108,29 @@ def evaluate(model: Any, sampler: SamplerSpec, sigmas: torch.Tensor, schedule: s
         "seconds": round(seconds, 4),
         "n": n,
     }
+
+
+SCHEDULE_SEED = 20_000  # validation noise for choosing a schedule, apart from tuning and evaluation seeds
+
+
+def choose_schedule(model: Any, spec: SamplerSpec, nfe: int, candidates: list[str] | None = None, n: int = 500,
+                    options: dict | None = None) -> tuple[str, dict[str, float]]:
+    """The registered schedule under which the untuned sampler does best at ``nfe`` evaluations, scored on
+    validation noise by the model's FD, or (models without one) by the error against a 500-NFE
+    DPM-Solver++(2M) run. Returns the name and every candidate's score."""
+    import registry
+
+    candidates = candidates or sorted(registry.schedules())
+    noise = eval_noise(n, tuple(model.sample_shape), SCHEDULE_SEED)
+    fd = fd_metric(model)
+    ref = None
+    if fd is None:
+        solver = registry.get_sampler("dpmpp_2m")
+        ref = generate(model, solver, make_sigmas(model, "logsnr", REFERENCE_NFE), noise, seed=SCHEDULE_SEED)
+    scores = {}
+    for name in candidates:
+        sigmas = make_sigmas(model, name, steps_for_nfe(spec, model, name, nfe))
+        samples = generate(model, spec, sigmas, noise, options=options, seed=SCHEDULE_SEED)
+        score = fd(samples) if fd is not None else trajectory_error(samples, ref)
+        scores[name] = score if score == score else float("inf")  # NaN from a diverged run ranks last
+    return min(scores, key=scores.get), scores

@@ -8,17 +8,25 @@ Objectives
   ‖ε(x_i, σ_i) − ε(x̃_{i+1}, σ_{i+1})‖² with x̃_{i+1} one solver step from x_i whose network
   is conditioned on τ; one interval after another, the last left untuned; ``sequential``
   reaches x_i by running the tuned steps, ``parallel`` draws it from the forward process.
-- ``trajectory``: all τ jointly, matching a high-NFE teacher's states at the schedule's σ's.
-- ``final``: all τ jointly, matching the teacher's final sample.
+- ``final``: all τ jointly, squared error to a high-NFE teacher's final sample from the same noise.
+- ``trajectory``: all τ jointly, squared error to the teacher's states at every σ of the schedule.
+- ``energy``: all τ jointly, energy distance between the run's final samples and the teacher's
+  (or real data, ``data="real"``): it matches distributions, so it does not reward the blur
+  that per-sample squared error does when few steps cannot follow the teacher.
 The teacher runs from the same noise (and Brownian path, for stochastic samplers) on a
-refinement of the same schedule; its states are computed once per run and reused.
+refinement of the same schedule; its states are computed once and reused.
 
-Every iteration's randomness derives from (seed, interval, iteration), so a run that
-is stopped and resumed from its checkpoint equals an uninterrupted one.
+Selection (``select=True``): every ``validate_every`` iterations τ is scored on held-out
+noise — by the model's own FD when it has one, else by the objective — and the best τ is
+kept, the untuned sampler included as a candidate. The best replaces the untuned sampler
+only if it wins at least 90 % of paired bootstrap resamples of the validation samples, so
+a set records identity where tuning does not clearly help. Every iteration's randomness derives from (seed, phase, iteration), so a run
+that is stopped and resumed from its checkpoint equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -28,24 +36,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from registry import SamplerSpec
 
-from . import __version__
-from .io import atomic_path
+from . import checkpoint, objectives
+from .metrics import fd_metric
 from .noise import BrownianNoise, SeededNoise
 from .run import eval_sigmas, run_sampler, sampler_spec
 from .schedules import refine
 from .tau import TauLookup
 from .tuned_set import TunedSet
 
-OBJECTIVES = ("paper", "trajectory", "final")
+OBJECTIVES = ("paper", "trajectory", "final", "energy")
 MODES = ("sequential", "parallel")
 PARAMS = ("log_ratio", "t_ratio")
 DATA = ("teacher", "real")
 LOG_RATIO_BOUND = 1.0  # |log τ/σ| ≤ 1 via a tanh
+VALIDATION_SEED_OFFSET = 500_000_003
+BOOTSTRAP_RESAMPLES = 200
+ACCEPT_WIN_RATE = 0.9  # keep a tuned τ only if it beats the untuned sampler in ≥ 90 % of paired resamples
 
 
 class TuneError(ValueError):
@@ -56,39 +66,45 @@ class TuneError(ValueError):
 class TuneConfig:
     """Settings of one tuning run; ``TuneConfig.paper()`` gives the paper's procedure."""
 
-    objective: str = "final"
+    objective: str = "energy"
     mode: str = "sequential"
-    iters: int = 200
-    batch: int = 64
-    lr: float = 0.01
+    iters: int = 250
+    batch: int = 128
+    lr: float = 0.03
     seed: int = 0
     param: str = "log_ratio"
     data: str = "teacher"
     pool: int = 512
     teacher_substeps: int = 20
     teacher_sampler: str | None = None
+    select: bool = True
+    validate_every: int = 25
+    val_size: int = 512
     checkpoint_every: int = 25
     show_progress: bool = True
 
     @classmethod
     def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
-        """Xia et al. 2024: ratio τ = r·t per interval, Adam lr 2e-3, 500 iterations, real data."""
+        """Xia et al. 2024: ratio τ = r·t per interval, Adam lr 2e-3, 500 iterations, real data, no selection."""
         return cls(**{"objective": "paper", "mode": mode, "iters": 500, "lr": 2e-3, "param": "t_ratio",
-                      "data": "real", **overrides})
+                      "data": "real", "batch": 64, "select": False, **overrides})
 
     def validate(self) -> None:
         for name, value, allowed in (("objective", self.objective, OBJECTIVES), ("mode", self.mode, MODES),
                                      ("param", self.param, PARAMS), ("data", self.data, DATA)):
             if value not in allowed:
                 raise TuneError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        for name in ("iters", "batch", "pool", "teacher_substeps", "checkpoint_every"):
+        for name in ("iters", "pool", "teacher_substeps", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise TuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch < 2 or self.val_size < 2:
+            raise TuneError(f"batch and val_size must be at least 2, got {self.batch} and {self.val_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TuneError(f"lr must be a positive number, got {self.lr}")
-        if self.objective != "paper" and self.data == "real":
-            raise TuneError(f"objective {self.objective!r} matches a teacher run from the same noise, so it is "
-                            f"data-free; use data='teacher', or objective='paper' to tune on real data")
+        if self.objective in ("final", "trajectory") and self.data == "real":
+            raise TuneError(f"objective {self.objective!r} compares each run with a teacher run from the same "
+                            f"noise, so it is data-free; use data='teacher', or objective 'energy' or 'paper' "
+                            f"to tune on real data")
 
 
 @dataclass
@@ -102,6 +118,7 @@ class TuneResult:
     options: dict[str, Any]
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def tuned_set(self, model: Any, metrics_before: dict | None = None, metrics_after: dict | None = None,
                   extra: dict | None = None) -> TunedSet:
@@ -116,7 +133,8 @@ class TuneResult:
             metrics_before=metrics_before or {}, metrics_after=metrics_after or {},
             extra={"param": cfg.param, "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
                    "teacher_substeps": cfg.teacher_substeps, "tune_seconds": round(self.seconds, 2),
-                   "final_loss": self.losses[-1] if self.losses else None, **(extra or {})})
+                   "final_loss": self.losses[-1] if self.losses else None, "selection": self.selection,
+                   **(extra or {})})
 
 
 def _jsonable(v: Any) -> bool:
@@ -138,15 +156,36 @@ class TauParam(torch.nn.Module):
         super().__init__()
         self.kind, self.model = kind, model
         self.register_buffer("eval_sigmas", eval_sigmas.clone())
-        init = torch.zeros if kind == "log_ratio" else torch.ones
-        self.raw = torch.nn.Parameter(init(len(eval_sigmas), dtype=eval_sigmas.dtype, device=eval_sigmas.device))
+        self.raw = torch.nn.Parameter(self.identity_raw())
 
-    def tau(self) -> torch.Tensor:
+    def identity_raw(self) -> torch.Tensor:
+        init = torch.zeros if self.kind == "log_ratio" else torch.ones
+        return init(len(self.eval_sigmas), dtype=self.eval_sigmas.dtype, device=self.eval_sigmas.device)
+
+    def tau(self, raw: torch.Tensor | None = None) -> torch.Tensor:
+        raw = self.raw if raw is None else raw
         if self.kind == "log_ratio":
-            return self.eval_sigmas * torch.exp(LOG_RATIO_BOUND * torch.tanh(self.raw / LOG_RATIO_BOUND))
+            return self.eval_sigmas * torch.exp(LOG_RATIO_BOUND * torch.tanh(raw / LOG_RATIO_BOUND))
         offset = float(getattr(self.model, "time_offset", 0.0))
         t = self.model.sigma_to_t(self.eval_sigmas) + offset
-        return self.model.t_to_sigma(self.raw * t - offset)
+        return self.model.t_to_sigma(raw * t - offset)
+
+
+@dataclass(frozen=True)
+class NoiseSet:
+    """Fixed batches of starting noise (and Brownian keys) derived from a seed."""
+
+    name: str
+    seed: int
+    chunks: int
+    batch: int
+
+    def noise(self, c: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
+        return torch.randn((self.batch, *shape), generator=gen).to(device)
+
+    def key(self, c: int) -> int:
+        return self.seed * 7919 + c
 
 
 class Tuner:
@@ -160,6 +199,7 @@ class Tuner:
         self.config.validate()
         if not self.spec.tunable:
             raise TuneError(f"sampler {self.spec.name!r} cannot be tuned: {self.spec.untunable_reason}")
+        cfg = self.config
         self.device = model_device(model)
         self.sigmas = sigmas.float()
         self.schedule, self.extra_args, self.data = schedule, extra_args, data
@@ -168,11 +208,15 @@ class Tuner:
         self.stochastic = self.spec.is_stochastic(self.options)
         self.shape = tuple(model.sample_shape)
         self.ev = eval_sigmas(self.spec, self.sigmas, self.shape, self.options)
-        self.param = TauParam(self.ev.to(self.device), model, self.config.param)
+        self.param = TauParam(self.ev.to(self.device), model, cfg.param)
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.pool = NoiseSet("pool", cfg.seed, max(1, math.ceil(cfg.pool / cfg.batch)), cfg.batch)
+        self.val = NoiseSet("val", cfg.seed + VALIDATION_SEED_OFFSET, max(1, math.ceil(cfg.val_size / cfg.batch)),
+                            cfg.batch)
         self.losses: list[float] = []
-        self._teacher: list[torch.Tensor] | None = None
+        self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
+        self._fd = fd_metric(model)
 
     # ----- runs -----------------------------------------------------------------------------------------
     def _run(self, x: torch.Tensor, sigmas: torch.Tensor, tau: torch.Tensor | None, ev: torch.Tensor,
@@ -190,76 +234,113 @@ class Tuner:
             self._brownian[key] = BrownianNoise(like, self.model.sigma_min, self.model.sigma_max, key)
         return self._brownian[key]
 
-    def _batch_args(self, chunk: int) -> dict | None:
+    def _batch_args(self, c: int) -> dict | None:
+        """Extra arguments for chunk ``c``: tensors with one row per pool sample are sliced."""
         if not self.extra_args:
             return self.extra_args
-        b, pool = self.config.batch, self._chunks() * self.config.batch
+        b, rows = self.config.batch, self.pool.chunks * self.config.batch
         out = {}
         for k, v in self.extra_args.items():
-            if torch.is_tensor(v) and v.ndim and len(v) == pool and pool != b:
-                v = v[chunk * b:(chunk + 1) * b]
+            if torch.is_tensor(v) and v.ndim and len(v) == rows and rows != b:
+                v = v[c * b:(c + 1) * b]
             out[k] = v.to(self.device) if torch.is_tensor(v) else v
         return out
 
-    def _chunks(self) -> int:
-        return max(1, math.ceil(self.config.pool / self.config.batch))
+    def _start(self, noise_set: NoiseSet, c: int) -> tuple[torch.Tensor, Callable | None]:
+        x = noise_set.noise(c, self.shape, self.device) * self.sigmas[0].to(self.device)
+        return x, self._noise_sampler(noise_set.key(c), x)
 
-    def _pool_noise(self, chunk: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + chunk)
-        return torch.randn((self.config.batch, *self.shape), generator=gen).to(self.device)
-
-    def teacher(self) -> list[torch.Tensor]:
-        """Per pool chunk, the teacher's states at each σ of the schedule: (N+1, batch, ...)."""
-        if self._teacher is not None:
-            return self._teacher
+    def teacher(self, noise_set: NoiseSet | None = None) -> list[torch.Tensor]:
+        """Per chunk of ``noise_set`` (default: the pool), the teacher's states at each σ: (N+1, batch, ...)."""
+        noise_set = noise_set or self.pool
+        if noise_set.name in self._teachers:
+            return self._teachers[noise_set.name]
         cfg = self.config
-        name = cfg.teacher_sampler or (self.spec.name if self.stochastic else "dpmpp_2m")
-        spec = sampler_spec(name)
+        spec = sampler_spec(cfg.teacher_sampler or (self.spec.name if self.stochastic else "dpmpp_2m"))
         fine, positions = refine(self.sigmas, cfg.teacher_substeps, self.model.sigma_min)
         fine = fine.to(self.device)
         out = []
         with torch.no_grad():
-            for c in tqdm(range(self._chunks()), desc="teacher", disable=not cfg.show_progress, leave=False):
-                x = self._pool_noise(c) * fine[0]
+            for c in tqdm(range(noise_set.chunks), desc=f"teacher ({noise_set.name})", leave=False,
+                          disable=not cfg.show_progress):
+                x, ns = self._start(noise_set, c)
                 states: list[torch.Tensor] = []
-                final = self._run(x, fine, None, self.ev, self._noise_sampler(cfg.seed * 7919 + c, x),
-                                  seed=cfg.seed + c, states=states, spec=spec, extra_args=self._batch_args(c))
+                final = self._run(x, fine, None, self.ev, ns, seed=noise_set.seed + c, states=states, spec=spec,
+                                  extra_args=self._batch_args(c))
                 states.append(final)
                 out.append(torch.stack([states[p] for p in positions]))
-        self._teacher = out
+        self._teachers[noise_set.name] = out
         return out
 
-    # ----- objectives -----------------------------------------------------------------------------------
-    def _joint_loss(self, iteration: int) -> torch.Tensor:
-        chunks = self._chunks()
-        epoch, pos = divmod(iteration, chunks)
-        order = torch.randperm(chunks, generator=torch.Generator().manual_seed(self.config.seed * 7919 + epoch))
-        return self._chunk_loss(int(order[pos]), self.param.tau())
+    # ----- joint objectives -----------------------------------------------------------------------------
+    def _target(self, noise_set: NoiseSet, c: int) -> torch.Tensor:
+        if self.config.data == "real" or self.data is not None:
+            gen = torch.Generator().manual_seed(noise_set.key(c) + 17)
+            if self.data is not None:
+                return self.data[torch.randint(len(self.data), (self.config.batch,), generator=gen)].to(self.device)
+            return real_data(self.model, self.config.batch, gen).to(self.device)
+        return self.teacher(noise_set)[c][-1]
 
-    def pool_objective(self, tau: torch.Tensor | None = None) -> float:
-        """The joint objective (``final`` or ``trajectory``) averaged over the whole noise pool, for
-        ``tau`` (default: the current τ; ``self.ev`` gives the untuned sampler)."""
-        tau = self.param.tau() if tau is None else tau.to(self.device)
-        with torch.no_grad():
-            return sum(self._chunk_loss(c, tau).item() for c in range(self._chunks())) / self._chunks()
-
-    def _chunk_loss(self, c: int, tau: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if cfg.objective == "paper":
-            raise TuneError("pool_objective applies to the joint objectives 'final' and 'trajectory'")
-        target = self.teacher()[c]
-        x = self._pool_noise(c) * self.sigmas[0].to(self.device)
+    def _loss(self, noise_set: NoiseSet, c: int, tau: torch.Tensor, objective: str | None = None) -> torch.Tensor:
+        objective = objective or self.config.objective
+        if objective == "paper":
+            raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
+        x, ns = self._start(noise_set, c)
         states: list[torch.Tensor] = []
-        final = self._run(x, self.sigmas.to(self.device), tau, self.param.eval_sigmas,
-                          self._noise_sampler(cfg.seed * 7919 + c, x), seed=cfg.seed + c,
-                          states=states if cfg.objective == "trajectory" else None, extra_args=self._batch_args(c))
-        if cfg.objective == "final":
-            return (final - target[-1]).pow(2).mean()
-        states.append(final)
-        weights = 1 / (self.sigmas.to(self.device) ** 2 + 1)
-        per_step = [(s - t).pow(2).mean() * w for s, t, w in zip(states[1:], target[1:], weights[1:])]
-        return torch.stack(per_step).mean()
+        final = self._run(x, self.sigmas.to(self.device), tau, self.param.eval_sigmas, ns, seed=noise_set.seed + c,
+                          states=states if objective == "trajectory" else None, extra_args=self._batch_args(c))
+        if objective == "energy":
+            return objectives.energy_distance(final, self._target(noise_set, c))
+        target = self.teacher(noise_set)[c]
+        if objective == "final":
+            return objectives.squared_error(final, target[-1])
+        return objectives.trajectory_error(states + [final], target, self.sigmas)
 
+    def _joint_loss(self, iteration: int) -> torch.Tensor:
+        epoch, pos = divmod(iteration, self.pool.chunks)
+        order = torch.randperm(self.pool.chunks, generator=torch.Generator().manual_seed(self.pool.key(epoch)))
+        return self._loss(self.pool, int(order[pos]), self.param.tau())
+
+    def pool_objective(self, tau: torch.Tensor | None = None, noise_set: NoiseSet | None = None) -> float:
+        """The joint objective averaged over every chunk of ``noise_set`` (default: the training pool) for
+        ``tau`` (default: the current τ; ``self.ev`` is the untuned sampler)."""
+        noise_set = noise_set or self.pool
+        tau = self.param.tau() if tau is None else tau.to(self.device)
+        objective = "final" if self.config.objective == "paper" else None
+        with torch.no_grad():
+            return sum(self._loss(noise_set, c, tau, objective).item() for c in range(noise_set.chunks)) / \
+                noise_set.chunks
+
+    def _val_samples(self, tau: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            samples = []
+            for c in range(self.val.chunks):
+                x, ns = self._start(self.val, c)
+                samples.append(self._run(x, self.sigmas.to(self.device), tau.to(self.device), self.param.eval_sigmas,
+                                         ns, seed=self.val.seed + c, extra_args=self._batch_args(c)))
+        return torch.cat(samples)
+
+    def score(self, tau: torch.Tensor) -> float:
+        """Validation score on held-out noise (lower is better): the model's FD when it has one, else the
+        objective ('final' for 'paper')."""
+        if self._fd is None:
+            return self.pool_objective(tau, self.val)
+        return float(self._fd(self._val_samples(tau)))
+
+    def win_rate(self, tau: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES) -> float:
+        """Share of paired bootstrap resamples of the validation samples in which ``tau`` scores better than
+        the untuned sampler (same noise for both; models with an FD only, else 1 when the score is lower)."""
+        if self._fd is None:
+            return float(self.score(tau) < self.score(self.ev.to(self.device)))
+        tuned, plain = self._val_samples(tau), self._val_samples(self.ev.to(self.device))
+        gen = torch.Generator().manual_seed(self.val.seed)
+        wins = 0
+        for _ in range(resamples):
+            idx = torch.randint(len(tuned), (len(tuned),), generator=gen)
+            wins += self._fd(tuned[idx]) < self._fd(plain[idx])
+        return wins / resamples
+
+    # ----- the paper's per-interval objective -----------------------------------------------------------
     def _interval_evals(self) -> list[int]:
         """counts[i]: evaluations made by steps 0..i (runs on prefixes of the schedule)."""
         counts = []
@@ -267,7 +348,7 @@ class Tuner:
             prefix = eval_sigmas(self.spec, self.sigmas[:i + 2], self.shape, self.options)
             if not torch.allclose(prefix, self.ev[:len(prefix)], rtol=1e-6):
                 raise TuneError(f"sampler {self.spec.name!r} evaluates at other σ's on a prefix of the schedule, so "
-                                f"the paper's per-interval objective does not apply; use objective 'final'")
+                                f"the paper's per-interval objective does not apply; use objective 'energy'")
             counts.append(len(prefix))
         return counts
 
@@ -277,8 +358,8 @@ class Tuner:
             return self.data[torch.randint(len(self.data), (b,), generator=gen)].to(self.device)
         if self.config.data == "real":
             return real_data(self.model, b, gen).to(self.device)
-        teacher = torch.cat([t[-1] for t in self.teacher()])
-        return teacher[torch.randint(len(teacher), (b,), generator=gen).to(teacher.device)]
+        finals = torch.cat([t[-1] for t in self.teacher()])
+        return finals[torch.randint(len(finals), (b,), generator=gen).to(finals.device)]
 
     def _eps(self, x: torch.Tensor, sigma: torch.Tensor, args: dict | None) -> torch.Tensor:
         s = sigma.to(x.device)
@@ -286,135 +367,150 @@ class Tuner:
 
     def _paper_loss(self, interval: int, iteration: int, counts: list[int]) -> torch.Tensor:
         cfg, i = self.config, interval
-        gen = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + i) * 1_000_003 + iteration) % 2 ** 63)
+        seed = ((cfg.seed * 1_000_003 + i) * 1_000_003 + iteration) % 2 ** 62
+        gen = torch.Generator().manual_seed(seed)
         x0 = self._x0(gen)
         n = torch.randn(x0.shape, generator=gen).to(self.device)
-        noise_sampler = SeededNoise(x0, gen.initial_seed() % 2 ** 62) if self.stochastic else None
+        ns = SeededNoise(x0, seed) if self.stochastic else None
         args = self._batch_args(0)
-        sig = self.sigmas.to(self.device)
-        tau = self.param.tau()
         start = counts[i - 1] if i else 0
+        sig, tau, ev = self.sigmas.to(self.device), self.param.tau(), self.param.eval_sigmas
+        active = torch.zeros_like(tau, dtype=torch.bool)
+        active[start:counts[i]] = True
+        tau = torch.where(active, tau, tau.detach())  # earlier intervals are fixed: no graph through the prefix
         if cfg.mode == "sequential":
             states: list[torch.Tensor] = []
-            x_next = self._run(x0 + sig[0] * n, sig[:i + 2], tau[:counts[i]], self.param.eval_sigmas[:counts[i]],
-                               noise_sampler, seed=gen.initial_seed() % 2 ** 62, states=states, extra_args=args)
+            x_next = self._run(x0 + sig[0] * n, sig[:i + 2], tau[:counts[i]], ev[:counts[i]], ns, seed=seed,
+                               states=states, extra_args=args)
             x_i = states[i].detach()
         else:
             x_i = x0 + sig[i] * n
-            x_next = self._run(x_i, sig[i:i + 2], tau[start:counts[i]], self.param.eval_sigmas[start:counts[i]],
-                               noise_sampler, seed=gen.initial_seed() % 2 ** 62, extra_args=args)
+            x_next = self._run(x_i, sig[i:i + 2], tau[start:counts[i]], ev[start:counts[i]], ns, seed=seed,
+                               extra_args=args)
         with torch.no_grad():
             eps_i = self._eps(x_i, sig[i], args)
-        eps_next = self._eps(x_next, sig[i + 1], args)
-        return (eps_i - eps_next).pow(2).flatten(1).sum(1).mean()
+        return objectives.eps_consistency(eps_i, self._eps(x_next, sig[i + 1], args))
 
     # ----- optimisation ---------------------------------------------------------------------------------
-    def _phases(self) -> list[tuple[int, list[int]]]:
-        """(phase, indices of the evaluations it trains): one joint phase, or one per interval."""
+    def _phases(self) -> list[list[int]]:
+        """Indices of the evaluations each phase trains: one joint phase, or one per interval (paper)."""
         if self.config.objective != "paper":
-            return [(0, list(range(len(self.ev))))]
-        counts = self._interval_evals()
-        self._counts = counts
-        return [(i, list(range(counts[i - 1] if i else 0, counts[i]))) for i in range(len(counts))]
+            return [list(range(len(self.ev)))]
+        self._counts = self._interval_evals()
+        return [list(range(self._counts[i - 1] if i else 0, self._counts[i])) for i in range(len(self._counts))]
 
-    def tune(self, resume: bool = False) -> TuneResult:
+    def _consider(self, state: checkpoint.TunerState, step: int) -> None:
+        """Score the current τ on validation noise and keep it if it is the best so far."""
+        with torch.no_grad():
+            score = self.score(self.param.tau())
+        state.scores.append((step, score))
+        if state.best_score is None or score < state.best_score:
+            state.best_score, state.best_iter, state.best_raw = score, step, self.param.raw.detach().clone()
+
+    def tune(self, resume: bool = False, progress: Callable[[int, int], None] | None = None) -> TuneResult:
+        """Run (or resume) the optimisation; ``progress(done, total)`` is called after every iteration.
+        Out of memory becomes a :class:`TuneError` naming the fix."""
+        try:
+            return self._tune(resume, progress)
+        except torch.OutOfMemoryError:
+            raise TuneError(_oom_message(self.config)) from None
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+                raise TuneError(_oom_message(self.config)) from None
+            raise
+
+    def _tune(self, resume: bool, progress: Callable[[int, int], None] | None) -> TuneResult:
         cfg = self.config
         started = time.perf_counter()
         phases = self._phases()
-        phase0, iter0, opt_state = 0, 0, None
         if resume:
-            phase0, iter0, opt_state = self._load_checkpoint()
-        elif self.checkpoint is not None and self.checkpoint.exists():
-            raise TuneError(f"checkpoint {self.checkpoint} exists from an earlier run; pass --resume to continue it, "
-                            f"or delete it to start over")
+            state = checkpoint.load(self.checkpoint, self._fingerprint(), self.device) if self.checkpoint else None
+            if state is None:
+                raise TuneError("--resume needs a checkpoint path")
+            with torch.no_grad():
+                self.param.raw.copy_(state.raw)
+        else:
+            if self.checkpoint is not None and self.checkpoint.exists():
+                raise TuneError(f"checkpoint {self.checkpoint} exists from an earlier run; pass --resume to continue "
+                                f"it, or delete it to start over")
+            state = checkpoint.TunerState(raw=self.param.raw.detach().clone())
+            if cfg.select:
+                untuned = self.score(self.ev.to(self.device))
+                state.scores.append((0, untuned))
+                state.best_score, state.best_iter, state.best_raw = untuned, 0, None
+        self.losses = state.losses
         total = len(phases) * cfg.iters
-        bar = tqdm(total=total, initial=phase0 * cfg.iters + iter0, desc=f"tune {self.spec.name}",
+        bar = tqdm(total=total, initial=state.phase * cfg.iters + state.next_iter, desc=f"tune {self.spec.name}",
                    disable=not cfg.show_progress)
-        for phase, active in phases[phase0:]:
+        for phase in range(state.phase, len(phases)):
             mask = torch.zeros(len(self.ev), dtype=torch.bool, device=self.device)
-            mask[active] = True
+            mask[phases[phase]] = True
             opt = torch.optim.Adam([self.param.raw], lr=cfg.lr)
-            if opt_state is not None:
-                opt.load_state_dict(opt_state)
-                opt_state = None
-            for it in range(iter0 if phase == phase0 else 0, cfg.iters):
-                if cfg.objective == "paper":
-                    loss = self._paper_loss(phase, it, self._counts)
-                else:
-                    loss = self._joint_loss(it)
+            if state.optimizer is not None:
+                opt.load_state_dict(state.optimizer)
+            for it in range(state.next_iter, cfg.iters):
+                loss = self._paper_loss(phase, it, self._counts) if cfg.objective == "paper" \
+                    else self._joint_loss(it)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad = self.param.raw.grad
                 if not torch.isfinite(loss) or not bool(torch.isfinite(grad).all()):
-                    raise TuneError(f"the loss diverged at iteration {it} (loss {float(loss):.4g}); lower --lr "
+                    raise TuneError(f"the loss diverged at iteration {it} (loss {loss.item():.4g}); lower --lr "
                                     f"(now {cfg.lr}) or check the model's output for NaNs")
                 grad.mul_(mask)
                 opt.step()
                 self.losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.losses[-1]:.4g}", phase=phase)
-                if self.checkpoint is not None and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters):
-                    self._save_checkpoint(phase, it + 1, opt)
+                if progress is not None:
+                    progress(phase * cfg.iters + it + 1, total)
+                step = phase * cfg.iters + it + 1
+                done = it + 1 == cfg.iters
+                if cfg.select and (step % cfg.validate_every == 0 or done):
+                    self._consider(state, step)
+                state.raw = self.param.raw.detach().clone()
+                state.phase, state.next_iter = (phase + 1, 0) if done else (phase, it + 1)
+                state.optimizer = None if done else opt.state_dict()
+                if self.checkpoint is not None and (step % cfg.checkpoint_every == 0 or done):
+                    checkpoint.save(self.checkpoint, state, self._fingerprint())
+            state.next_iter, state.optimizer = 0, None
         bar.close()
         if self.checkpoint is not None:
             self.checkpoint.unlink(missing_ok=True)
+        return self._result(state, time.perf_counter() - started)
+
+    def _result(self, state: checkpoint.TunerState, seconds: float) -> TuneResult:
+        selection: dict[str, Any] = {}
         with torch.no_grad():
-            tau = self.param.tau().detach().float().cpu()
+            if self.config.select:
+                best = None if state.best_raw is None else self.param.tau(state.best_raw).detach()
+                win = None if best is None else self.win_rate(best)
+                identity = best is None or win < ACCEPT_WIN_RATE
+                tau = self.ev.clone() if identity else best.float().cpu()
+                selection = {"metric": "fd" if self._fd else f"{self.config.objective} objective",
+                             "untuned": state.scores[0][1], "best": state.best_score, "best_iteration": state.best_iter,
+                             "win_rate": win, "fallback_identity": identity, "scores": state.scores}
+            else:
+                tau = self.param.tau().detach().float().cpu()
         return TuneResult(tau=tau, eval_sigmas=self.ev.cpu(), sigmas=self.sigmas.cpu(), sampler=self.spec.name,
-                          schedule=self.schedule, config=cfg, options=self.options, losses=self.losses,
-                          seconds=time.perf_counter() - started)
+                          schedule=self.schedule, config=self.config, options=self.options, losses=self.losses,
+                          seconds=seconds, selection=selection)
 
-    # ----- checkpoints ----------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        import hashlib
-
         parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None}, self.spec.name,
                  self.sigmas.tolist(), self.model.fingerprint, {k: repr(v) for k, v in self.options.items()}]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
-    def _save_checkpoint(self, phase: int, next_iter: int, opt: torch.optim.Optimizer) -> None:
-        if next_iter == self.config.iters:
-            phase, next_iter = phase + 1, 0
-            opt_tensors: dict[str, torch.Tensor] = {}
-        else:
-            opt_tensors = {f"adam.{k}": torch.as_tensor(v).detach().cpu().clone()
-                           for k, v in opt.state_dict()["state"].get(0, {}).items()}
-        tensors = {"raw": self.param.raw.detach().cpu().clone(), "losses": torch.tensor(self.losses or [0.0]),
-                   **opt_tensors}
-        meta = {"fingerprint": self._fingerprint(), "phase": str(phase), "next_iter": str(next_iter),
-                "n_losses": str(len(self.losses)), "library_version": __version__,
-                "param_groups": json.dumps(opt.state_dict()["param_groups"])}
-        with atomic_path(self.checkpoint, overwrite=True) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
 
-    def _load_checkpoint(self) -> tuple[int, int, dict | None]:
-        from safetensors import safe_open
-
-        if self.checkpoint is None or not self.checkpoint.is_file():
-            raise TuneError(f"--resume needs a checkpoint, but {self.checkpoint} does not exist; run without --resume")
-        try:
-            with safe_open(str(self.checkpoint), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(self.checkpoint))
-        except Exception as exc:
-            raise TuneError(f"checkpoint {self.checkpoint} is unreadable ({exc}); delete it and start over") from None
-        if meta.get("fingerprint") != self._fingerprint():
-            raise TuneError(f"checkpoint {self.checkpoint} was written by a run with other settings (model, sampler, "
-                            f"schedule or options); resume with the same command, or delete it to start over")
-        with torch.no_grad():
-            self.param.raw.copy_(tensors["raw"].to(self.device))
-        self.losses = tensors["losses"].tolist()[:int(meta["n_losses"])]
-        phase, next_iter = int(meta["phase"]), int(meta["next_iter"])
-        opt_state = None
-        if next_iter:
-            state = {k[len("adam."):]: v.to(self.device) if k != "adam.step" else v
-                     for k, v in tensors.items() if k.startswith("adam.")}
-            opt_state = {"state": {0: state}, "param_groups": json.loads(meta["param_groups"])}
-        return phase, next_iter, opt_state
+def _oom_message(cfg: TuneConfig) -> str:
+    return (f"out of memory at batch {cfg.batch} (pool {cfg.pool}); try --batch {max(2, cfg.batch // 2)}. Nothing was "
+            f"written; the last checkpoint, if any, is intact")
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU for anything else)."""
+    """The model's ``device`` attribute if it has one, else its first parameter's or buffer's (else CPU)."""
+    if isinstance(getattr(model, "device", None), torch.device):
+        return model.device
     if isinstance(model, torch.nn.Module):
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             return tensor.device
