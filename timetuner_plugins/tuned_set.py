@@ -27,6 +27,7 @@ TENSORS = ("sigmas", "eval_sigmas", "tau")
 MAX_FILE_BYTES = 16 * 2 ** 20      # a tuned set is a few kB; anything this big is not one
 MAX_HEADER_BYTES = 256 * 2 ** 10
 SIGMA_RTOL = 1e-4
+MIN_RATIO, MAX_RATIO = 1e-3, 1e3  # τ/σ; the tuner bounds it to e^±1
 REQUIRED = ("format_version", "model_id", "model_fingerprint", "sampler", "sampler_options", "schedule", "steps",
             "nfe", "objective", "mode", "iterations", "seed", "data_source", "library_version", "created")
 JSON_FIELDS = ("sampler_options", "metrics_before", "metrics_after", "extra")
@@ -220,6 +221,14 @@ def _validate_tensors(path: str | Path | None, tensors: dict[str, torch.Tensor])
         raise TunedSetError(path, f"has {len(ev)} evaluation σ's but {len(tau)} τ's", "The file is corrupt: tune again")
     if not bool((ev > 0).all()) or not bool((tau > 0).all()):
         raise TunedSetError(path, "has a non-positive σ or τ", "τ must be a positive noise level: tune it again")
+    if float(ev.max()) > 1.5 * float(sig[0]) or float(ev.min()) < float(sig[-2]) * 0.5:
+        raise TunedSetError(path, f"has evaluation σ's {_short(ev)} outside its schedule {_short(sig)}",
+                            "The file is corrupt: tune it again")
+    ratio = (tau.double() / ev.double())
+    if float(ratio.min()) < MIN_RATIO or float(ratio.max()) > MAX_RATIO:
+        raise TunedSetError(path, f"has τ/σ between {float(ratio.min()):.3g} and {float(ratio.max()):.3g}, outside "
+                            f"[{MIN_RATIO}, {MAX_RATIO}]", "No tuner writes such values: the file is corrupt or "
+                            "crafted; do not use it")
 
 
 def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[str, Any]:
@@ -260,4 +269,10 @@ def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[s
             meta[key] = value
     for key in ("metrics_before", "metrics_after", "extra", "sampler_options"):
         meta.setdefault(key, {})
+    fp = meta["model_fingerprint"]
+    if len(fp) != 64 or any(ch not in "0123456789abcdef" for ch in fp):
+        raise TunedSetError(path, f"has model_fingerprint {fp[:80]!r}, not a sha256 hex digest",
+                            "The file is corrupt: tune it again")
+    if not meta["sampler"].strip():
+        raise TunedSetError(path, "names no sampler", "The file is corrupt: tune it again")
     return meta
