@@ -1,8 +1,8 @@
 """Build the shipped tuned sets and ``tuned_sets/index.yaml``: ``python -m timetuner_plugins.build_sets``.
 
-For each bundled model × {ddim, dpmpp_2m, heun, dpm_2, ddpm} × NFE {5, 10}: tune with the
-default settings on the model's default schedule, measure before/after on held-out noise,
-and record the file's sha256 in the index.
+For each bundled model × {ddim, dpmpp_2m, heun, dpm_2, ddpm}: choose the schedule the untuned
+sampler does best with at NFE 10 (validation noise), then for NFE {5, 10} tune with the default
+settings, measure before/after on evaluation noise, and record the file's sha256 in the index.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import registry
 
 from . import shipped
-from .evaluate import evaluate
+from .evaluate import choose_schedule, evaluate
 from .run import make_sigmas, steps_for_nfe
 from .tuner import TuneConfig, Tuner
 
@@ -22,34 +22,44 @@ SAMPLERS = ("ddim", "dpmpp_2m", "heun", "dpm_2", "ddpm")
 NFES = (5, 10)
 
 
-def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_others: bool = True) -> None:
-    entries = {(e.model, e.sampler, e.nfe): e for e in shipped.entries()} if keep_others else {}
+def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_others: bool = True,
+          schedule: str | None = None) -> None:
+    """``schedule=None`` chooses per model × sampler (see the module docstring)."""
+    fixed = schedule
+    entries = {(e.model, e.sampler, e.schedule, e.nfe): e for e in shipped.entries()} if keep_others else {}
     for model_name in models:
         model = registry.load_model(model_name)
-        schedule = model.default_schedule
         for sampler in samplers:
             spec = registry.get_sampler(sampler)
+            if fixed:
+                schedule = fixed
+            else:
+                schedule, scores = choose_schedule(model, spec, max(nfes))
+                print(f"{model_name:<12} {sampler:<9} schedule {schedule} (untuned at NFE {max(nfes)}: "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + ")", flush=True)
             for nfe in nfes:
                 steps = steps_for_nfe(spec, model, schedule, nfe)
                 sigmas = make_sigmas(model, schedule, steps)
                 started = time.perf_counter()
-                result = Tuner(model, spec, sigmas, schedule, TuneConfig()).tune()
+                result = Tuner(model, spec, sigmas, schedule, TuneConfig(show_progress=False)).tune()
                 before = evaluate(model, spec, sigmas, schedule, n=n)
                 after = evaluate(model, spec, sigmas, schedule, n=n, lookup=result.tuned_set(model).lookup())
                 ts = result.tuned_set(model, before, after)
-                rel = f"{model_name}/{sampler}_nfe{ts.nfe}.safetensors"
+                rel = f"{model_name}/{sampler}_{schedule}_nfe{ts.nfe}.safetensors"
                 ts.save(shipped.ROOT / rel, overwrite=True)
-                entries[(model_name, sampler, ts.nfe)] = shipped.Entry(
+                entries[(model_name, sampler, schedule, ts.nfe)] = shipped.Entry(
                     file=rel, model=model_name, sampler=sampler, schedule=schedule, steps=steps, nfe=ts.nfe,
                     objective=ts.objective, sha256=shipped.sha256_file(shipped.ROOT / rel),
                     metrics={"fd_untuned": before["fd"], "fd_tuned": after["fd"], "fd_reference": after["fd_reference"],
                              "traj_err_untuned": before["traj_err"], "traj_err_tuned": after["traj_err"],
-                             "tune_seconds": round(result.seconds, 1)})
+                             "tune_seconds": round(result.seconds, 1),
+                             "identity_fallback": result.selection.get("fallback_identity", False),
+                             "schedule_chosen": not fixed})
                 print(f"{model_name:<12} {sampler:<9} NFE {ts.nfe:>2}: FD {before['fd']:.4f} -> {after['fd']:.4f} "
                       f"(ref {after['fd_reference']:.4f}), traj {before['traj_err']:.4f} -> {after['traj_err']:.4f}, "
                       f"tuned in {result.seconds:.0f} s ({time.perf_counter() - started:.0f} s with evaluation)",
                       flush=True)
-                shipped.write_index(sorted(entries.values(), key=lambda e: (e.model, e.sampler, e.nfe)))
+                shipped.write_index(sorted(entries.values(), key=lambda e: (e.model, e.sampler, e.schedule, e.nfe)))
 
 
 def main() -> None:
@@ -58,8 +68,9 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument("--n", type=int, default=1000, help="evaluation samples")
+    parser.add_argument("--schedule", default=None, help="a fixed schedule instead of the per-sampler choice")
     args = parser.parse_args()
-    build(args.models, args.samplers, args.nfe, args.n)
+    build(args.models, args.samplers, args.nfe, args.n, schedule=args.schedule)
 
 
 if __name__ == "__main__":

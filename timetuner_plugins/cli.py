@@ -37,6 +37,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         import os
 
+        from .checkpoint import CheckpointError
         from .shipped import NoShippedSet
         from .tau import TauLookupError
         from .tuned_set import TunedSetError
@@ -45,7 +46,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (registry.UnknownNameError, TunedSetError, TuneError, TauLookupError, FileExistsError,
-                NoShippedSet) as exc:
+                NoShippedSet, CheckpointError) as exc:
             if os.environ.get("TIMETUNER_DEBUG"):
                 raise
             click.echo(f"Error: {exc}", err=True)
@@ -96,45 +97,63 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--sampler", required=True, help="A registered sampler (see `timetuner samplers`).")
 @click.option("--steps", type=click.IntRange(1), help="Sampler steps (intervals of the σ schedule).")
 @click.option("--nfe", type=click.IntRange(1), help="Or: the most steps within this many network evaluations.")
-@click.option("--schedule", default=None, help="σ schedule (default: the model's).")
-@click.option("--objective", type=click.Choice(["paper", "trajectory", "final"]), default="final", show_default=True)
+@click.option("--schedule", default=None,
+              help="σ schedule (default: the model's); 'auto' picks the one the untuned sampler does best with.")
+@click.option("--objective", type=click.Choice(["energy", "final", "trajectory", "paper"]), default="energy",
+              show_default=True, help="energy: match the teacher's sample distribution; final/trajectory: match "
+              "its final sample / states per noise; paper: Xia et al.'s per-interval ε-consistency.")
 @click.option("--mode", type=click.Choice(["sequential", "parallel"]), default="sequential", show_default=True,
               help="For --objective paper.")
 @click.option("--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper).")
-@click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01; paper 2e-3).")
+@click.option("--batch", type=click.IntRange(2), default=None, help="Batch size (default 128; paper 64).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.03; paper 2e-3).")
 @click.option("--param", type=click.Choice(["log_ratio", "t_ratio"]), default=None)
 @click.option("--data", type=click.Choice(["teacher", "real"]), default=None,
-              help="teacher: data-free from the model's own high-NFE run; real: the model's data (paper only).")
+              help="teacher: data-free, the model's own high-NFE run; real: the model's data (energy, paper).")
+@click.option("--select/--no-select", default=None,
+              help="Keep the τ that scores best on held-out noise, the untuned sampler included "
+                   "(default on; off for paper).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output tuned set (default: MODEL_SAMPLER_SCHEDULE_nfeK.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left beside --out.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=25, show_default=True,
+              help="Iterations between checkpoints (OUT.ckpt).")
 @click.option("--eval-n", type=click.IntRange(0), default=1000, show_default=True,
               help="Samples for the before/after metrics stored in the set (0 skips them).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
-         mode: str, iters: int | None, batch: int, lr: float | None, param: str | None, data: str | None, seed: int,
-         options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, eval_n: int, quiet: bool) -> None:
+         mode: str, iters: int | None, batch: int | None, lr: float | None, param: str | None, data: str | None,
+         select: bool | None, seed: int,
+         options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, checkpoint_every: int, eval_n: int,
+         quiet: bool) -> None:
     """Train τ for a sampler × schedule × model and save a tuned set."""
-    from .evaluate import evaluate
+    from .evaluate import choose_schedule, evaluate
     from .run import make_sigmas
     from .tuner import TuneConfig, Tuner
 
     spec = registry.get_sampler(sampler)
     m = registry.load_model(model)
+    opts = _parse_options(options)
+    if schedule == "auto":
+        if nfe is None and steps is None:
+            raise click.UsageError("give exactly one of --steps (sampler steps) or --nfe (network evaluations)")
+        budget = nfe if nfe is not None else spec.nfe(make_sigmas(m, m.default_schedule, steps))
+        schedule, scores = choose_schedule(m, spec, budget, options=opts)
+        click.echo(f"schedule auto: {schedule} (" + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + ")")
+        if steps is not None:
+            steps, nfe = None, budget
     schedule = schedule or m.default_schedule
     registry.get_schedule(schedule)
     n_steps = _steps(spec, m, schedule, steps, nfe)
     sigmas = make_sigmas(m, schedule, n_steps)
-    opts = _parse_options(options)
     base = TuneConfig.paper(mode) if objective == "paper" else TuneConfig(objective=objective)
-    for key, value in dict(iters=iters, lr=lr, param=param, data=data).items():
+    for key, value in dict(iters=iters, lr=lr, param=param, data=data, batch=batch, select=select).items():
         if value is not None:
             setattr(base, key, value)
-    base.batch, base.seed, base.show_progress = batch, seed, not quiet
+    base.seed, base.show_progress, base.checkpoint_every = seed, not quiet, checkpoint_every
     tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
     out = out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors")
     if out.exists() and not overwrite:
@@ -148,6 +167,11 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     result.tuned_set(m, before, after).save(out, overwrite=overwrite)
     click.echo(f"wrote {out}: {spec.name} on {model}, {schedule}, {n_steps} steps, NFE {len(result.tau)}, "
                f"{objective}, {result.seconds:.1f} s")
+    sel = result.selection
+    if sel:
+        click.echo(f"  validation ({sel['metric']}, held-out noise): untuned {sel['untuned']:.4g}, kept "
+                   + ("the untuned sampler: no τ validated better" if sel["fallback_identity"]
+                      else f"iteration {sel['best_iteration']} ({sel['best']:.4g})"))
     if eval_n:
         click.echo(_metric_line("untuned", before) + "\n" + _metric_line("tuned", after))
 
@@ -237,6 +261,9 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
                        f"objective {r['objective']} ({r['mode']}), {r['iterations']} iterations, seed {r['seed']}, "
                        f"data {r['data_source']}\n  written by timetuner {r['library_version']} at {r['created']}")
             click.echo("  τ/σ " + " ".join(f"{v:.3f}" for v in r["tau_over_sigma"]))
+            sel = r["extra"].get("selection") or {}
+            if sel.get("fallback_identity"):
+                click.echo("  identity: tuning did not validate better than the untuned sampler")
             for label in ("metrics_before", "metrics_after"):
                 if r[label]:
                     click.echo(f"  {label}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -254,6 +281,75 @@ def demo(retune: bool, out: Path, n: int) -> None:
     from .demo import run_demo
 
     run_demo(out, retune=retune, n=n)
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="A CI-sized smoke run.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench"), show_default=True)
+@click.option("--models", default=None, help="Comma-separated (default: all bundled).")
+@click.option("--samplers", default=None, help="Comma-separated (default: native + importable k-diffusion ones).")
+@click.option("--nfe", "nfes", default=None, help="Comma-separated NFEs (default: 4,5,6,8,10,15,20).")
+@click.option("--methods", default=None, help="Comma-separated (default: all): " + ", ".join(
+    ["untuned", "paper-seq", "paper-par", "final", "trajectory", "energy", "ours", "ours-real"]))
+@click.option("--seeds", type=click.IntRange(1), default=None, help="Tuning seeds per method (default 3).")
+@click.option("--n", "n", type=click.IntRange(50), default=None, help="Evaluation samples (default 1000).")
+@click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Rewrite this README's generated results section.")
+def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes: str | None, methods: str | None,
+          seeds: int | None, n: int | None, update_readme: Path | None) -> None:
+    """Side-by-side benchmark of the tuning methods on the bundled models; JSON, Markdown and plots."""
+    from . import bench as b
+
+    plan = b.quick_plan() if quick else b.default_plan()
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    if models:
+        plan.models = split(models)
+    if samplers:
+        plan.samplers = split(samplers)
+    if nfes:
+        plan.nfes = [int(v) for v in split(nfes)]
+    if methods:
+        unknown = [m for m in split(methods) if m not in b.METHODS]
+        if unknown:
+            raise click.BadParameter(f"unknown method(s) {unknown}; choose from {', '.join(b.METHODS)}")
+        plan.methods = split(methods)
+    if seeds:
+        plan.seeds = list(range(seeds))
+    if n:
+        plan.n = n
+    for name in plan.models:
+        registry.get_model_spec(name)
+    for name in plan.samplers:
+        registry.get_sampler(name)
+    data = b.run_bench(plan, out, log=click.echo)
+    click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots in {data['seconds']:.0f} s")
+    if update_readme:
+        b.update_readme(update_readme, data, out)
+        click.echo(f"updated {update_readme}")
+
+
+SHIM = '''"""TimeTuner nodes for ComfyUI, written by `timetuner comfyui-install` (the package is pip-installed)."""
+from comfyui_nodes import WEB_DIRECTORY, comfy_entrypoint  # noqa: F401
+'''
+
+
+@cli.command(name="comfyui-install")
+@click.argument("comfyui", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing custom_nodes/timetuner.")
+def comfyui_install(comfyui: Path, overwrite: bool) -> None:
+    """Make a pip-installed timetuner load in the ComfyUI at COMFYUI (run it with ComfyUI's Python)."""
+    nodes = comfyui / "custom_nodes"
+    if not (comfyui / "main.py").is_file() or not nodes.is_dir():
+        raise click.BadParameter(f"{comfyui} has no main.py and custom_nodes/: give the ComfyUI folder")
+    target = nodes / "timetuner"
+    if target.exists() and not overwrite:
+        raise click.ClickException(f"{target} exists (a git clone?); pass --overwrite to replace its __init__.py")
+    target.mkdir(exist_ok=True)
+    from .io import atomic_path
+
+    with atomic_path(target / "__init__.py", overwrite=True) as tmp:
+        tmp.write_text(SHIM)
+    click.echo(f"wrote {target / '__init__.py'}; restart ComfyUI. Nodes appear under sampling/timetuner.")
 
 
 def main() -> None:

@@ -53,10 +53,14 @@ def entries() -> list[Entry]:
     return [Entry(**{**item, "metrics": item.get("metrics") or {}}) for item in raw.get("sets", [])]
 
 
-def find(model: str, sampler: str, nfe: int | None = None, steps: int | None = None) -> Entry:
-    """The shipped set for model × sampler at ``nfe`` evaluations (or ``steps`` steps)."""
+def find(model: str, sampler: str, nfe: int | None = None, steps: int | None = None,
+         schedule: str | None = None) -> Entry:
+    """The shipped set for model × sampler at ``nfe`` evaluations (or ``steps`` steps); without a
+    ``schedule``, the one on the schedule chosen for that sampler (listed first)."""
     matches = [e for e in entries() if e.model == model and e.sampler == sampler
-               and (nfe is None or e.nfe == nfe) and (steps is None or e.steps == steps)]
+               and (nfe is None or e.nfe == nfe) and (steps is None or e.steps == steps)
+               and (schedule is None or e.schedule == schedule)]
+    matches.sort(key=lambda e: not e.metrics.get("schedule_chosen", True))
     if not matches:
         have = sorted({f"{e.sampler}@{e.nfe}" for e in entries() if e.model == model})
         raise NoShippedSet(f"no shipped tuned set for {model} × {sampler} at "

@@ -1,0 +1,266 @@
+"""``timetuner bench``: every method side by side on the bundled models, with fixed seeds.
+
+For each model × sampler × NFE: the schedule the untuned sampler does best with (chosen on
+validation noise), a 500-NFE reference from the evaluation noise, then each method tuned with
+several seeds and evaluated on the evaluation noise, which no method sees while tuning.
+Writes ``results.json``, ``results.md`` and PNG plots; ``--quick`` is a CI-sized smoke run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import registry
+
+from . import plots
+from .evaluate import EVAL_SEED, choose_schedule, eval_noise, evaluate, generate, reference
+from .metrics import fd_metric, trajectory_error
+from .run import make_sigmas, steps_for_nfe
+from .tau import TauLookup
+from .tuner import TuneConfig, Tuner
+
+METHODS: dict[str, Callable[[int], TuneConfig | None]] = {
+    "untuned": lambda seed: None,
+    "paper-seq": lambda seed: TuneConfig.paper("sequential", seed=seed, show_progress=False),
+    "paper-par": lambda seed: TuneConfig.paper("parallel", seed=seed, show_progress=False),
+    "final": lambda seed: TuneConfig(objective="final", select=False, seed=seed, show_progress=False),
+    "trajectory": lambda seed: TuneConfig(objective="trajectory", select=False, seed=seed, show_progress=False),
+    "energy": lambda seed: TuneConfig(objective="energy", select=False, seed=seed, show_progress=False),
+    "ours": lambda seed: TuneConfig(seed=seed, show_progress=False),
+    "ours-real": lambda seed: TuneConfig(data="real", seed=seed, show_progress=False),
+}
+DESCRIPTIONS = {
+    "untuned": "the plain sampler",
+    "paper-seq": "Xia et al. 2024 as published: per-interval ε-consistency, t-ratio, Adam 2e-3, 500 it, sequential",
+    "paper-par": "the same, parallel mode (x_t from the forward process)",
+    "final": "all τ jointly, squared error to the teacher's final sample",
+    "trajectory": "all τ jointly, squared error to the teacher's states at every σ",
+    "energy": "all τ jointly, energy distance to the teacher's samples",
+    "ours": "energy distance + held-out selection with identity fallback (the default)",
+    "ours-real": "as ours, energy distance to real data instead of the teacher",
+}
+
+
+@dataclass
+class Plan:
+    models: list[str]
+    samplers: list[str]
+    nfes: list[int]
+    methods: list[str]
+    seeds: list[int]
+    n: int = 1000
+    heavy_methods: tuple[str, ...] = ("paper-seq", "paper-par", "final", "trajectory", "energy", "ours-real")
+    heavy_nfes: tuple[int, ...] = (5, 10)
+    heavy_samplers: tuple[str, ...] = ("ddim", "dpmpp_2m")
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def methods_for(self, sampler: str, nfe: int) -> list[str]:
+        """The comparison methods run on the headline cells; 'untuned' and 'ours' run everywhere."""
+        heavy = sampler in self.heavy_samplers and nfe in self.heavy_nfes
+        return [m for m in self.methods if heavy or m not in self.heavy_methods]
+
+
+def default_plan() -> Plan:
+    samplers = ["ddim", "ddpm", "heun", "dpm_2", "dpmpp_2m"]
+    samplers += sorted(n for n, s in registry.samplers().items() if n.startswith("k_diffusion.") and s.tunable)
+    return Plan(models=["digits-ddpm", "digits-edm", "gmm-digits"], samplers=samplers,
+                nfes=[4, 5, 6, 8, 10, 15, 20], methods=list(METHODS), seeds=[0, 1, 2])
+
+
+def quick_plan() -> Plan:
+    return Plan(models=["gmm-digits"], samplers=["ddim"], nfes=[5], methods=["untuned", "paper-seq", "ours"],
+                seeds=[0], n=200, heavy_samplers=("ddim",), heavy_nfes=(5,),
+                overrides={"iters": 15, "pool": 64, "batch": 32, "val_size": 64, "teacher_substeps": 6})
+
+
+def _tune(model: Any, spec: Any, sigmas: torch.Tensor, schedule: str, config: TuneConfig,
+          overrides: dict[str, Any]) -> tuple[Any, float]:
+    for key, value in overrides.items():
+        if key == "batch" and config.objective == "paper":
+            continue
+        setattr(config, key, value)
+    started = time.perf_counter()
+    result = Tuner(model, spec, sigmas, schedule, config).tune()
+    return result, time.perf_counter() - started
+
+
+def _held_out_check(model: Any, spec: Any, sigmas: torch.Tensor, lookup: TauLookup, config: TuneConfig,
+                    n: int) -> dict[str, float]:
+    """The tuned run's error against a teacher on its own training noise and on fresh noise."""
+    solver = registry.get_sampler("dpmpp_2m")
+    fine = make_sigmas(model, "logsnr", 200)
+    out = {}
+    for label, noise in (("train", torch.cat([torch.randn((config.batch, *model.sample_shape),
+                                                          generator=torch.Generator().manual_seed(
+                                                              config.seed * 1_000_003 + c))
+                                              for c in range(max(1, math.ceil(config.pool / config.batch)))])[:n]),
+                         ("fresh", eval_noise(n, tuple(model.sample_shape), EVAL_SEED + 7))):
+        target = generate(model, solver, fine, noise)
+        out[f"traj_err_{label}"] = trajectory_error(generate(model, spec, sigmas, noise, lookup=lookup), target)
+        out[f"traj_err_{label}_untuned"] = trajectory_error(generate(model, spec, sigmas, noise), target)
+    return out
+
+
+def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    taus: dict[str, Any] = {}
+    started = time.perf_counter()
+    for model_name in plan.models:
+        model = registry.load_model(model_name)
+        has_fd = fd_metric(model) is not None
+        for sampler in plan.samplers:
+            spec = registry.get_sampler(sampler)
+            schedule, _ = choose_schedule(model, spec, 10)
+            for nfe in plan.nfes:
+                try:
+                    steps = steps_for_nfe(spec, model, schedule, nfe)
+                except ValueError:
+                    continue
+                sigmas = make_sigmas(model, schedule, steps)
+                noise = eval_noise(plan.n, tuple(model.sample_shape), EVAL_SEED)
+                ref = reference(model, spec, schedule, noise)
+                base = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref)
+                cell = dict(model=model_name, sampler=sampler, nfe=base["nfe"], steps=steps, schedule=schedule,
+                            fd_untuned=base["fd"], fd_reference=base["fd_reference"],
+                            traj_err_untuned=base["traj_err"])
+                for method in plan.methods_for(sampler, nfe):
+                    for seed in plan.seeds if method != "untuned" else [0]:
+                        config = METHODS[method](seed)
+                        row = dict(cell, method=method, seed=seed)
+                        if config is None:
+                            row.update(fd=base["fd"], traj_err=base["traj_err"], tune_seconds=0.0,
+                                       sample_seconds=base["seconds"])
+                        else:
+                            result, seconds = _tune(model, spec, sigmas, schedule, config, plan.overrides)
+                            lookup = TauLookup(result.eval_sigmas, result.tau)
+                            after = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref, lookup=lookup)
+                            row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=round(seconds, 2),
+                                       sample_seconds=after["seconds"],
+                                       identity=bool(result.selection.get("fallback_identity", False)),
+                                       tau_over_sigma=(result.tau / result.eval_sigmas).tolist())
+                            if method == "ours" and nfe == 10 and seed == plan.seeds[0]:
+                                row.update(_held_out_check(model, spec, sigmas, lookup, config, min(plan.n, 512)))
+                            taus.setdefault(f"{model_name}|{sampler}|{base['nfe']}", {})[method] = (
+                                result.eval_sigmas, result.tau)
+                        gap = (row["fd_untuned"] - row["fd_reference"]) if has_fd else None
+                        row["gap_closed"] = ((row["fd_untuned"] - row["fd"]) / gap) if gap and gap > 0 else None
+                        records.append(row)
+                        log(_line(row))
+                _write(out, plan, records, taus, time.perf_counter() - started)
+    return _write(out, plan, records, taus, time.perf_counter() - started)
+
+
+def _line(r: dict[str, Any]) -> str:
+    fd = "n/a" if r["fd"] is None else f"{r['fd']:.4g}"
+    gap = "" if r["gap_closed"] is None else f" gap {r['gap_closed']:.0%}"
+    return (f"{r['model']:<12} {r['sampler']:<26} NFE {r['nfe']:>2} {r['method']:<10} seed {r['seed']}: FD {fd}"
+            f"{gap} traj {r['traj_err']:.4f} tune {r['tune_seconds']:.0f}s")
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread over seeds per model × sampler × NFE × method."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["sampler"], r["nfe"], r["method"]), []).append(r)
+    rows = []
+    for (model, sampler, nfe, method), rs in groups.items():
+        def stat(key):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if not vals:
+                return None, None
+            return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        fd, fd_sd = stat("fd")
+        gap, gap_sd = stat("gap_closed")
+        traj, traj_sd = stat("traj_err")
+        tune_s, _ = stat("tune_seconds")
+        rows.append(dict(model=model, sampler=sampler, nfe=nfe, method=method, seeds=len(rs), fd=fd, fd_sd=fd_sd,
+                         gap_closed=gap, gap_sd=gap_sd, traj_err=traj, traj_sd=traj_sd, tune_seconds=tune_s,
+                         fd_untuned=rs[0]["fd_untuned"], fd_reference=rs[0]["fd_reference"],
+                         schedule=rs[0]["schedule"], identity=sum(bool(r.get("identity")) for r in rs)))
+    return rows
+
+
+def markdown(summary: list[dict[str, Any]], methods: list[str]) -> str:
+    def fmt(mean, sd, pct=False):
+        if mean is None:
+            return "–"
+        return f"{mean:.0%} ± {sd:.0%}" if pct else f"{mean:.4g} ± {sd:.2g}"
+
+    lines = ["| model | sampler | NFE | schedule | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    cells: dict[tuple, dict[str, dict]] = {}
+    for row in summary:
+        cells.setdefault((row["model"], row["sampler"], row["nfe"], row["schedule"]), {})[row["method"]] = row
+    for (model, sampler, nfe, schedule), by_method in sorted(cells.items()):
+        parts = []
+        for m in methods:
+            row = by_method.get(m)
+            if row is None:
+                parts.append("")
+            elif m == "untuned":
+                parts.append(f"FD {fmt(row['fd'], 0.0).split(' ±')[0]}" if row["fd"] is not None
+                             else f"traj {row['traj_err']:.4f}")
+            else:
+                gap = "" if row["gap_closed"] is None else f"<br>gap {fmt(row['gap_closed'], row['gap_sd'], True)}"
+                fd = f"FD {fmt(row['fd'], row['fd_sd'])}" if row["fd"] is not None else \
+                    f"traj {fmt(row['traj_err'], row['traj_sd'])}"
+                ident = f"<br>identity ×{row['identity']}" if row["identity"] else ""
+                parts.append(fd + gap + ident)
+        lines.append(f"| {model} | {sampler} | {nfe} | {schedule} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def _write(out: Path, plan: Plan, records: list, taus: dict, seconds: float) -> dict[str, Any]:
+    summary = summarise(records)
+    methods = [m for m in plan.methods if any(r["method"] == m for r in records)]
+    data = {"plan": plan.__dict__ | {"heavy_methods": list(plan.heavy_methods)}, "seconds": round(seconds, 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "methods": {m: DESCRIPTIONS[m] for m in methods},
+            "records": records, "summary": summary}
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    (out / "results.md").write_text(markdown(summary, methods) + "\n")
+    for model in plan.models:
+        for sampler in plan.samplers:
+            rows = [r for r in summary if r["model"] == model and r["sampler"] == sampler and r["fd"] is not None]
+            if not rows:
+                continue
+            series = {}
+            for method in methods:
+                pts = sorted((r["nfe"], r["fd"]) for r in rows if r["method"] == method)
+                if pts:
+                    series[method] = ([p[0] for p in pts], [p[1] for p in pts])
+            plots.fd_vs_nfe(series, out / f"fd_vs_nfe_{model}_{sampler}.png", reference=rows[0]["fd_reference"],
+                            title=f"{model}, {sampler}: FD vs NFE")
+    for key, by_method in taus.items():
+        model, sampler, nfe = key.split("|")
+        if int(nfe) in (9, 10):  # the τ/σ figure per sampler at NFE 10 (9 for two-stage samplers)
+            plots.tau_ratios(by_method, out / f"tau_{model}_{sampler}_nfe{nfe}.png",
+                             title=f"learned τ/σ: {model}, {sampler}, NFE {nfe}")
+    return data
+
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, data: dict[str, Any], figures: Path) -> None:
+    """Replace the README's generated results section with the benchmark's table."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} … {README_END} section to replace")
+    methods = list(data["methods"])
+    body = [README_START, "",
+            f"Generated by `timetuner bench` ({data['seconds'] / 60:.0f} min on {data['threads']} CPU threads, torch "
+            f"{data['torch']}); FD mean ± spread over tuning seeds {data['plan']['seeds']}, "
+            f"{data['plan']['n']} evaluation samples from noise no method tuned on. Methods:", ""]
+    body += [f"- **{m}**: {d}" for m, d in data["methods"].items()]
+    body += ["", markdown(data["summary"], methods), "", README_END]
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + "\n".join(body) + text[end:])
