@@ -66,7 +66,7 @@ def test_third_party_entry_point_sampler_is_discovered_and_tunable(installed_thi
         plain = sample(gmm, spec, sigmas, noise(8))
     assert torch.isfinite(plain).all()
     tuner = Tuner(gmm, spec, sigmas, "logsnr", TuneConfig(iters=3, pool=16, batch=8, teacher_substeps=4,
-                                                          show_progress=False))
+                                                          show_progress=False, select=False))
     result = tuner.tune()
     assert len(result.tau) == spec.nfe(sigmas) == 7
     assert not torch.equal(result.tau, result.eval_sigmas)
