@@ -1,0 +1,110 @@
+"""Applying a tuned set to a ComfyUI MODEL (a ModelPatcher) and identifying the model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import weakref
+from typing import Any
+
+import torch
+
+from timetuner_plugins.denoisers import fingerprint_tensors
+from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
+
+from .tau_patch import SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
+
+log = logging.getLogger("timetuner")
+WRAPPER_KEY = "timetuner"
+_fingerprints: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model: Any) -> str:
+    """sha256 over the diffusion network's tensors, named as the library names a wrapped network
+    (``net.*``), so a set tuned in Python on a bundled model applies to the same model in ComfyUI."""
+    net = model.model.diffusion_model
+    if net not in _fingerprints:
+        _fingerprints[net] = fingerprint_tensors({f"net.{k}": v for k, v in net.state_dict().items()})
+    return _fingerprints[net]
+
+
+def warn(message: str) -> None:
+    """Log a warning and show it in the ComfyUI page (a toast, through web/timetuner.js)."""
+    log.warning("TimeTuner: %s", message)
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync("timetuner.warning", {"message": message})
+    except Exception:  # no server (scripts, tests): the log line is enough
+        pass
+
+
+def install_timestep(model_sampling: Any) -> TauTimestep:
+    """Put a :class:`TauTimestep` on ``model_sampling`` (idempotent) and return it."""
+    current = model_sampling.timestep
+    if isinstance(current, TauTimestep):
+        return current
+    fractional = None
+    if hasattr(model_sampling, "log_sigmas") and getattr(model_sampling, "num_timesteps", None):
+        fractional = fractional_timestep(model_sampling.log_sigmas.detach().double())
+    stand_in = TauTimestep(current, fractional)
+    model_sampling.timestep = stand_in
+    return stand_in
+
+
+def check_model(tuned: TunedSet, model: Any, force: bool) -> None:
+    """Refuse a set tuned for another model unless ``force``."""
+    tuned.check(model=_Identity(model_fingerprint(model)), force=force)
+
+
+class _Identity:
+    model_id = "the connected MODEL"
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+
+def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
+    """A clone of ``model`` whose network is conditioned on the set's τ during sampling.
+
+    Runs whose σ's do not fit the set log a warning and sample plainly, or raise with ``strict``.
+    """
+    import comfy.patcher_extension as ext
+
+    patched = model.clone()
+    sampling = copy.deepcopy(patched.get_model_object("model_sampling"))
+    stand_in = install_timestep(sampling)
+    patched.add_object_patch("model_sampling", sampling)
+    matcher = SigmaMatcher(tuned.lookup())
+    state = {"active": False}
+
+    def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        problem = schedule_problem(tuned, sigmas)
+        if problem and strict:
+            raise TunedSetMismatch(tuned.path, problem, "Turn 'strict' off to sample without τ instead")
+        if problem:
+            warn(f"{problem}; sampling WITHOUT the tuned set.")
+        matcher.reset()
+        state["active"] = problem is None
+        try:
+            return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        finally:
+            state["active"] = False
+
+    def apply_model(executor, x, t, *args, **kwargs):
+        transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
+        if state["active"] and stand_in.forced is None:
+            stand_in.ratio = matcher.ratio(t, transformer_options.get("cond_or_uncond"))
+        try:
+            return executor(x, t, *args, **kwargs)
+        finally:
+            stand_in.ratio = None
+
+    patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
+    patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model)
+    return patched
+
+
+def sampling_of(model_k: Any) -> Any:
+    """The model_sampling object a sampler function's ``model`` argument evaluates with."""
+    return model_k.inner_model.inner_model.model_sampling

@@ -1,0 +1,89 @@
+"""Registry samplers as ComfyUI SAMPLERs, and tuning a ComfyUI model inside its sampling machinery."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from registry import SamplerSpec
+from timetuner_plugins.denoisers import TunableDenoiser
+from timetuner_plugins.noise import SeededNoise
+from timetuner_plugins.samplers import run_options
+from timetuner_plugins.tau import TauLookupError
+from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
+
+from .model_patch import install_timestep, sampling_of, warn
+from .tau_patch import TauTimestep, schedule_problem
+
+class _Counted:
+    """Calls ComfyUI's model with the k-th evaluation's τ/σ forced on the timestep stand-in."""
+
+    def __init__(self, model: Callable, stand_in: TauTimestep, ratios: torch.Tensor, offset: int):
+        self.model, self.stand_in, self.ratios, self.k = model, stand_in, ratios, offset
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        if self.k >= len(self.ratios):
+            raise TauLookupError(f"the sampler made more network evaluations than the tuned set's {len(self.ratios)}")
+        self.stand_in.forced = self.ratios[self.k]
+        self.k += 1
+        try:
+            return self.model(x, sigma, **extra)
+        finally:
+            self.stand_in.forced = None
+
+
+def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) -> Callable:
+    """A k-diffusion-style function for ``comfy.samplers.KSAMPLER`` running ``spec``, τ-aware with ``tuned``
+    (evaluations counted, so every τ is applied exactly; a suffix schedule from denoise < 1 uses the last τ's)."""
+
+    def run(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        extra_args = extra_args or {}
+        options = spec.options(options)
+        if spec.is_stochastic(options) and "noise_sampler" not in options:
+            options["noise_sampler"] = SeededNoise(x, int(extra_args.get("seed", 0) or 0))
+        call = model
+        stand_in = installed = None
+        if tuned is not None:
+            problem = schedule_problem(tuned, sigmas)
+            if problem is None and tuned.sampler != spec.name:
+                problem = f"the set was tuned for sampler {tuned.sampler!r}, not {spec.name!r}"
+            if problem and strict:
+                raise TunedSetMismatch(tuned.path, problem, "Turn 'strict' off to sample without τ instead")
+            if problem:
+                warn(f"{problem}; sampling WITHOUT the tuned set.")
+            else:
+                ms = sampling_of(model)
+                installed = not isinstance(ms.timestep, TauTimestep)
+                stand_in = install_timestep(ms)
+                offset = len(tuned.tau) - spec.nfe(sigmas)
+                call = _Counted(model, stand_in, tuned.lookup().ratio.to(x.device, x.dtype), offset)
+        try:
+            return spec.fn(call, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                           **run_options(spec.fn, options))
+        finally:
+            if installed:
+                del sampling_of(model).timestep  # back to the class's own method
+    run.__name__ = f"sample_{spec.name}"
+    return run
+
+
+class ComfyDenoiser(TunableDenoiser):
+    """A ComfyUI model (as a sampler function receives it, with its conditioning bound) as a tunable
+    denoiser: τ reaches the network through the timestep stand-in."""
+
+    def __init__(self, model: Callable, extra_args: dict, stand_in: TauTimestep, sample_shape: tuple[int, ...],
+                 fingerprint: str, model_id: str, device: torch.device):
+        super().__init__()
+        ms = sampling_of(model)
+        self.comfy_model, self.extra_args, self.stand_in, self.device = model, extra_args, stand_in, device
+        self.sample_shape, self._fingerprint, self.model_id = sample_shape, fingerprint, model_id
+        self.sigma_min, self.sigma_max = float(ms.sigma_min), float(ms.sigma_max)
+        self.default_schedule = "karras"
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        self.stand_in.forced = (cond_sigma / sigma).reshape(-1)
+        try:
+            return self.comfy_model(x, sigma, **self.extra_args)
+        finally:
+            self.stand_in.forced = None

@@ -1,0 +1,102 @@
+"""The node pack's logic that needs no ComfyUI: σ-keyed τ, the timestep stand-in, file-name safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import registry
+from comfyui_nodes import paths
+from comfyui_nodes.tau_patch import SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
+from timetuner_plugins.denoisers import DiscreteVPDenoiser
+from timetuner_plugins.run import eval_sigmas, make_sigmas, sample
+from timetuner_plugins.tau import TauLookup, TauModel
+
+from helpers import noise
+from test_tuned_set import make_set
+
+
+def heun_lookup(gmm):
+    spec = registry.get_sampler("heun")
+    sigmas = make_sigmas(gmm, "karras", 4)
+    ev = eval_sigmas(spec, sigmas, gmm.sample_shape)  # σ_1..σ_3 appear twice: corrector, then next step
+    return spec, sigmas, TauLookup(ev, ev * torch.linspace(0.8, 1.2, len(ev)))
+
+
+class KeyedModel:
+    """What ComfyUI does: the model only sees σ; τ comes from a σ-keyed matcher."""
+
+    def __init__(self, model, matcher, split=False):
+        self.model, self.matcher, self.split = model, matcher, split
+
+    def __call__(self, x, sigma, **extra):
+        if not self.split:
+            return self.model(x, sigma, cond_sigma=sigma * self.matcher.ratio(sigma, [1, 0]), **extra)
+        half = len(x) // 2  # cond and uncond rows in separate calls, as ComfyUI does when memory is short
+        a = self.model(x[:half], sigma[:half], cond_sigma=sigma[:half] * self.matcher.ratio(sigma[:half], [0]))
+        b = self.model(x[half:], sigma[half:], cond_sigma=sigma[half:] * self.matcher.ratio(sigma[half:], [1]))
+        return torch.cat([a, b])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_sigma_keyed_matching_equals_counted_evaluations_even_with_repeated_sigmas(gmm, split):
+    spec, sigmas, lookup = heun_lookup(gmm)
+    assert len(set(lookup.eval_sigmas.tolist())) < len(lookup)  # repeated σ's are the hard case
+    with torch.no_grad():
+        counted = sample(gmm, spec, sigmas, noise(4), lookup=lookup)
+        matcher = SigmaMatcher(lookup)
+        keyed = spec.fn(KeyedModel(gmm, matcher, split), noise(4) * sigmas[0], sigmas, disable=True)
+    torch.testing.assert_close(keyed, counted, rtol=1e-5, atol=1e-5)
+
+
+def test_unmatched_sigmas_keep_the_plain_model(gmm):
+    _, _, lookup = heun_lookup(gmm)
+    matcher = SigmaMatcher(lookup)
+    torch.testing.assert_close(matcher.ratio(torch.tensor([3.3333, 3.3333])), torch.ones(2))
+    matcher.reset()
+    first = matcher.ratio(lookup.eval_sigmas[:1].expand(2))
+    torch.testing.assert_close(first, lookup.ratio[:1].expand(2))
+
+
+def test_timestep_stand_in_moves_only_while_a_ratio_is_set():
+    model = DiscreteVPDenoiser(torch.nn.Identity(), DiscreteVPDenoiser.linear_betas())
+    calls = []
+    original = lambda s: calls.append(s) or s.log()  # noqa: E731
+    stand_in = TauTimestep(original, fractional_timestep(model.log_sigmas))
+    sigma = torch.tensor([2.0, 2.0])
+    assert torch.equal(stand_in(sigma), sigma.log()) and len(calls) == 1
+    stand_in.ratio = torch.tensor([1.1, 0.9])
+    torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double() * torch.tensor([1.1, 0.9])),
+                               rtol=1e-6, atol=1e-4)
+    stand_in.forced = torch.tensor(1.0)  # an evaluation counter wins over σ matching
+    torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double()), rtol=1e-6, atol=1e-4)
+
+
+def test_schedule_problem_accepts_the_schedule_or_a_denoise_suffix():
+    ts = make_set()
+    assert schedule_problem(ts, ts.sigmas) is None
+    assert schedule_problem(ts, ts.sigmas[-3:]) is None
+    assert "does not match" in schedule_problem(ts, torch.tensor([50.0, 5.0, 0.0]))
+
+
+def test_paths_stay_inside_their_folders(tmp_path):
+    user = tmp_path / "models" / "timetuner"
+    (user / "sub").mkdir(parents=True)
+    make_set().save(user / "sub" / "mine.safetensors")
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    names = paths.choices([user])
+    assert "sub/mine.safetensors" in names and any(n.startswith("shipped/") for n in names)
+    assert paths.resolve("sub/mine.safetensors", [user])[0] == (user / "sub" / "mine.safetensors").resolve()
+    for bad in ("../secret.safetensors", "sub/../../secret.safetensors", str(tmp_path / "secret.safetensors"),
+                "/etc/passwd", "shipped/../../../etc/passwd", ""):
+        with pytest.raises((paths.UnsafePath, FileNotFoundError)):
+            paths.resolve(bad, [user])
+    (user / "link.safetensors").symlink_to(tmp_path / "secret.safetensors")
+    with pytest.raises(paths.UnsafePath, match="outside"):
+        paths.resolve("link.safetensors", [user])
+    for bad in ("../x", "a/b", "/abs", "", "..", "x" * 200):
+        with pytest.raises(paths.UnsafePath):
+            paths.output_path(user, bad)
+    assert paths.output_path(user, "my set.safetensors") == user / "my set.safetensors"

@@ -1,0 +1,91 @@
+"""Apply Tuned Set inside ComfyUI's own sampling code (no server): ε- and v-prediction models.
+
+Needs COMFYUI_PATH (a ComfyUI checkout importable by this interpreter); skips without it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+if not COMFYUI:
+    pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the in-process ComfyUI tests", allow_module_level=True)
+sys.path.insert(0, COMFYUI)
+
+import comfy.cli_args  # noqa: E402
+
+if not torch.cuda.is_available():
+    comfy.cli_args.args.cpu = True  # what main.py --cpu does
+
+import comfy.latent_formats  # noqa: E402
+import comfy.model_base  # noqa: E402
+import comfy.model_management as mm  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import comfy.supported_models_base  # noqa: E402
+
+from comfyui_nodes.model_patch import apply_tuned_set  # noqa: E402
+from timetuner_plugins.tuned_set import TunedSet  # noqa: E402
+
+
+class Net(torch.nn.Module):
+    dtype = torch.float32
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 16)
+        self.calls = []
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kw):
+        self.calls.append((x.detach().clone(), timesteps.detach().clone()))
+        return self.lin(x.flatten(1)).reshape(x.shape) * 0.1
+
+
+class Config(comfy.supported_models_base.BASE):
+    unet_config = {"disable_unet_model_creation": True}
+    unet_extra_config: dict = {}
+    latent_format = type("OneChannel", (comfy.latent_formats.LatentFormat,), {"latent_channels": 1})
+    memory_usage_factor = 1.0
+
+
+def make(model_type):
+    base = comfy.model_base.BaseModel(Config({"disable_unet_model_creation": True}), model_type=model_type)
+    base.diffusion_model = Net()
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@pytest.mark.parametrize("model_type", [comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION])
+def test_network_sees_tau_while_preconditioning_stays_at_sigma(model_type):
+    model = make(model_type)
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, "karras", 4).cpu()
+    ratio = torch.tensor([1.2, 0.9, 1.1, 0.8])
+    ts = TunedSet(sigmas=sigmas, eval_sigmas=sigmas[:-1].clone(), tau=sigmas[:-1] * ratio, model_id="tiny",
+                  model_fingerprint="0" * 64, sampler="ddim", schedule="karras", objective="energy")
+    patched = apply_tuned_set(model, ts, strict=True)
+    latent = torch.zeros(2, 1, 4, 4)
+    noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    cond = [[torch.zeros(1, 1, 4), {}]]
+    net = model.model.diffusion_model
+    with torch.inference_mode():
+        comfy.sample.sample(patched, noise, 4, 1.0, "euler", "karras", cond, cond, latent, seed=0, disable_pbar=True)
+        tuned_calls = list(net.calls)
+        net.calls.clear()
+        comfy.sample.sample(model, noise, 4, 1.0, "euler", "karras", cond, cond, latent, seed=0, disable_pbar=True)
+        plain_calls = list(net.calls)
+    assert len(tuned_calls) == len(plain_calls) == 4
+    # the first evaluation gets the same input (preconditioning at σ), only its timestep moves to τ
+    torch.testing.assert_close(tuned_calls[0][0], plain_calls[0][0])
+    stand_in = patched.get_model_object("model_sampling").timestep
+    for k, (_, t) in enumerate(tuned_calls):
+        expected = stand_in.fractional(sigmas[k:k + 1] * ratio[k]).float()
+        torch.testing.assert_close(t, expected.expand_as(t), rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(tuned_calls[0][1], plain_calls[0][1])
+    # the unpatched model is untouched
+    assert not hasattr(model.get_model_object("model_sampling").timestep, "forced")

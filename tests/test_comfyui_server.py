@@ -1,0 +1,234 @@
+"""The node pack in a real ComfyUI server: each example workflow over /prompt and /history.
+
+Needs COMFYUI_PATH (a ComfyUI checkout) and an interpreter that can run it (COMFYUI_PYTHON,
+default: this one); without COMFYUI_PATH these tests skip. The server runs on loopback with
+--base-directory in a temporary folder whose custom_nodes/ links to this repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import registry
+from timetuner_plugins import shipped
+from timetuner_plugins.run import run_sampler
+from timetuner_plugins.tuned_set import TunedSet
+
+from test_tuned_set import make_set
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "example_workflows" / "api"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path):
+        self.base, self.port = base, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(base / "server.log", "w")
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        self.proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                                      "--base-directory", str(base), "--disable-api-nodes", "--disable-metadata"],
+                                     cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited: see {base / 'server.log'}")
+            try:
+                self.get("/object_info/TimeTunerApplyTunedSet")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        raise RuntimeError("ComfyUI did not start within 180 s")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, prompt: dict) -> tuple[int, dict]:
+        body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode()
+        req = urllib.request.Request(self.url + "/prompt", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        status, reply = self.post(prompt)
+        assert status == 200, reply
+        pid = reply["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{pid}")
+            if pid in history and history[pid]["status"].get("completed") is not None and \
+                    history[pid]["status"]["status_str"] in ("success", "error"):
+                return history[pid]
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {pid} did not finish in {timeout} s")
+
+    def images(self, entry: dict) -> list[np.ndarray]:
+        import matplotlib.image as mpimg
+
+        out = []
+        for node in entry["outputs"].values():
+            for img in node.get("images", []):
+                path = self.base / "output" / img["subfolder"] / img["filename"]
+                out.append(mpimg.imread(path)[..., :3])
+        return out
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "timetuner").symlink_to(REPO)
+    user = base / "models" / "timetuner"
+    user.mkdir(parents=True)
+    good = make_set()
+    good.save(user / "valid.safetensors")
+    data = bytearray((user / "valid.safetensors").read_bytes())
+    (user / "corrupt.safetensors").write_bytes(bytes(data[: len(data) // 2]))
+    srv = Server(base)
+    yield srv
+    srv.stop()
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def ok(entry: dict) -> bool:
+    return entry["status"]["status_str"] == "success"
+
+
+def error_message(entry: dict) -> str:
+    return " ".join(str(d.get("exception_message", "")) for e, d in entry["status"]["messages"] if e == "execution_error")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.json")))
+def test_example_workflows_run(server, name):
+    entry = server.run(load(name))
+    assert ok(entry), error_message(entry)
+    images = server.images(entry)
+    assert len(images) == 16 and images[0].shape == (64, 64, 3)
+
+
+def test_apply_changes_the_image_and_matches_the_library(server):
+    with_set = server.run(load("apply_tuned_set_ksampler.json"))
+    prompt = load("apply_tuned_set_ksampler.json")
+    prompt["6"]["inputs"]["model"] = ["1", 0]  # the same graph without Apply
+    prompt["8"]["inputs"]["filename_prefix"] = "timetuner/plain"
+    plain = server.run(prompt)
+    a, b = np.stack(server.images(with_set)), np.stack(server.images(plain))
+    assert np.abs(a - b).max() > 0.1  # τ visibly changed the digits
+
+    ts = shipped.load(shipped.find("digits-ddpm", "ddim", nfe=10, schedule="karras"))
+    model = registry.load_model("digits-ddpm")
+    noise = torch.randn((16, 1, 8, 8), generator=torch.manual_seed(42))  # ComfyUI's prepare_noise
+    with torch.no_grad():
+        for lookup, images in ((ts.lookup(), a), (None, b)):
+            x = run_sampler(model, registry.get_sampler("ddim"), noise * (1 + ts.sigmas[0] ** 2) ** 0.5, ts.sigmas,
+                            lookup=lookup)
+            ours = ((x.clamp(-1, 1) + 1) / 2)[:, 0].numpy()
+            theirs = images[..., 0][:, ::8, ::8]  # undo the 8× nearest upscaling
+            assert np.abs(ours - theirs).max() < 3 / 255  # PNG rounding
+
+
+def test_corrupt_set_is_a_node_error_and_the_server_keeps_serving(server):
+    prompt = load("apply_tuned_set_ksampler.json")
+    prompt["2"]["inputs"]["tuned_set"] = "corrupt.safetensors"
+    entry = server.run(prompt)
+    assert not ok(entry) and "corrupt" in error_message(entry) and "corrupt.safetensors" in error_message(entry)
+    assert ok(server.run(load("apply_tuned_set_ksampler.json")))
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/passwd", "shipped/../../README.md", "nothere.safetensors"])
+def test_paths_outside_the_allowed_folders_are_refused(server, name):
+    prompt = load("apply_tuned_set_ksampler.json")
+    prompt["2"]["inputs"]["tuned_set"] = name
+    status, reply = server.post(prompt)
+    assert status == 400 and "2" in reply["node_errors"]
+    assert ok(server.run(load("apply_tuned_set_ksampler.json")))
+
+
+def test_mismatched_set_is_a_node_error_unless_forced(server):
+    prompt = load("apply_tuned_set_ksampler.json")
+    prompt["2"]["inputs"]["tuned_set"] = "valid.safetensors"  # tuned for another model
+    entry = server.run(prompt)
+    assert not ok(entry) and "tuned for model" in error_message(entry)
+    prompt["3"]["inputs"]["force"] = True
+    entry = server.run(prompt)
+    assert ok(entry), error_message(entry)  # applied, but its σ's don't match: warned, sampled plainly
+    assert "WITHOUT the tuned set" in (server.base / "server.log").read_text()
+
+
+def test_tune_node_saves_a_valid_set_under_models_timetuner(server):
+    assert ok(server.run(load("tune_in_graph.json")))
+    ts = TunedSet.load(server.base / "models" / "timetuner" / "workflow_ddim_karras8.safetensors")
+    assert ts.sampler == "ddim" and ts.nfe == 8 and ts.extra.get("host") == "comfyui"
+    assert ts.model_fingerprint == registry.load_model("digits-ddpm").fingerprint
+
+
+def _variants() -> dict[str, dict]:
+    """Workflow (a) with its KSampler swapped for KSamplerAdvanced or SamplerCustomAdvanced (stock nodes)."""
+    base = load("apply_tuned_set_ksampler.json")
+    advanced = json.loads(json.dumps(base))
+    k = advanced["6"]["inputs"]
+    advanced["6"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": k["model"], "add_noise": "enable", "noise_seed": k["seed"], "steps": k["steps"], "cfg": k["cfg"],
+        "sampler_name": k["sampler_name"], "scheduler": k["scheduler"], "positive": k["positive"],
+        "negative": k["negative"], "latent_image": k["latent_image"], "start_at_step": 0, "end_at_step": 10000,
+        "return_with_leftover_noise": "disable"}}
+    custom = json.loads(json.dumps(base))
+    custom.update({
+        "20": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "21": {"class_type": "BasicScheduler", "inputs": {"model": ["3", 0], "scheduler": "karras", "steps": 10,
+                                                          "denoise": 1.0}},
+        "22": {"class_type": "CFGGuider", "inputs": {"model": ["3", 0], "positive": ["4", 0], "negative": ["4", 0],
+                                                     "cfg": 1.0}},
+        "23": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
+        "6": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["23", 0], "guider": ["22", 0],
+                                                                "sampler": ["20", 0], "sigmas": ["21", 0],
+                                                                "latent_image": ["5", 0]}}})
+    for name, prompt in (("advanced", advanced), ("custom", custom)):
+        prompt["8"]["inputs"]["filename_prefix"] = f"timetuner/{name}"
+    return {"KSampler": base, "KSamplerAdvanced": advanced, "SamplerCustomAdvanced": custom}
+
+
+def test_apply_works_under_every_stock_sampler_node(server):
+    images = {}
+    for name, prompt in _variants().items():
+        entry = server.run(prompt)
+        assert ok(entry), (name, error_message(entry))
+        images[name] = np.stack(server.images(entry))
+    for name in ("KSamplerAdvanced", "SamplerCustomAdvanced"):
+        assert np.abs(images[name] - images["KSampler"]).max() <= 1 / 255, name
