@@ -17,7 +17,7 @@ import registry
 
 from .evaluate import eval_noise
 from .run import eval_sigmas, make_sigmas, run_sampler
-from .tau import TauLookup
+from .tau import TauLookup, TauModel
 from .tuner import TuneConfig, Tuner
 
 
@@ -42,6 +42,25 @@ def overhead(model_name: str, sampler: str, steps: int, batch: int, repeats: int
     return {"plain_ms": p * 1e3, "tau_ms": t * 1e3, "overhead_pct": (t / p - 1) * 100, "nfe": len(ev)}
 
 
+def wrapper_cost(batch: int, calls: int = 20000) -> float:
+    """Microseconds the τ wrapper adds to one evaluation, measured around a model that does nothing
+    (end-to-end medians above are within the machine's ±1 % run-to-run noise; this isolates the cost)."""
+    x, sigma = torch.zeros(batch, 1, 8, 8), torch.full((batch,), 3.0)
+    lookup = TauLookup(torch.full((calls,), 3.0), torch.full((calls,), 2.9))
+    nothing = lambda x, sigma, cond_sigma=None: x  # noqa: E731
+    with torch.no_grad():
+        started = time.perf_counter()
+        for _ in range(calls):
+            nothing(x, sigma, cond_sigma=sigma)
+        plain = time.perf_counter() - started
+        wrapped = TauModel(nothing, lookup)
+        started = time.perf_counter()
+        for _ in range(calls):
+            wrapped(x, sigma)
+        tau = time.perf_counter() - started
+    return (tau - plain) / calls * 1e6
+
+
 def tuning_time(model_name: str, sampler: str, nfe: int) -> dict[str, float]:
     model = registry.load_model(model_name)
     sigmas = make_sigmas(model, model.default_schedule, nfe)
@@ -62,6 +81,13 @@ def main() -> None:
             r = overhead("digits-ddpm", sampler, 10, batch, repeats)
             print(f"{'digits-ddpm':<12} {sampler:<9} {batch:>5} {r['nfe']:>3} {r['plain_ms']:>9.2f} {r['tau_ms']:>9.2f} "
                   f"{r['overhead_pct']:>8.2f}%", flush=True)
+    per_eval_ms = {64: None, 1000: None}
+    for batch in per_eval_ms:
+        r = overhead("digits-ddpm", "ddim", 10, batch, 3)
+        per_eval_ms[batch] = r["plain_ms"] / r["nfe"]
+        cost = wrapper_cost(batch)
+        print(f"τ wrapper cost per evaluation: {cost:.1f} µs = {cost / 10 / per_eval_ms[batch]:.3f}% of a digits-ddpm "
+              f"evaluation at batch {batch} ({per_eval_ms[batch]:.2f} ms)", flush=True)
     if not args.quick:
         r = tuning_time("digits-ddpm", "ddim", 10)
         print(f"tuning digits-ddpm × ddim, NFE {r['nfe']}, default settings ({r['iters']} iterations, teacher "

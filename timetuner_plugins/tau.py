@@ -77,22 +77,27 @@ class TauLookup:
 
 
 class TauModel:
-    """Wraps a tunable denoiser so the k-th call is conditioned on τ_k (counted calls)."""
+    """Wraps a tunable denoiser so the k-th call is conditioned on τ_k (counted calls).
+
+    The per-call work is one multiply: the ratios τ_k/σ_k are moved to the run's device and
+    dtype and split into per-evaluation scalars on the first call.
+    """
 
     def __init__(self, model: Callable[..., torch.Tensor], lookup: TauLookup):
         self.inner_model, self.lookup, self.calls = model, lookup, 0
-        self._moved: TauLookup | None = None
+        self._ratios: tuple[torch.Tensor, ...] | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         k = self.calls
-        if k >= len(self.lookup):
+        ratios = self._ratios
+        if ratios is None:
+            ratios = self._ratios = self.lookup.to(sigma.device, sigma.dtype).ratio.unbind(0)
+        if k >= len(ratios):
             raise TauLookupError(
-                f"the sampler made more than {len(self.lookup)} network evaluations, the number this τ set "
+                f"the sampler made more than {len(ratios)} network evaluations, the number this τ set "
                 f"was made for: it was tuned for another sampler, schedule or step count")
-        if self._moved is None:
-            self._moved = self.lookup.to(sigma.device, sigma.dtype)
         self.calls = k + 1
-        return self.inner_model(x, sigma, cond_sigma=self._moved.cond_sigma(k, sigma), **extra)
+        return self.inner_model(x, sigma, cond_sigma=sigma * ratios[k], **extra)
 
     def check_complete(self) -> None:
         """Raise if the run made fewer evaluations than the lookup has."""
