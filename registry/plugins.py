@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = (
     "timetuner_plugins.builtin.schedules",
     "timetuner_plugins.builtin.models",
     "timetuner_plugins.builtin.tau_hook",
+    "timetuner_plugins.builtin.time_shift",
     "timetuner_plugins.builtin.kdiffusion",
 )
 
