@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from timetuner_plugins.denoisers import fingerprint_tensors
-from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
+from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
 
 from .tau_patch import SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
 
@@ -71,6 +71,10 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
     """
     import comfy.patcher_extension as ext
 
+    if tuned.dode_lambda is not None:
+        raise TunedSetError(tuned.path, "carries D-ODE parameters, which need the sampler's own count of "
+                            "evaluations, not ComfyUI's σ-keyed model patch",
+                            "Use this set through the Registry Sampler node with SamplerCustomAdvanced")
     patched = model.clone()
     sampling = copy.deepcopy(patched.get_model_object("model_sampling"))
     stand_in = install_timestep(sampling)

@@ -17,20 +17,28 @@ from .model_patch import install_timestep, sampling_of, warn
 from .tau_patch import TauTimestep, schedule_problem
 
 class _Counted:
-    """Calls ComfyUI's model with the k-th evaluation's τ/σ forced on the timestep stand-in."""
+    """Calls ComfyUI's model with the k-th evaluation's τ/σ forced on the timestep stand-in (and, for a
+    set with D-ODE parameters, returns D_k + λ_k·(D_k − D_{k−1}) after the run's first evaluation)."""
 
-    def __init__(self, model: Callable, stand_in: TauTimestep, ratios: torch.Tensor, offset: int):
+    def __init__(self, model: Callable, stand_in: TauTimestep, ratios: torch.Tensor, offset: int,
+                 lambdas: torch.Tensor | None = None):
         self.model, self.stand_in, self.ratios, self.k = model, stand_in, ratios, offset
+        self.lambdas, self.previous = lambdas, None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        if self.k >= len(self.ratios):
+        k = self.k
+        if k >= len(self.ratios):
             raise TauLookupError(f"the sampler made more network evaluations than the tuned set's {len(self.ratios)}")
-        self.stand_in.forced = self.ratios[self.k]
+        self.stand_in.forced = self.ratios[k]
         self.k += 1
         try:
-            return self.model(x, sigma, **extra)
+            out = self.model(x, sigma, **extra)
         finally:
             self.stand_in.forced = None
+        if self.lambdas is None:
+            return out
+        previous, self.previous = self.previous, out
+        return out if previous is None else out + self.lambdas[k] * (out - previous)
 
 
 def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) -> Callable:
@@ -57,7 +65,8 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
                 installed = not isinstance(ms.timestep, TauTimestep)
                 stand_in = install_timestep(ms)
                 offset = len(tuned.tau) - spec.nfe(sigmas)
-                call = _Counted(model, stand_in, tuned.lookup().ratio.to(x.device, x.dtype), offset)
+                lookup = tuned.lookup().to(x.device, x.dtype)
+                call = _Counted(model, stand_in, lookup.ratio, offset, lookup.dode_lambda)
         try:
             return spec.fn(call, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                            **run_options(spec.fn, options))

@@ -23,7 +23,7 @@ def test_final_objective_lowers_loss_and_held_out_error(ddpm, sampler):
     spec = registry.get_sampler(sampler)
     sigmas = make_sigmas(ddpm, "quadratic_t", 4)
     tuner = Tuner(ddpm, spec, sigmas, "quadratic_t", TuneConfig(objective="final", iters=60, lr=0.03, **SMALL))
-    untuned = tuner.pool_objective(tuner.ev)
+    untuned = tuner.pool_objective(tuner.untuned)
     result = tuner.tune()
     assert tuner.pool_objective() < 0.95 * untuned
     before = evaluate(ddpm, spec, sigmas, "quadratic_t", n=200)
@@ -36,7 +36,7 @@ def test_joint_objectives_lower_their_loss(gmm, objective):
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
     cfg = TuneConfig(objective=objective, iters=40, lr=0.03, **{**SMALL, "batch": 32, "pool": 64})
     tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
-    untuned = tuner.pool_objective(tuner.ev)
+    untuned = tuner.pool_objective(tuner.untuned)
     tuner.tune()
     assert tuner.pool_objective() < 0.95 * untuned
 
@@ -45,9 +45,24 @@ def test_energy_objective_can_match_real_data(gmm):
     sigmas = make_sigmas(gmm, "quadratic_t", 3)
     cfg = TuneConfig(objective="energy", data="real", iters=30, lr=0.05, **{**SMALL, "batch": 32, "pool": 64})
     tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
-    untuned = tuner.pool_objective(tuner.ev)
+    untuned = tuner.pool_objective(tuner.untuned)
     tuner.tune()
     assert tuner.pool_objective() < untuned
+
+
+def test_real_data_from_a_data_loader(gmm):
+    """A torch DataLoader of (x0, label) batches is real data, the same as the tensor it holds."""
+    x0 = gmm.sample_data(96, torch.Generator().manual_seed(3))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x0, torch.zeros(96)), batch_size=40)
+    sigmas = make_sigmas(gmm, "quadratic_t", 3)
+    cfg = TuneConfig(objective="energy", data="real", iters=3, **{**SMALL, "batch": 32, "pool": 64})
+    from_loader = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, data=loader)
+    assert torch.equal(from_loader.data, x0)
+    assert torch.equal(from_loader.tune().tau, Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, data=x0).tune().tau)
+    with pytest.raises(TuneError, match="shape"):
+        Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, data=torch.zeros(10, 3))
+    with pytest.raises(TuneError, match="iterable of batches"):
+        Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, data=42)
 
 
 def test_selection_keeps_the_best_and_falls_back_to_identity(gmm):

@@ -21,11 +21,15 @@ class TauLookupError(RuntimeError):
 class TauLookup:
     """τ_k (σ units) for evaluation k at σ_k; ``tau`` may require grad (tuning)."""
 
-    def __init__(self, eval_sigmas: torch.Tensor, tau: torch.Tensor, rtol: float = 1e-4):
+    def __init__(self, eval_sigmas: torch.Tensor, tau: torch.Tensor, rtol: float = 1e-4,
+                 dode_lambda: torch.Tensor | None = None):
         if eval_sigmas.ndim != 1 or tau.shape != eval_sigmas.shape:
             raise ValueError(f"eval_sigmas and tau must be 1-D of one length, got {tuple(eval_sigmas.shape)} "
                              f"and {tuple(tau.shape)}")
-        self.eval_sigmas, self.tau, self.rtol = eval_sigmas, tau, rtol
+        if dode_lambda is not None and dode_lambda.shape != tau.shape:
+            raise ValueError(f"dode_lambda must have one value per evaluation ({len(tau)}), got "
+                             f"{tuple(dode_lambda.shape)}")
+        self.eval_sigmas, self.tau, self.rtol, self.dode_lambda = eval_sigmas, tau, rtol, dode_lambda
         self.ratio = tau / eval_sigmas
         self._host_sigmas: list[float] | None = None
 
@@ -40,13 +44,15 @@ class TauLookup:
         return f"TauLookup({len(self)} evaluations, tau/sigma={[round(r, 4) for r in self.ratio.tolist()]})"
 
     def is_identity(self) -> bool:
-        return bool(torch.equal(self.tau.detach(), self.eval_sigmas))
+        lam = self.dode_lambda
+        return bool(torch.equal(self.tau.detach(), self.eval_sigmas)) and (lam is None or not bool(lam.any()))
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "TauLookup":
         """This lookup on ``device``/``dtype`` (moved once per run, not per step)."""
         if self.ratio.device == torch.device(device) and self.ratio.dtype == dtype:
             return self
-        moved = TauLookup(self.eval_sigmas.to(device, dtype), self.tau.to(device, dtype), self.rtol)
+        lam = None if self.dode_lambda is None else self.dode_lambda.to(device, dtype)
+        moved = TauLookup(self.eval_sigmas.to(device, dtype), self.tau.to(device, dtype), self.rtol, lam)
         moved._host_sigmas = self._host_sigmas
         return moved
 
@@ -80,24 +86,35 @@ class TauModel:
     """Wraps a tunable denoiser so the k-th call is conditioned on τ_k (counted calls).
 
     The per-call work is one multiply: the ratios τ_k/σ_k are moved to the run's device and
-    dtype and split into per-evaluation scalars on the first call.
+    dtype and split into per-evaluation scalars on the first call. A lookup with D-ODE
+    parameters (Kim et al. 2024) also returns D̃_k = D_k + λ_k·(D_k − D_{k−1}) for k ≥ 1,
+    D_{k−1} being the previous evaluation's own output.
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], lookup: TauLookup):
         self.inner_model, self.lookup, self.calls = model, lookup, 0
         self._ratios: tuple[torch.Tensor, ...] | None = None
+        self._lambdas: tuple[torch.Tensor, ...] | None = None
+        self._previous: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         k = self.calls
         ratios = self._ratios
         if ratios is None:
-            ratios = self._ratios = self.lookup.to(sigma.device, sigma.dtype).ratio.unbind(0)
+            moved = self.lookup.to(sigma.device, sigma.dtype)
+            ratios = self._ratios = moved.ratio.unbind(0)
+            if moved.dode_lambda is not None:
+                self._lambdas = moved.dode_lambda.unbind(0)
         if k >= len(ratios):
             raise TauLookupError(
                 f"the sampler made more than {len(ratios)} network evaluations, the number this τ set "
                 f"was made for: it was tuned for another sampler, schedule or step count")
         self.calls = k + 1
-        return self.inner_model(x, sigma, cond_sigma=sigma * ratios[k], **extra)
+        out = self.inner_model(x, sigma, cond_sigma=sigma * ratios[k], **extra)
+        if self._lambdas is None:
+            return out
+        previous, self._previous = self._previous, out
+        return out if previous is None else out + self._lambdas[k] * (out - previous)
 
     def check_complete(self) -> None:
         """Raise if the run made fewer evaluations than the lookup has."""

@@ -1,4 +1,6 @@
-"""Tuned-set files: safetensors with ``sigmas``, ``eval_sigmas``, ``tau`` and string metadata.
+"""Tuned-set files: safetensors with ``sigmas``, ``eval_sigmas``, ``tau`` (and, format 2, the D-ODE
+parameters ``dode_lambda``) and string metadata. A τ-only set is written as format 1, so older readers
+keep reading it.
 
 Loading never unpickles anything and validates every field; each problem raises
 :class:`TunedSetError` naming the file, the problem and the fix.
@@ -22,8 +24,10 @@ from . import __version__
 from .io import atomic_path
 from .tau import TauLookup
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the optional ``dode_lambda`` tensor
 TENSORS = ("sigmas", "eval_sigmas", "tau")
+OPTIONAL_TENSORS = {"dode_lambda": 2}  # name → the format version that introduced it
+MAX_DODE_LAMBDA = 10.0  # |λ|; the tuner bounds it to 1
 MAX_FILE_BYTES = 16 * 2 ** 20      # a tuned set is a few kB; anything this big is not one
 MAX_HEADER_BYTES = 256 * 2 ** 10
 SIGMA_RTOL = 1e-4
@@ -71,6 +75,13 @@ class TunedSet:
     created: str = ""
     format_version: int = FORMAT_VERSION
     path: Path | None = None
+    dode_lambda: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {name: getattr(self, name) for name in TENSORS}
+        if self.dode_lambda is not None:
+            out["dode_lambda"] = self.dode_lambda
+        return out
 
     @property
     def steps(self) -> int:
@@ -81,17 +92,18 @@ class TunedSet:
         return len(self.tau)
 
     def lookup(self, rtol: float = SIGMA_RTOL) -> TauLookup:
-        return TauLookup(self.eval_sigmas, self.tau, rtol)
+        return TauLookup(self.eval_sigmas, self.tau, rtol, self.dode_lambda)
 
     def metadata(self) -> dict[str, str]:
-        meta: dict[str, Any] = {k: v for k, v in asdict(self).items() if k not in (*TENSORS, "path")}
+        meta: dict[str, Any] = {k: v for k, v in asdict(self).items() if k not in (*TENSORS, *OPTIONAL_TENSORS, "path")}
         meta.update(steps=self.steps, nfe=self.nfe, created=self.created or
-                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    format_version=max([1] + [OPTIONAL_TENSORS[k] for k in self.tensors() if k in OPTIONAL_TENSORS]))
         return {k: json.dumps(v, sort_keys=True) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
 
     def to_bytes(self) -> bytes:
-        _validate_tensors(None, {"sigmas": self.sigmas, "eval_sigmas": self.eval_sigmas, "tau": self.tau})
-        tensors = {name: getattr(self, name).detach().to("cpu", torch.float32).contiguous() for name in TENSORS}
+        _validate_tensors(None, self.tensors())
+        tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in self.tensors().items()}
         return save_safetensors(tensors, metadata=self.metadata())
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -132,9 +144,15 @@ class TunedSet:
             raise TunedSetError(path, f"metadata says {meta['steps']} steps / {meta['nfe']} evaluations but the tensors "
                                 f"hold {len(tensors['sigmas']) - 1} / {len(tensors['tau'])}",
                                 "The file was edited or corrupted: tune it again")
+        for name, since in OPTIONAL_TENSORS.items():
+            if name in tensors and meta["format_version"] < since:
+                raise TunedSetError(path, f"holds {name!r}, which format {meta['format_version']} does not have",
+                                    "The file was edited or corrupted: tune it again")
         meta.pop("steps")
         meta.pop("nfe")
-        return cls(**{k: tensors[k].float() for k in TENSORS}, **meta, path=Path(path) if path else None)
+        lam = tensors.get("dode_lambda")
+        return cls(**{k: tensors[k].float() for k in TENSORS}, **meta, path=Path(path) if path else None,
+                   dode_lambda=None if lam is None else lam.float())
 
     def check(self, *, model: Any = None, sampler: str | None = None, sigmas: torch.Tensor | None = None,
               nfe: int | None = None, force: bool = False) -> list[str]:
@@ -164,6 +182,8 @@ class TunedSet:
         meta = {k: (json.loads(v) if k in JSON_FIELDS else v) for k, v in self.metadata().items()}
         meta.update(sigmas=self.sigmas.tolist(), eval_sigmas=self.eval_sigmas.tolist(), tau=self.tau.tolist(),
                     tau_over_sigma=(self.tau / self.eval_sigmas).tolist(), path=str(self.path) if self.path else None)
+        if self.dode_lambda is not None:
+            meta["dode_lambda"] = self.dode_lambda.tolist()
         return meta
 
 
@@ -201,10 +221,11 @@ def _read_header(data: bytes, path: str | Path | None) -> dict[str, str]:
 
 def _validate_tensors(path: str | Path | None, tensors: dict[str, torch.Tensor]) -> None:
     names = set(tensors)
-    if names != set(TENSORS):
-        missing, unknown = sorted(set(TENSORS) - names), sorted(names - set(TENSORS))
+    if not set(TENSORS) <= names <= set(TENSORS) | set(OPTIONAL_TENSORS):
+        missing, unknown = sorted(set(TENSORS) - names), sorted(names - set(TENSORS) - set(OPTIONAL_TENSORS))
         detail = "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unexpected {unknown}"]))
-        raise TunedSetError(path, f"has the wrong tensors ({detail})", f"A tuned set holds exactly {list(TENSORS)}")
+        raise TunedSetError(path, f"has the wrong tensors ({detail})",
+                            f"A tuned set holds {list(TENSORS)} and optionally {list(OPTIONAL_TENSORS)}")
     for name, t in tensors.items():
         if t.dtype not in (torch.float32, torch.float64):
             raise TunedSetError(path, f"tensor {name!r} has dtype {t.dtype}", "Tuned-set tensors are float32")
@@ -224,6 +245,10 @@ def _validate_tensors(path: str | Path | None, tensors: dict[str, torch.Tensor])
     if float(ev.max()) > 1.5 * float(sig[0]) or float(ev.min()) < float(sig[-2]) * 0.5:
         raise TunedSetError(path, f"has evaluation σ's {_short(ev)} outside its schedule {_short(sig)}",
                             "The file is corrupt: tune it again")
+    lam = tensors.get("dode_lambda")
+    if lam is not None and (len(lam) != len(tau) or float(lam.abs().max()) > MAX_DODE_LAMBDA):
+        raise TunedSetError(path, f"has {len(lam)} D-ODE λ's for {len(tau)} evaluations, or |λ| above "
+                            f"{MAX_DODE_LAMBDA}", "No tuner writes such values: the file is corrupt or crafted")
     ratio = (tau.double() / ev.double())
     if float(ratio.min()) < MIN_RATIO or float(ratio.max()) > MAX_RATIO:
         raise TunedSetError(path, f"has τ/σ between {float(ratio.min()):.3g} and {float(ratio.max()):.3g}, outside "

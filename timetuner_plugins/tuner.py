@@ -33,7 +33,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -52,7 +52,9 @@ OBJECTIVES = ("paper", "trajectory", "final", "energy")
 MODES = ("sequential", "parallel")
 PARAMS = ("log_ratio", "t_ratio")
 DATA = ("teacher", "real")
+FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
 LOG_RATIO_BOUND = 1.0  # |log τ/σ| ≤ 1 via a tanh
+DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
 BOOTSTRAP_RESAMPLES = 200
 ACCEPT_WIN_RATE = 0.9  # keep a tuned τ only if it beats the untuned sampler in ≥ 90 % of paired resamples
@@ -82,6 +84,7 @@ class TuneConfig:
     val_size: int = 512
     checkpoint_every: int = 25
     show_progress: bool = True
+    families: tuple[str, ...] = ("tau",)
 
     @classmethod
     def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
@@ -101,6 +104,15 @@ class TuneConfig:
             raise TuneError(f"batch and val_size must be at least 2, got {self.batch} and {self.val_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TuneError(f"lr must be a positive number, got {self.lr}")
+        families = tuple(self.families)
+        if not families or len(set(families)) != len(families) or not set(families) <= set(FAMILIES):
+            raise TuneError(f"families must be distinct names from {', '.join(FAMILIES)}, got {list(families)}")
+        if self.objective == "paper" and families != ("tau",):
+            raise TuneError("the paper's objective tunes τ only; use objective 'energy' or 'final' for the "
+                            "'dode' and 'sigma' families")
+        if "sigma" in families and (self.objective == "trajectory" or self.param != "log_ratio"):
+            raise TuneError("tuning the schedule ('sigma') moves the states the 'trajectory' objective compares, and "
+                            "needs param 'log_ratio'; use objective 'energy' or 'final'")
         if self.objective in ("final", "trajectory") and self.data == "real":
             raise TuneError(f"objective {self.objective!r} compares each run with a teacher run from the same "
                             f"noise, so it is data-free; use data='teacher', or objective 'energy' or 'paper' "
@@ -119,19 +131,21 @@ class TuneResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     selection: dict[str, Any] = field(default_factory=dict)
+    dode_lambda: torch.Tensor | None = None
 
     def tuned_set(self, model: Any, metrics_before: dict | None = None, metrics_after: dict | None = None,
                   extra: dict | None = None) -> TunedSet:
         cfg = self.config
         return TunedSet(
             sigmas=self.sigmas.detach().cpu(), eval_sigmas=self.eval_sigmas.detach().cpu(),
-            tau=self.tau.detach().cpu(), model_id=getattr(model, "model_id", "") or "unnamed",
+            tau=self.tau.detach().cpu(), dode_lambda=None if self.dode_lambda is None else self.dode_lambda.cpu(),
+            model_id=getattr(model, "model_id", "") or "unnamed",
             model_fingerprint=model.fingerprint, sampler=self.sampler, schedule=self.schedule,
             objective=cfg.objective, mode=cfg.mode if cfg.objective == "paper" else "joint",
             iterations=cfg.iters, seed=cfg.seed, data_source=cfg.data,
             sampler_options={k: v for k, v in self.options.items() if _jsonable(v)},
             metrics_before=metrics_before or {}, metrics_after=metrics_after or {},
-            extra={"param": cfg.param, "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
+            extra={"families": list(cfg.families), "param": cfg.param, "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
                    "teacher_substeps": cfg.teacher_substeps, "tune_seconds": round(self.seconds, 2),
                    "final_loss": self.losses[-1] if self.losses else None, "selection": self.selection,
                    **(extra or {})})
@@ -145,30 +159,82 @@ def _jsonable(v: Any) -> bool:
         return False
 
 
-class TauParam(torch.nn.Module):
-    """τ per evaluation from raw parameters (zero / one = identity).
+@dataclass
+class RunValues:
+    """What one run uses: the schedule, its evaluation σ's, τ per evaluation and D-ODE λ's (or None)."""
 
-    ``log_ratio``: τ = σ·exp(b·tanh(raw/b)); ``t_ratio`` (the paper's): the model's
-    continuous time is scaled, t(τ) = r·t(σ), with t counted from the model's time origin.
+    sigmas: torch.Tensor
+    ev: torch.Tensor
+    tau: torch.Tensor | None  # None: the plain sampler
+    dode_lambda: torch.Tensor | None = None
+
+    def lookup(self) -> TauLookup | None:
+        return None if self.tau is None else TauLookup(self.ev, self.tau, dode_lambda=self.dode_lambda)
+
+
+class TauParam(torch.nn.Module):
+    """The trained parameters as one raw vector [τ (K) | D-ODE λ (K) | schedule gaps (N−1)]; zeros
+    (ones for ``t_ratio``'s τ) are the plain sampler.
+
+    τ: ``log_ratio``: τ = σ·exp(b·tanh(raw/b)); ``t_ratio`` (the paper's): the model's continuous
+    time is scaled, t(τ) = r·t(σ), with t counted from the model's time origin. λ = b·tanh(raw/b)
+    (λ_0 has no previous output and stays 0). Schedule: σ_0 and σ_{N−1} stay; the N−1 gaps between
+    them in log σ are a softmax of their initial shares plus raw, so σ's stay decreasing.
     """
 
-    def __init__(self, eval_sigmas: torch.Tensor, model: Any, kind: str):
+    def __init__(self, eval_sigmas: torch.Tensor, model: Any, kind: str, sigmas: torch.Tensor | None = None,
+                 families: tuple[str, ...] = ("tau",), eval_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
-        self.kind, self.model = kind, model
+        self.kind, self.model, self.families, self.eval_fn = kind, model, tuple(families), eval_fn
         self.register_buffer("eval_sigmas", eval_sigmas.clone())
+        sigmas = sigmas if sigmas is not None else torch.cat([eval_sigmas[:1], eval_sigmas.new_zeros(1)])
+        self.register_buffer("sigmas", sigmas.to(eval_sigmas).clone())
+        self.k, self.gaps = len(eval_sigmas), max(0, len(sigmas) - 2)
         self.raw = torch.nn.Parameter(self.identity_raw())
 
     def identity_raw(self) -> torch.Tensor:
-        init = torch.zeros if self.kind == "log_ratio" else torch.ones
-        return init(len(self.eval_sigmas), dtype=self.eval_sigmas.dtype, device=self.eval_sigmas.device)
+        ev = self.eval_sigmas
+        tau = (torch.zeros if self.kind == "log_ratio" else torch.ones)(self.k, dtype=ev.dtype, device=ev.device)
+        return torch.cat([tau, ev.new_zeros(self.k + self.gaps)])
 
-    def tau(self, raw: torch.Tensor | None = None) -> torch.Tensor:
-        raw = self.raw if raw is None else raw
+    def trainable(self, evaluations: list[int]) -> torch.Tensor:
+        """The mask of raw entries a phase training ``evaluations`` updates."""
+        mask = torch.zeros(len(self.raw), dtype=torch.bool, device=self.raw.device)
+        if "tau" in self.families:
+            mask[evaluations] = True
+        if "dode" in self.families:
+            mask[self.k + 1:2 * self.k] = True
+        if "sigma" in self.families:
+            mask[2 * self.k:] = True
+        return mask
+
+    def tau(self, raw: torch.Tensor | None = None, ev: torch.Tensor | None = None) -> torch.Tensor:
+        raw = (self.raw if raw is None else raw)[:self.k]
+        ev = self.eval_sigmas if ev is None else ev
         if self.kind == "log_ratio":
-            return self.eval_sigmas * torch.exp(LOG_RATIO_BOUND * torch.tanh(raw / LOG_RATIO_BOUND))
+            return ev * torch.exp(LOG_RATIO_BOUND * torch.tanh(raw / LOG_RATIO_BOUND))
         offset = float(getattr(self.model, "time_offset", 0.0))
-        t = self.model.sigma_to_t(self.eval_sigmas) + offset
+        t = self.model.sigma_to_t(ev) + offset
         return self.model.t_to_sigma(raw * t - offset)
+
+    def schedule(self, raw: torch.Tensor) -> torch.Tensor:
+        if "sigma" not in self.families or self.gaps == 0:
+            return self.sigmas
+        log = self.sigmas[:-1].log()
+        total = log[0] - log[-1]
+        shares = torch.softmax((log[:-1] - log[1:]).div(total).log() + raw[2 * self.k:], dim=0)
+        inner = log[0] - total * torch.cumsum(shares, dim=0)[:-1]
+        return torch.cat([self.sigmas[:1], inner.exp(), self.sigmas[-2:]])
+
+    def values(self, raw: torch.Tensor | None = None) -> RunValues:
+        raw = self.raw if raw is None else raw
+        sigmas = self.schedule(raw)
+        ev = self.eval_sigmas if sigmas is self.sigmas else self.eval_fn(sigmas.detach())
+        lam = DODE_BOUND * torch.tanh(raw[self.k:2 * self.k] / DODE_BOUND) if "dode" in self.families else None
+        return RunValues(sigmas, ev, self.tau(raw, ev), lam)
+
+    def plain(self) -> RunValues:
+        return RunValues(self.sigmas, self.eval_sigmas, None)
 
 
 @dataclass(frozen=True)
@@ -193,7 +259,7 @@ class Tuner:
 
     def __init__(self, model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, schedule: str = "custom",
                  config: TuneConfig | None = None, options: dict | None = None, extra_args: dict | None = None,
-                 data: torch.Tensor | None = None, checkpoint: str | Path | None = None):
+                 data: torch.Tensor | Iterable | None = None, checkpoint: str | Path | None = None):
         self.model, self.spec = model, sampler_spec(sampler)
         self.config = config or TuneConfig()
         self.config.validate()
@@ -202,13 +268,14 @@ class Tuner:
         cfg = self.config
         self.device = model_device(model)
         self.sigmas = sigmas.float()
-        self.schedule, self.extra_args, self.data = schedule, extra_args, data
+        self.schedule, self.extra_args, self.data = schedule, extra_args, real_x0(data, tuple(model.sample_shape))
         self.options = self.spec.options(options)
         self.options.pop("noise_sampler", None)
         self.stochastic = self.spec.is_stochastic(self.options)
         self.shape = tuple(model.sample_shape)
         self.ev = eval_sigmas(self.spec, self.sigmas, self.shape, self.options)
-        self.param = TauParam(self.ev.to(self.device), model, cfg.param)
+        self.param = TauParam(self.ev.to(self.device), model, cfg.param, self.sigmas.to(self.device),
+                              tuple(cfg.families), self._eval_sigmas)
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.pool = NoiseSet("pool", cfg.seed, max(1, math.ceil(cfg.pool / cfg.batch)), cfg.batch)
         self.val = NoiseSet("val", cfg.seed + VALIDATION_SEED_OFFSET, max(1, math.ceil(cfg.val_size / cfg.batch)),
@@ -219,10 +286,17 @@ class Tuner:
         self._fd = fd_metric(model)
 
     # ----- runs -----------------------------------------------------------------------------------------
-    def _run(self, x: torch.Tensor, sigmas: torch.Tensor, tau: torch.Tensor | None, ev: torch.Tensor,
+    def _eval_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
+        return eval_sigmas(self.spec, sigmas.cpu(), self.shape, self.options).to(self.device)
+
+    @property
+    def untuned(self) -> RunValues:
+        """The plain sampler, as a candidate for :meth:`score`, :meth:`pool_objective` and :meth:`win_rate`."""
+        return self.param.plain()
+
+    def _run(self, x: torch.Tensor, sigmas: torch.Tensor, lookup: TauLookup | None,
              noise_sampler: Callable | None, seed: int, states: list[torch.Tensor] | None = None,
              spec: SamplerSpec | None = None, extra_args: dict | None = None) -> torch.Tensor:
-        lookup = None if tau is None else TauLookup(ev, tau)
         callback = (lambda info: states.append(info["x"])) if states is not None else None
         return run_sampler(self.model, spec or self.spec, x, sigmas, lookup=lookup, options=self.options,
                            extra_args=extra_args, noise_sampler=noise_sampler, seed=seed, callback=callback)
@@ -256,7 +330,8 @@ class Tuner:
         if noise_set.name in self._teachers:
             return self._teachers[noise_set.name]
         cfg = self.config
-        spec = sampler_spec(cfg.teacher_sampler or (self.spec.name if self.stochastic else "dpmpp_2m"))
+        same_kind = self.stochastic or "dode" in cfg.families  # D-ODE distils from its own solver (Kim et al.)
+        spec = sampler_spec(cfg.teacher_sampler or (self.spec.name if same_kind else "dpmpp_2m"))
         fine, positions = refine(self.sigmas, cfg.teacher_substeps, self.model.sigma_min)
         fine = fine.to(self.device)
         out = []
@@ -265,7 +340,7 @@ class Tuner:
                           disable=not cfg.show_progress):
                 x, ns = self._start(noise_set, c)
                 states: list[torch.Tensor] = []
-                final = self._run(x, fine, None, self.ev, ns, seed=noise_set.seed + c, states=states, spec=spec,
+                final = self._run(x, fine, None, ns, seed=noise_set.seed + c, states=states, spec=spec,
                                   extra_args=self._batch_args(c))
                 states.append(final)
                 out.append(torch.stack([states[p] for p in positions]))
@@ -281,13 +356,13 @@ class Tuner:
             return real_data(self.model, self.config.batch, gen).to(self.device)
         return self.teacher(noise_set)[c][-1]
 
-    def _loss(self, noise_set: NoiseSet, c: int, tau: torch.Tensor, objective: str | None = None) -> torch.Tensor:
+    def _loss(self, noise_set: NoiseSet, c: int, values: RunValues, objective: str | None = None) -> torch.Tensor:
         objective = objective or self.config.objective
         if objective == "paper":
             raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
-        x, ns = self._start(noise_set, c)
+        x, ns = self._start(noise_set, c)  # σ_0 never moves, so the start is the same for every candidate
         states: list[torch.Tensor] = []
-        final = self._run(x, self.sigmas.to(self.device), tau, self.param.eval_sigmas, ns, seed=noise_set.seed + c,
+        final = self._run(x, values.sigmas, values.lookup(), ns, seed=noise_set.seed + c,
                           states=states if objective == "trajectory" else None, extra_args=self._batch_args(c))
         if objective == "energy":
             return objectives.energy_distance(final, self._target(noise_set, c))
@@ -299,40 +374,40 @@ class Tuner:
     def _joint_loss(self, iteration: int) -> torch.Tensor:
         epoch, pos = divmod(iteration, self.pool.chunks)
         order = torch.randperm(self.pool.chunks, generator=torch.Generator().manual_seed(self.pool.key(epoch)))
-        return self._loss(self.pool, int(order[pos]), self.param.tau())
+        return self._loss(self.pool, int(order[pos]), self.param.values())
 
-    def pool_objective(self, tau: torch.Tensor | None = None, noise_set: NoiseSet | None = None) -> float:
+    def pool_objective(self, values: RunValues | None = None, noise_set: NoiseSet | None = None) -> float:
         """The joint objective averaged over every chunk of ``noise_set`` (default: the training pool) for
-        ``tau`` (default: the current τ; ``self.ev`` is the untuned sampler)."""
+        ``values`` (default: the current parameters; :attr:`untuned` is the plain sampler)."""
         noise_set = noise_set or self.pool
-        tau = self.param.tau() if tau is None else tau.to(self.device)
         objective = "final" if self.config.objective == "paper" else None
         with torch.no_grad():
-            return sum(self._loss(noise_set, c, tau, objective).item() for c in range(noise_set.chunks)) / \
+            values = self.param.values() if values is None else values
+            return sum(self._loss(noise_set, c, values, objective).item() for c in range(noise_set.chunks)) / \
                 noise_set.chunks
 
-    def _val_samples(self, tau: torch.Tensor) -> torch.Tensor:
+    def _val_samples(self, values: RunValues) -> torch.Tensor:
         with torch.no_grad():
             samples = []
             for c in range(self.val.chunks):
                 x, ns = self._start(self.val, c)
-                samples.append(self._run(x, self.sigmas.to(self.device), tau.to(self.device), self.param.eval_sigmas,
-                                         ns, seed=self.val.seed + c, extra_args=self._batch_args(c)))
+                samples.append(self._run(x, values.sigmas, values.lookup(), ns, seed=self.val.seed + c,
+                                         extra_args=self._batch_args(c)))
         return torch.cat(samples)
 
-    def score(self, tau: torch.Tensor) -> float:
+    def score(self, values: RunValues) -> float:
         """Validation score on held-out noise (lower is better): the model's FD when it has one, else the
         objective ('final' for 'paper')."""
         if self._fd is None:
-            return self.pool_objective(tau, self.val)
-        return float(self._fd(self._val_samples(tau)))
+            return self.pool_objective(values, self.val)
+        return float(self._fd(self._val_samples(values)))
 
-    def win_rate(self, tau: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES) -> float:
-        """Share of paired bootstrap resamples of the validation samples in which ``tau`` scores better than
+    def win_rate(self, values: RunValues, resamples: int = BOOTSTRAP_RESAMPLES) -> float:
+        """Share of paired bootstrap resamples of the validation samples in which ``values`` score better than
         the untuned sampler (same noise for both; models with an FD only, else 1 when the score is lower)."""
         if self._fd is None:
-            return float(self.score(tau) < self.score(self.ev.to(self.device)))
-        tuned, plain = self._val_samples(tau), self._val_samples(self.ev.to(self.device))
+            return float(self.score(values) < self.score(self.untuned))
+        tuned, plain = self._val_samples(values), self._val_samples(self.untuned)
         gen = torch.Generator().manual_seed(self.val.seed)
         wins = 0
         for _ in range(resamples):
@@ -380,13 +455,13 @@ class Tuner:
         tau = torch.where(active, tau, tau.detach())  # earlier intervals are fixed: no graph through the prefix
         if cfg.mode == "sequential":
             states: list[torch.Tensor] = []
-            x_next = self._run(x0 + sig[0] * n, sig[:i + 2], tau[:counts[i]], ev[:counts[i]], ns, seed=seed,
-                               states=states, extra_args=args)
+            x_next = self._run(x0 + sig[0] * n, sig[:i + 2], TauLookup(ev[:counts[i]], tau[:counts[i]]), ns,
+                               seed=seed, states=states, extra_args=args)
             x_i = states[i].detach()
         else:
             x_i = x0 + sig[i] * n
-            x_next = self._run(x_i, sig[i:i + 2], tau[start:counts[i]], ev[start:counts[i]], ns, seed=seed,
-                               extra_args=args)
+            x_next = self._run(x_i, sig[i:i + 2], TauLookup(ev[start:counts[i]], tau[start:counts[i]]), ns,
+                               seed=seed, extra_args=args)
         with torch.no_grad():
             eps_i = self._eps(x_i, sig[i], args)
         return objectives.eps_consistency(eps_i, self._eps(x_next, sig[i + 1], args))
@@ -402,7 +477,7 @@ class Tuner:
     def _consider(self, state: checkpoint.TunerState, step: int) -> None:
         """Score the current τ on validation noise and keep it if it is the best so far."""
         with torch.no_grad():
-            score = self.score(self.param.tau())
+            score = self.score(self.param.values())
         state.scores.append((step, score))
         if state.best_score is None or score < state.best_score:
             state.best_score, state.best_iter, state.best_raw = score, step, self.param.raw.detach().clone()
@@ -435,7 +510,7 @@ class Tuner:
                                 f"it, or delete it to start over")
             state = checkpoint.TunerState(raw=self.param.raw.detach().clone())
             if cfg.select:
-                untuned = self.score(self.ev.to(self.device))
+                untuned = self.score(self.untuned)
                 state.scores.append((0, untuned))
                 state.best_score, state.best_iter, state.best_raw = untuned, 0, None
         self.losses = state.losses
@@ -443,8 +518,7 @@ class Tuner:
         bar = tqdm(total=total, initial=state.phase * cfg.iters + state.next_iter, desc=f"tune {self.spec.name}",
                    disable=not cfg.show_progress)
         for phase in range(state.phase, len(phases)):
-            mask = torch.zeros(len(self.ev), dtype=torch.bool, device=self.device)
-            mask[phases[phase]] = True
+            mask = self.param.trainable(phases[phase])
             opt = torch.optim.Adam([self.param.raw], lr=cfg.lr)
             if state.optimizer is not None:
                 opt.load_state_dict(state.optimizer)
@@ -483,18 +557,24 @@ class Tuner:
         selection: dict[str, Any] = {}
         with torch.no_grad():
             if self.config.select:
-                best = None if state.best_raw is None else self.param.tau(state.best_raw).detach()
+                best = None if state.best_raw is None else self.param.values(state.best_raw)
                 win = None if best is None else self.win_rate(best)
                 identity = best is None or win < ACCEPT_WIN_RATE
-                tau = self.ev.clone() if identity else best.float().cpu()
+                chosen = self.untuned if identity else best
                 selection = {"metric": "fd" if self._fd else f"{self.config.objective} objective",
                              "untuned": state.scores[0][1], "best": state.best_score, "best_iteration": state.best_iter,
                              "win_rate": win, "fallback_identity": identity, "scores": state.scores}
             else:
-                tau = self.param.tau().detach().float().cpu()
-        return TuneResult(tau=tau, eval_sigmas=self.ev.cpu(), sigmas=self.sigmas.cpu(), sampler=self.spec.name,
-                          schedule=self.schedule, config=self.config, options=self.options, losses=self.losses,
-                          seconds=seconds, selection=selection)
+                chosen = self.param.values()
+        tau = chosen.ev if chosen.tau is None else chosen.tau
+        lam = chosen.dode_lambda
+        if lam is None and "dode" in self.config.families:
+            lam = torch.zeros_like(tau)  # the identity fallback still records the family it tuned
+        schedule = self.schedule if chosen.sigmas is self.param.sigmas else f"learned-{self.schedule}"
+        return TuneResult(tau=tau.detach().float().cpu(), eval_sigmas=chosen.ev.detach().float().cpu(),
+                          sigmas=chosen.sigmas.detach().float().cpu(), sampler=self.spec.name, schedule=schedule,
+                          config=self.config, options=self.options, losses=self.losses, seconds=seconds,
+                          selection=selection, dode_lambda=None if lam is None else lam.detach().float().cpu())
 
     def _fingerprint(self) -> str:
         parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None}, self.spec.name,
@@ -515,6 +595,27 @@ def model_device(model: Any) -> torch.device:
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             return tensor.device
     return torch.device("cpu")
+
+
+def real_x0(data: torch.Tensor | Iterable | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """Real x₀ as one tensor: a tensor, or a data loader / iterable of batches (tensors, or tuples whose
+    first element is the batch, like ``(images, labels)``)."""
+    if data is None or torch.is_tensor(data):
+        x = data
+    else:
+        try:
+            batches = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
+        except TypeError:
+            raise TuneError(f"data must be a tensor of x0 or an iterable of batches, got {type(data).__name__}") from None
+        if not batches or not all(torch.is_tensor(b) for b in batches):
+            raise TuneError("data yielded no tensors; give a tensor of x0 or a loader of (x0, ...) batches")
+        x = torch.cat([b.reshape(-1, *b.shape[-len(shape):]) if shape else b for b in batches])
+    if x is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise TuneError(f"data samples have shape {tuple(x.shape[1:])} but the model makes {tuple(shape)}; "
+                        f"give x0 shaped (N, {', '.join(map(str, shape))})")
+    if x is not None and len(x) < 2:
+        raise TuneError("data needs at least 2 samples")
+    return x
 
 
 def real_data(model: Any, n: int, generator: torch.Generator) -> torch.Tensor:
