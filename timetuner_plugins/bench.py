@@ -25,10 +25,12 @@ from .evaluate import EVAL_SEED, choose_schedule, eval_noise, evaluate, generate
 from .metrics import fd_metric, trajectory_error
 from .run import make_sigmas, steps_for_nfe
 from .tau import TauLookup
+from .time_shift import TimeShift
 from .tuner import TuneConfig, Tuner
 
-METHODS: dict[str, Callable[[int], TuneConfig | None]] = {
+METHODS: dict[str, Callable[[int], TuneConfig | TimeShift | None]] = {
     "untuned": lambda seed: None,
+    "time-shift": lambda seed: TimeShift(),
     "paper-seq": lambda seed: TuneConfig.paper("sequential", seed=seed, show_progress=False),
     "paper-par": lambda seed: TuneConfig.paper("parallel", seed=seed, show_progress=False),
     "final": lambda seed: TuneConfig(objective="final", select=False, seed=seed, show_progress=False),
@@ -36,9 +38,14 @@ METHODS: dict[str, Callable[[int], TuneConfig | None]] = {
     "energy": lambda seed: TuneConfig(objective="energy", select=False, seed=seed, show_progress=False),
     "ours": lambda seed: TuneConfig(seed=seed, show_progress=False),
     "ours-real": lambda seed: TuneConfig(data="real", seed=seed, show_progress=False),
+    "dode": lambda seed: TuneConfig(objective="trajectory", families=("dode",), select=False, seed=seed,
+                                    show_progress=False),
+    "schedule": lambda seed: TuneConfig(families=("sigma",), seed=seed, show_progress=False),
+    "joint": lambda seed: TuneConfig(families=("tau", "sigma"), seed=seed, show_progress=False),
 }
 DESCRIPTIONS = {
     "untuned": "the plain sampler",
+    "time-shift": "Li et al. 2024, training-free: per-sample variance-matched timestep, window 20, σ > 1",
     "paper-seq": "Xia et al. 2024 as published: per-interval ε-consistency, t-ratio, Adam 2e-3, 500 it, sequential",
     "paper-par": "the same, parallel mode (x_t from the forward process)",
     "final": "all τ jointly, squared error to the teacher's final sample",
@@ -46,6 +53,10 @@ DESCRIPTIONS = {
     "energy": "all τ jointly, energy distance to the teacher's samples",
     "ours": "energy distance + held-out selection with identity fallback (the default)",
     "ours-real": "as ours, energy distance to real data instead of the teacher",
+    "dode": "D-ODE (Kim et al. 2024): one λ per evaluation, D̃ = D + λ(D − D_prev), distilled from the same "
+            "solver's 20× finer run (teacher states; gradient fit, not the paper's closed form)",
+    "schedule": "the schedule's interior σ's alone, trained like ours (energy + selection)",
+    "joint": "τ and the schedule's σ's together, trained like ours",
 }
 
 
@@ -57,7 +68,8 @@ class Plan:
     methods: list[str]
     seeds: list[int]
     n: int = 1000
-    heavy_methods: tuple[str, ...] = ("paper-seq", "paper-par", "final", "trajectory", "energy", "ours-real")
+    heavy_methods: tuple[str, ...] = ("paper-seq", "paper-par", "final", "trajectory", "energy", "ours-real", "dode",
+                                      "schedule", "joint")
     heavy_nfes: tuple[int, ...] = (5, 10)
     heavy_samplers: tuple[str, ...] = ("ddim", "dpmpp_2m")
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -133,22 +145,28 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print) -> dict
                             fd_untuned=base["fd"], fd_reference=base["fd_reference"],
                             traj_err_untuned=base["traj_err"])
                 for method in plan.methods_for(sampler, nfe):
-                    for seed in plan.seeds if method != "untuned" else [0]:
+                    for seed in plan.seeds if method not in ("untuned", "time-shift") else [0]:
                         config = METHODS[method](seed)
                         row = dict(cell, method=method, seed=seed)
                         if config is None:
                             row.update(fd=base["fd"], traj_err=base["traj_err"], tune_seconds=0.0,
                                        sample_seconds=base["seconds"])
+                        elif isinstance(config, TimeShift):  # training-free: a rule, not a tuned set
+                            after = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref, lookup=config)
+                            row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=0.0,
+                                       sample_seconds=after["seconds"])
                         else:
                             result, seconds = _tune(model, spec, sigmas, schedule, config, plan.overrides)
-                            lookup = TauLookup(result.eval_sigmas, result.tau)
-                            after = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref, lookup=lookup)
+                            lookup = result.tuned_set(model).lookup()
+                            after = evaluate(model, spec, result.sigmas, schedule, n=plan.n, ref=ref, lookup=lookup)
                             row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=round(seconds, 2),
                                        sample_seconds=after["seconds"],
                                        identity=bool(result.selection.get("fallback_identity", False)),
-                                       tau_over_sigma=(result.tau / result.eval_sigmas).tolist())
+                                       tau_over_sigma=(result.tau / result.eval_sigmas).tolist(),
+                                       sigmas=result.sigmas.tolist(),
+                                       dode_lambda=None if result.dode_lambda is None else result.dode_lambda.tolist())
                             if method == "ours" and nfe == 10 and seed == plan.seeds[0]:
-                                row.update(_held_out_check(model, spec, sigmas, lookup, config, min(plan.n, 512)))
+                                row.update(_held_out_check(model, spec, result.sigmas, lookup, config, min(plan.n, 512)))
                             taus.setdefault(f"{model_name}|{sampler}|{base['nfe']}", {})[method] = (
                                 result.eval_sigmas, result.tau)
                         gap = (row["fd_untuned"] - row["fd_reference"]) if has_fd else None
@@ -245,6 +263,34 @@ def _write(out: Path, plan: Plan, records: list, taus: dict, seconds: float) -> 
             plots.tau_ratios(by_method, out / f"tau_{model}_{sampler}_nfe{nfe}.png",
                              title=f"learned τ/σ: {model}, {sampler}, NFE {nfe}")
     return data
+
+
+def merge(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One report from several ``results.json`` (runs split by model, sampler or NFE); a later file's
+    record replaces an earlier one for the same model × sampler × NFE × method × seed."""
+    datas = [json.loads(Path(p).read_text()) for p in paths]
+    out.mkdir(parents=True, exist_ok=True)
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for data in datas:
+        for r in data["records"]:
+            by_key[(r["model"], r["sampler"], r["nfe"], r["method"], r["seed"])] = r
+    records = list(by_key.values())
+    ns = {d["plan"]["n"] for d in datas}
+    if len(ns) > 1:
+        raise ValueError(f"these runs used different evaluation sizes {sorted(ns)}; merge runs with one --n")
+
+    def ordered(key: str) -> list:
+        return list(dict.fromkeys(v for d in datas for v in d["plan"][key]))
+
+    plan = Plan(models=ordered("models"), samplers=ordered("samplers"), nfes=sorted(set(ordered("nfes"))),
+                methods=[m for m in METHODS if any(r["method"] == m for r in records)],
+                seeds=sorted(set(ordered("seeds"))), n=ns.pop())
+    taus: dict[str, Any] = {}
+    for r in records:
+        if r.get("tau_over_sigma") and r["seed"] == plan.seeds[0]:
+            ratio = torch.tensor(r["tau_over_sigma"])
+            taus.setdefault(f"{r['model']}|{r['sampler']}|{r['nfe']}", {})[r["method"]] = (torch.ones_like(ratio), ratio)
+    return _write(out, plan, records, taus, sum(d["seconds"] for d in datas))
 
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"

@@ -113,6 +113,9 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--select/--no-select", default=None,
               help="Keep the τ that scores best on held-out noise, the untuned sampler included "
                    "(default on; off for paper).")
+@click.option("--families", default="tau", show_default=True,
+              help="What to train, comma-separated: tau (network time per evaluation), dode (D-ODE λ per "
+                   "evaluation, Kim et al. 2024), sigma (the schedule's interior σ's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -126,7 +129,7 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
          mode: str, iters: int | None, batch: int | None, lr: float | None, param: str | None, data: str | None,
-         select: bool | None, seed: int,
+         select: bool | None, families: str, seed: int,
          options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, checkpoint_every: int, eval_n: int,
          quiet: bool) -> None:
     """Train τ for a sampler × schedule × model and save a tuned set."""
@@ -154,6 +157,7 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
         if value is not None:
             setattr(base, key, value)
     base.seed, base.show_progress, base.checkpoint_every = seed, not quiet, checkpoint_every
+    base.families = tuple(f.strip() for f in families.split(",") if f.strip())
     tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
     out = out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors")
     if out.exists() and not overwrite:
@@ -163,7 +167,8 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     before = after = {}
     if eval_n:
         before = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts)
-        after = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts, lookup=result.tuned_set(m).lookup())
+        after = evaluate(m, spec, result.sigmas, schedule, n=eval_n, options=opts,
+                         lookup=result.tuned_set(m).lookup())
     result.tuned_set(m, before, after).save(out, overwrite=overwrite)
     click.echo(f"wrote {out}: {spec.name} on {model}, {schedule}, {n_steps} steps, NFE {len(result.tau)}, "
                f"{objective}, {result.seconds:.1f} s")
@@ -290,15 +295,28 @@ def demo(retune: bool, out: Path, n: int) -> None:
 @click.option("--samplers", default=None, help="Comma-separated (default: native + importable k-diffusion ones).")
 @click.option("--nfe", "nfes", default=None, help="Comma-separated NFEs (default: 4,5,6,8,10,15,20).")
 @click.option("--methods", default=None, help="Comma-separated (default: all): " + ", ".join(
-    ["untuned", "paper-seq", "paper-par", "final", "trajectory", "energy", "ours", "ours-real"]))
+    ["untuned", "time-shift", "paper-seq", "paper-par", "final", "trajectory", "energy", "ours", "ours-real", "dode",
+     "schedule", "joint"]))
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Tuning seeds per method (default 3).")
 @click.option("--n", "n", type=click.IntRange(50), default=None, help="Evaluation samples (default 1000).")
 @click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Rewrite this README's generated results section.")
+@click.option("--merge", "merge", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run nothing: combine these results.json files (repeat the option) into one report in --out.")
 def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes: str | None, methods: str | None,
-          seeds: int | None, n: int | None, update_readme: Path | None) -> None:
+          seeds: int | None, n: int | None, update_readme: Path | None, merge: tuple[Path, ...]) -> None:
     """Side-by-side benchmark of the tuning methods on the bundled models; JSON, Markdown and plots."""
     from . import bench as b
+
+    if merge:
+        try:
+            data = b.merge(list(merge), out)
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise click.ClickException(f"cannot merge {', '.join(map(str, merge))}: {exc}") from None
+        click.echo(f"merged {len(merge)} runs into {out / 'results.json'} and {out / 'results.md'}")
+        if update_readme:
+            _update_readme(b, update_readme, data, out)
+        return
 
     plan = b.quick_plan() if quick else b.default_plan()
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
@@ -324,8 +342,15 @@ def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes
     data = b.run_bench(plan, out, log=click.echo)
     click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots in {data['seconds']:.0f} s")
     if update_readme:
-        b.update_readme(update_readme, data, out)
-        click.echo(f"updated {update_readme}")
+        _update_readme(b, update_readme, data, out)
+
+
+def _update_readme(b, readme: Path, data: dict, out: Path) -> None:
+    try:
+        b.update_readme(readme, data, out)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{exc}; the results are in {out}") from None
+    click.echo(f"updated {readme}")
 
 
 SHIM = '''"""TimeTuner nodes for ComfyUI, written by `timetuner comfyui-install` (the package is pip-installed)."""
