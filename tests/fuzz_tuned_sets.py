@@ -20,16 +20,19 @@ from hypothesis import strategies as st
 from timetuner_plugins.tuned_set import TunedSet, TunedSetError
 
 
-def seed_set() -> TunedSet:
+def seed_set(dode: bool = False) -> TunedSet:
+    """A valid τ-only set (format 1), or with D-ODE λ's (format 2)."""
     sigmas = torch.tensor([80.0, 12.0, 2.0, 0.3, 0.02, 0.0])
     ev = torch.cat([sigmas[:-2], sigmas[1:-1]]).sort(descending=True).values  # a two-evaluation sampler
     return TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * 1.05, model_id="m", model_fingerprint="ab" * 32,
                     sampler="heun", schedule="karras", objective="energy", mode="joint", iterations=5, seed=1,
                     sampler_options={"s_churn": 0.0}, metrics_before={"fd": 3.0}, metrics_after={"fd": 2.0},
-                    extra={"selection": {"fallback_identity": False}})
+                    extra={"selection": {"fallback_identity": False}},
+                    dode_lambda=torch.linspace(0.0, 0.3, len(ev)) if dode else None)
 
 
-SEED = seed_set().to_bytes()
+SEEDS = (seed_set().to_bytes(), seed_set(dode=True).to_bytes())
+SEED = SEEDS[0]
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
@@ -50,7 +53,7 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_f
 
 @st.composite
 def byte_mutation(draw) -> bytes:
-    data = bytearray(SEED)
+    data = bytearray(draw(st.sampled_from(SEEDS)))
     op = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "length"]))
     pos = draw(st.integers(0, len(data) - 1))
     if op == "flip":
@@ -68,7 +71,7 @@ def byte_mutation(draw) -> bytes:
 
 @st.composite
 def header_mutation(draw) -> bytes:
-    header, body = split(SEED)
+    header, body = split(draw(st.sampled_from(SEEDS)))
     names = [k for k in header if k != "__metadata__"]
     op = draw(st.sampled_from(["dtype", "shape", "offsets", "drop", "add", "meta_value", "meta_drop", "meta_json",
                                "meta_type", "version"]))
@@ -100,13 +103,14 @@ def header_mutation(draw) -> bytes:
 
 @st.composite
 def tensor_mutation(draw) -> bytes:
-    ts = seed_set()
-    name = draw(st.sampled_from(["sigmas", "eval_sigmas", "tau"]))
+    dode = draw(st.booleans())
+    ts = seed_set(dode)
+    tensors = ts.tensors()
+    name = draw(st.sampled_from(sorted(tensors)))
     n = draw(st.integers(0, 12))
     values = torch.tensor(draw(st.lists(FLOATS, min_size=n, max_size=n)), dtype=torch.float32)
-    tensors = {k: getattr(ts, k) for k in ("sigmas", "eval_sigmas", "tau")}
     tensors[name] = values
-    header, body = split(SEED)
+    header, body = split(SEEDS[dode])
     from safetensors.torch import save
 
     rebuilt = save({k: v.contiguous() for k, v in tensors.items()}, metadata=header["__metadata__"])
