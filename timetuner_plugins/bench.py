@@ -207,7 +207,8 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(summary: list[dict[str, Any]], methods: list[str]) -> str:
+def markdown(summary: list[dict[str, Any]], methods: list[str], min_methods: int = 0) -> str:
+    """A table of the cells (model × sampler × NFE) that ran at least ``min_methods`` of ``methods``."""
     def fmt(mean, sd, pct=False):
         if mean is None:
             return "–"
@@ -219,6 +220,8 @@ def markdown(summary: list[dict[str, Any]], methods: list[str]) -> str:
     for row in summary:
         cells.setdefault((row["model"], row["sampler"], row["nfe"], row["schedule"]), {})[row["method"]] = row
     for (model, sampler, nfe, schedule), by_method in sorted(cells.items()):
+        if sum(m in by_method for m in methods) < min_methods:
+            continue
         parts = []
         for m in methods:
             row = by_method.get(m)
@@ -307,6 +310,13 @@ def update_readme(readme: Path, data: dict[str, Any], figures: Path) -> None:
             f"{data['torch']}); FD mean ± spread over tuning seeds {data['plan']['seeds']}, "
             f"{data['plan']['n']} evaluation samples from noise no method tuned on. Methods:", ""]
     body += [f"- **{m}**: {d}" for m, d in data["methods"].items()]
-    body += ["", markdown(data["summary"], methods), "", README_END]
+    grid = [m for m in ("untuned", "time-shift", "ours") if m in methods]
+    heavy = [m for m in methods if m not in grid]
+    body += ["", "Every cell: the plain sampler, Time-Shift and our default tuner (cells with more seeds show mean ± "
+             "spread; 'identity ×k': k of the seeds fell back to τ = σ).", "", markdown(data["summary"], grid)]
+    comparison = markdown(data["summary"], ["untuned", *heavy, "ours"], min_methods=4) if heavy else ""
+    if comparison.count("\n") > 1:  # more than the header
+        body += ["", "The comparison cells, every method:", "", comparison]
+    body += ["", README_END]
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
     readme.write_text(text[:start] + "\n".join(body) + text[end:])
