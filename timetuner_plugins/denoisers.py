@@ -47,7 +47,8 @@ class TunableDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None,
                 **extra: Any) -> torch.Tensor:
-        return self.denoise(x, sigma, sigma if cond_sigma is None else cond_sigma, **extra)
+        """Denoised x in x's dtype (the network may run in another, e.g. a half-precision model)."""
+        return self.denoise(x, sigma, sigma if cond_sigma is None else cond_sigma, **extra).to(x.dtype)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from registry import SamplerSpec
 from .io import atomic_path
 from .metrics import fd_metric, trajectory_error
 from .noise import BrownianNoise
-from .run import eval_sigmas, make_sigmas, run_sampler, steps_for_nfe
+from .run import eval_sigmas, make_sigmas, model_device, run_sampler, steps_for_nfe
 from .tau import TauLookup
 
 REFERENCE_NFE = 500
@@ -37,24 +37,27 @@ def eval_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def generate(model: Any, spec: SamplerSpec, sigmas: torch.Tensor, noise: torch.Tensor, *,
              lookup: TauLookup | None = None, options: dict | None = None, extra_args: dict | None = None,
              seed: int = EVAL_SEED, chunk: int = CHUNK) -> torch.Tensor:
-    """Samples from ``noise`` in chunks; stochastic samplers follow one Brownian path per chunk, so runs
-    with different step counts from the same seed are comparable sample by sample."""
+    """Samples from ``noise`` in chunks, run on the model's device and returned on the CPU; stochastic
+    samplers follow one Brownian path per chunk, so runs with different step counts from the same seed
+    are comparable sample by sample."""
     stochastic = spec.is_stochastic(options)
+    device = model_device(model)
     out = []
     with torch.no_grad():
         for c, sub in enumerate(noise.split(chunk)):
-            x = sub * sigmas[0]
+            x = sub.to(device) * sigmas[0].to(device)
             ns = BrownianNoise(x, model.sigma_min, model.sigma_max, seed + c) if stochastic else None
-            args = _slice_args(extra_args, c * chunk, len(sub))
+            args = _slice_args(extra_args, c * chunk, len(sub), device)
             out.append(run_sampler(model, spec, x, sigmas, lookup=lookup, options=options, extra_args=args,
-                                   noise_sampler=ns, seed=seed + c))
+                                   noise_sampler=ns, seed=seed + c).cpu())
     return torch.cat(out)
 
 
-def _slice_args(extra_args: dict | None, start: int, n: int) -> dict | None:
+def _slice_args(extra_args: dict | None, start: int, n: int, device: torch.device) -> dict | None:
     if not extra_args:
         return extra_args
-    return {k: v[start:start + n] if torch.is_tensor(v) and v.ndim and len(v) > 1 else v for k, v in extra_args.items()}
+    return {k: (v[start:start + n] if v.ndim and len(v) > 1 else v).to(device) if torch.is_tensor(v) else v
+            for k, v in extra_args.items()}
 
 
 def _key(*parts: Any) -> str:

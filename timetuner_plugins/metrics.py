@@ -47,7 +47,7 @@ def digits_fd(samples: torch.Tensor) -> float:
 
 def gmm_fd(model: Any) -> Callable[[torch.Tensor], float]:
     """FD between the samples' moments and the mixture's exact mean and covariance (pixel space)."""
-    mean, cov = (t.numpy() for t in model.moments())
+    mean, cov = (t.detach().cpu().numpy() for t in model.moments())
     return lambda samples: frechet_distance(*gaussian_stats(samples), mean, cov)
 
 

@@ -69,6 +69,7 @@ class DigitsUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
+        x = x.to(self.stem.weight.dtype)  # the network runs in its own dtype (half models, float32 samplers)
         if noise_label.ndim == 0:
             noise_label = noise_label.expand(b)
         if label is None:

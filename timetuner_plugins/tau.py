@@ -32,6 +32,7 @@ class TauLookup:
         self.eval_sigmas, self.tau, self.rtol, self.dode_lambda = eval_sigmas, tau, rtol, dode_lambda
         self.ratio = tau / eval_sigmas
         self._host_sigmas: list[float] | None = None
+        self._moved: dict[tuple[torch.device, torch.dtype], TauLookup] = {}
 
     @classmethod
     def identity(cls, eval_sigmas: torch.Tensor, rtol: float = 1e-4) -> "TauLookup":
@@ -48,12 +49,19 @@ class TauLookup:
         return bool(torch.equal(self.tau.detach(), self.eval_sigmas)) and (lam is None or not bool(lam.any()))
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "TauLookup":
-        """This lookup on ``device``/``dtype`` (moved once per run, not per step)."""
-        if self.ratio.device == torch.device(device) and self.ratio.dtype == dtype:
+        """This lookup on ``device``/``dtype``: moved once and kept (unless τ is being trained), so
+        repeated runs on a GPU copy nothing."""
+        device = torch.device(device)
+        if self.ratio.device == device and self.ratio.dtype == dtype:
             return self
+        key = (device, dtype)
+        if key in self._moved:
+            return self._moved[key]
         lam = None if self.dode_lambda is None else self.dode_lambda.to(device, dtype)
         moved = TauLookup(self.eval_sigmas.to(device, dtype), self.tau.to(device, dtype), self.rtol, lam)
         moved._host_sigmas = self._host_sigmas
+        if not (self.tau.requires_grad or (lam is not None and lam.requires_grad)):
+            self._moved[key] = moved
         return moved
 
     def cond_sigma(self, k: int, sigma: torch.Tensor) -> torch.Tensor:
