@@ -144,3 +144,39 @@ def test_bad_settings_are_named(gmm):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(objective="final", data="real"))
     with pytest.raises(TuneError, match="lr must be"):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(lr=float("nan")))
+
+
+def test_energy_is_measured_in_the_given_feature_space(gmm):
+    """The energy objective embeds both sample sets with ``features``; the set records which space."""
+    seen = []
+
+    class Halves:
+        name = "halves"
+
+        def __call__(self, x):
+            seen.append(x.shape)
+            return x.flatten(1)[:, :32]
+
+    sigmas = make_sigmas(gmm, "quadratic_t", 3)
+    cfg = TuneConfig(objective="energy", iters=2, **{**SMALL, "batch": 8, "pool": 8})
+    result = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, features=Halves()).tune()
+    assert len(seen) == 4 and all(s == (8, 1, 8, 8) for s in seen)  # student and target, two iterations
+    assert result.feature_space == "halves" and result.tuned_set(gmm).extra["features"] == "halves"
+
+
+def test_bundled_digits_models_tune_in_an_independent_feature_space(ddpm, gmm):
+    """digits-ddpm tunes in digits-features (not the FD metric's classifier); 'pixel' opts out; the GMM
+    has no feature space. The feature network is no submodule: the model's fingerprint is its own."""
+    sigmas = make_sigmas(ddpm, "quadratic_t", 3)
+    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(**SMALL)).feature_space == "digits-features"
+    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(features="pixel", **SMALL)).feature_space == "pixel"
+    assert Tuner(gmm, "ddim", sigmas, config=TuneConfig(**SMALL)).feature_space == "pixel"
+    assert not any("digits-features" in k or "classifier" in k for k in ddpm.state_dict())
+    feats = ddpm.tuning_features(torch.zeros(3, 1, 8, 8))
+    assert feats.shape == (3, 64)
+    from timetuner_plugins.bundled import load_classifier
+
+    metric = load_classifier().features(torch.zeros(3, 1, 8, 8))
+    assert not torch.allclose(feats, metric)
+    with pytest.raises(TuneError, match="features"):
+        TuneConfig(features="inception").validate()

@@ -19,6 +19,7 @@ FILES = {
     "digits-edm": "digits_edm.safetensors",
     "gmm-digits": "gmm_digits.safetensors",
     "digits-classifier": "digits_classifier.safetensors",
+    "digits-features": "digits_features.safetensors",
 }
 
 
@@ -70,9 +71,28 @@ def load_path(path: Path, name: str | None = None) -> TunableDenoiser:
     model.sample_shape = tuple(json.loads(metadata.get("sample_shape", "[1, 8, 8]")))
     model.model_id = name or metadata.get("model_id", path.stem)
     model.fd_kind = "gmm" if kind == "gmm" else "digits"
+    if kind != "gmm":
+        model.tuning_features = DigitsFeatures()
     return model.eval().requires_grad_(False)
 
 
-def load_classifier() -> nets.DigitsClassifier:
-    tensors, metadata = read_weights(weights_path("digits-classifier"))
+def load_classifier(name: str = "digits-classifier") -> nets.DigitsClassifier:
+    tensors, metadata = read_weights(weights_path(name))
     return _net(tensors, metadata)
+
+
+class DigitsFeatures:
+    """The tuner's feature space for the digits models: the 64-d features of ``digits-features``, a
+    classifier trained apart from the FD metric's (other seed and width). Runs on the samples' device.
+    A plain attribute, not a submodule, so the denoiser's fingerprint does not include it."""
+
+    name = "digits-features"
+
+    def __init__(self) -> None:
+        self._nets: dict[tuple[torch.device, torch.dtype], nets.DigitsClassifier] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._nets:
+            self._nets[key] = load_classifier(self.name).to(x.device, x.dtype)
+        return self._nets[key].features(x.clamp(-1, 1))

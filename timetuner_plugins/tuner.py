@@ -12,7 +12,10 @@ Objectives
 - ``trajectory``: all τ jointly, squared error to the teacher's states at every σ of the schedule.
 - ``energy``: all τ jointly, energy distance between the run's final samples and the teacher's
   (or real data, ``data="real"``): it matches distributions, so it does not reward the blur
-  that per-sample squared error does when few steps cannot follow the teacher.
+  that per-sample squared error does when few steps cannot follow the teacher. It is measured
+  in a feature space when one is given (``features=``, or the model's ``tuning_features``: the
+  bundled digits models carry a small classifier trained apart from the FD metric's), else on
+  the raw samples.
 The teacher runs from the same noise (and Brownian path, for stochastic samplers) on a
 refinement of the same schedule; its states are computed once and reused.
 
@@ -27,7 +30,6 @@ that is stopped and resumed from its checkpoint equals an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import time
@@ -43,7 +45,7 @@ from registry import SamplerSpec
 from . import checkpoint, objectives
 from .metrics import fd_metric
 from .noise import BrownianNoise, SeededNoise
-from .run import eval_sigmas, run_sampler, sampler_spec
+from .run import eval_sigmas, model_device, run_sampler, sampler_spec
 from .schedules import refine
 from .tau import TauLookup
 from .tuned_set import TunedSet
@@ -52,6 +54,7 @@ OBJECTIVES = ("paper", "trajectory", "final", "energy")
 MODES = ("sequential", "parallel")
 PARAMS = ("log_ratio", "t_ratio")
 DATA = ("teacher", "real")
+FEATURES = ("auto", "pixel")  # auto: the model's ``tuning_features`` when it has them
 FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
 LOG_RATIO_BOUND = 1.0  # |log τ/σ| ≤ 1 via a tanh
 DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
@@ -85,6 +88,7 @@ class TuneConfig:
     checkpoint_every: int = 25
     show_progress: bool = True
     families: tuple[str, ...] = ("tau",)
+    features: str = "auto"
 
     @classmethod
     def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
@@ -94,7 +98,8 @@ class TuneConfig:
 
     def validate(self) -> None:
         for name, value, allowed in (("objective", self.objective, OBJECTIVES), ("mode", self.mode, MODES),
-                                     ("param", self.param, PARAMS), ("data", self.data, DATA)):
+                                     ("param", self.param, PARAMS), ("data", self.data, DATA),
+                                     ("features", self.features, FEATURES)):
             if value not in allowed:
                 raise TuneError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         for name in ("iters", "pool", "teacher_substeps", "checkpoint_every", "validate_every"):
@@ -132,6 +137,7 @@ class TuneResult:
     seconds: float = 0.0
     selection: dict[str, Any] = field(default_factory=dict)
     dode_lambda: torch.Tensor | None = None
+    feature_space: str = "pixel"
 
     def tuned_set(self, model: Any, metrics_before: dict | None = None, metrics_after: dict | None = None,
                   extra: dict | None = None) -> TunedSet:
@@ -145,7 +151,8 @@ class TuneResult:
             iterations=cfg.iters, seed=cfg.seed, data_source=cfg.data,
             sampler_options={k: v for k, v in self.options.items() if _jsonable(v)},
             metrics_before=metrics_before or {}, metrics_after=metrics_after or {},
-            extra={"families": list(cfg.families), "param": cfg.param, "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
+            extra={"families": list(cfg.families), "features": self.feature_space, "param": cfg.param,
+                   "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
                    "teacher_substeps": cfg.teacher_substeps, "tune_seconds": round(self.seconds, 2),
                    "final_loss": self.losses[-1] if self.losses else None, "selection": self.selection,
                    **(extra or {})})
@@ -259,7 +266,8 @@ class Tuner:
 
     def __init__(self, model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, schedule: str = "custom",
                  config: TuneConfig | None = None, options: dict | None = None, extra_args: dict | None = None,
-                 data: torch.Tensor | Iterable | None = None, checkpoint: str | Path | None = None):
+                 data: torch.Tensor | Iterable | None = None, checkpoint: str | Path | None = None,
+                 features: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.spec = model, sampler_spec(sampler)
         self.config = config or TuneConfig()
         self.config.validate()
@@ -284,6 +292,10 @@ class Tuner:
         self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
         self._fd = fd_metric(model)
+        if features is None and cfg.features == "auto":
+            features = getattr(model, "tuning_features", None)
+        self.features = features
+        self.feature_space = "pixel" if features is None else getattr(features, "name", type(features).__name__)
 
     # ----- runs -----------------------------------------------------------------------------------------
     def _eval_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
@@ -365,7 +377,8 @@ class Tuner:
         final = self._run(x, values.sigmas, values.lookup(), ns, seed=noise_set.seed + c,
                           states=states if objective == "trajectory" else None, extra_args=self._batch_args(c))
         if objective == "energy":
-            return objectives.energy_distance(final, self._target(noise_set, c))
+            embed = self.features or (lambda x: x)
+            return objectives.energy_distance(embed(final), embed(self._target(noise_set, c)))
         target = self.teacher(noise_set)[c]
         if objective == "final":
             return objectives.squared_error(final, target[-1])
@@ -574,27 +587,19 @@ class Tuner:
         return TuneResult(tau=tau.detach().float().cpu(), eval_sigmas=chosen.ev.detach().float().cpu(),
                           sigmas=chosen.sigmas.detach().float().cpu(), sampler=self.spec.name, schedule=schedule,
                           config=self.config, options=self.options, losses=self.losses, seconds=seconds,
-                          selection=selection, dode_lambda=None if lam is None else lam.detach().float().cpu())
+                          selection=selection, dode_lambda=None if lam is None else lam.detach().float().cpu(),
+                          feature_space=self.feature_space)
 
     def _fingerprint(self) -> str:
         parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None}, self.spec.name,
-                 self.sigmas.tolist(), self.model.fingerprint, {k: repr(v) for k, v in self.options.items()}]
+                 self.sigmas.tolist(), self.model.fingerprint, {k: repr(v) for k, v in self.options.items()},
+                 self.feature_space]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _oom_message(cfg: TuneConfig) -> str:
     return (f"out of memory at batch {cfg.batch} (pool {cfg.pool}); try --batch {max(2, cfg.batch // 2)}. Nothing was "
             f"written; the last checkpoint, if any, is intact")
-
-
-def model_device(model: Any) -> torch.device:
-    """The model's ``device`` attribute if it has one, else its first parameter's or buffer's (else CPU)."""
-    if isinstance(getattr(model, "device", None), torch.device):
-        return model.device
-    if isinstance(model, torch.nn.Module):
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            return tensor.device
-    return torch.device("cpu")
 
 
 def real_x0(data: torch.Tensor | Iterable | None, shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -11,8 +11,9 @@ from . import digits
 TRAINERS = {
     "digits-ddpm": digits.train_ddpm,
     "digits-edm": digits.train_edm,
-    "gmm-digits": lambda out, steps=None, seed=0: digits.fit_gmm(out, seed=seed),
+    "gmm-digits": lambda out, steps=None, **kw: digits.fit_gmm(out, **kw),
     "digits-classifier": digits.train_classifier,
+    "digits-features": digits.train_features,
 }
 
 
@@ -20,14 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m timetuner_plugins.training", description=__doc__)
     parser.add_argument("name", choices=[*TRAINERS, "all"])
     parser.add_argument("--steps", type=int, help="optimisation steps (default: the shipped recipe)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="random seed (default: the shipped recipe's)")
     parser.add_argument("--out", type=Path, help="output file (default: the bundled weights path)")
     args = parser.parse_args(argv)
     names = list(TRAINERS) if args.name == "all" else [args.name]
     if args.out and len(names) > 1:
         parser.error("--out needs a single model name")
     for name in names:
-        kwargs = {"seed": args.seed}
+        kwargs = {} if args.seed is None else {"seed": args.seed}
         if args.steps:
             kwargs["steps"] = args.steps
         out = args.out or WEIGHTS / FILES[name]

@@ -1,6 +1,6 @@
 """Training of the bundled models on sklearn's digits, reproducible from a seed.
 
-``python -m timetuner_plugins.training {digits-ddpm,digits-edm,gmm-digits,digits-classifier,all}``
+``python -m timetuner_plugins.training {digits-ddpm,digits-edm,gmm-digits,digits-classifier,digits-features,all}``
 writes safetensors files (with their recipe in the metadata) under
 ``timetuner_plugins/weights``; ``--steps`` shortens a run for smoke tests.
 """
@@ -132,14 +132,16 @@ def fit_gmm(out: Path, components: int = 10, reg_covar: float = 1e-3, seed: int 
                    "library": __version__}})
 
 
-def train_classifier(out: Path, steps: int = 4000, batch: int = 128, lr: float = 2e-3, seed: int = 0) -> None:
-    """The FD feature network: a conv classifier trained with ±1-pixel shifts and light noise."""
+def train_classifier(out: Path, steps: int = 4000, batch: int = 128, lr: float = 2e-3, seed: int = 0,
+                     channels: int = 32, name: str = "digits-classifier") -> None:
+    """A conv digits classifier trained with ±1-pixel shifts and light noise: with the defaults, the FD
+    feature network; ``train_features`` makes the tuner's independent one."""
     torch.manual_seed(seed)
     images, labels = digits("train")
     gen = torch.Generator().manual_seed(seed)
-    net = nets.DigitsClassifier()
+    net = nets.DigitsClassifier(channels=channels)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    for step in trange(steps, desc="digits-classifier"):
+    for step in trange(steps, desc=name):
         idx = torch.randint(len(images), (batch,), generator=gen)
         x = images[idx]
         dx, dy = torch.randint(-1, 2, (2,), generator=gen).tolist()
@@ -155,7 +157,13 @@ def train_classifier(out: Path, steps: int = 4000, batch: int = 128, lr: float =
     with torch.no_grad():
         accuracy = float((net(held).argmax(1) == held_labels).float().mean())
     _save(out, {f"net.{k}": v for k, v in net.state_dict().items()}, {
-        "arch": "DigitsClassifier", "config": net.config, "model_id": "digits-classifier",
+        "arch": "DigitsClassifier", "config": net.config, "model_id": name,
         "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "held_out_accuracy": accuracy,
                    "library": __version__}})
-    print(f"digits-classifier held-out accuracy: {accuracy:.4f}")
+    print(f"{name} held-out accuracy: {accuracy:.4f}")
+
+
+def train_features(out: Path, steps: int = 4000, seed: int = 1) -> None:
+    """The tuner's feature network for the digits models: a classifier of another width and seed than the
+    FD metric's, so that tuning in its features does not optimise the metric's own features."""
+    train_classifier(out, steps=steps, seed=seed, channels=24, name="digits-features")
