@@ -64,3 +64,36 @@ def test_merge_rejects_a_broken_file(tmp_path):
     bad.write_text("{not json")
     result = CliRunner().invoke(cli, ["bench", "--merge", str(bad), "--out", str(tmp_path / "m")])
     assert result.exit_code != 0 and "cannot merge" in result.output
+
+
+def test_resume_runs_only_what_the_earlier_results_lack(quick_run, tmp_path):
+    original = json.loads((quick_run / "results.json").read_text())
+    kept = [r for r in original["records"] if r["method"] != "ours"]
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({**original, "records": kept}))
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--resume", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert " ours " in result.output and "paper-seq" not in result.output  # only the missing method ran
+    resumed = json.loads((out / "results.json").read_text())
+    assert sorted(r["method"] for r in resumed["records"]) == sorted(r["method"] for r in original["records"])
+    assert [r for r in resumed["records"] if r["method"] != "ours"] == kept
+
+
+def test_resume_refuses_results_made_with_another_sample_count(quick_run, tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "results.json").write_text((quick_run / "results.json").read_text())
+    result = CliRunner().invoke(cli, ["bench", "--quick", "--resume", "--n", "300", "--out", str(out)])
+    assert result.exit_code != 0 and "--n" in result.output
+
+
+def test_plan_runs_comparison_methods_only_on_their_cells():
+    from timetuner_plugins.bench import METHODS, Plan
+
+    plan = Plan(models=["m"], samplers=["ddim", "heun"], nfes=[4, 5, 10, 20], methods=list(METHODS), seeds=[0])
+    assert set(plan.methods_for("ddim", 5)) == set(METHODS)
+    assert set(plan.methods_for("ddim", 4)) == {"untuned", "time-shift", "ours", "ours-full", "dode", "schedule",
+                                                "joint"}
+    assert set(plan.methods_for("ddim", 20)) == set(plan.methods_for("heun", 5)) == {"untuned", "time-shift", "ours",
+                                                                                      "ours-full"}

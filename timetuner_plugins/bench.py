@@ -42,6 +42,7 @@ METHODS: dict[str, Callable[[int], TuneConfig | TimeShift | None]] = {
                                     show_progress=False),
     "schedule": lambda seed: TuneConfig(families=("sigma",), seed=seed, show_progress=False),
     "joint": lambda seed: TuneConfig(families=("tau", "sigma"), seed=seed, show_progress=False),
+    "ours-full": lambda seed: TuneConfig(families=("tau", "dode", "sigma"), seed=seed, show_progress=False),
 }
 DESCRIPTIONS = {
     "untuned": "the plain sampler",
@@ -57,7 +58,11 @@ DESCRIPTIONS = {
             "solver's 20× finer run (teacher states; gradient fit, not the paper's closed form)",
     "schedule": "the schedule's interior σ's alone, trained like ours (energy + selection)",
     "joint": "τ and the schedule's σ's together, trained like ours",
+    "ours-full": "τ, D-ODE λ and the schedule's σ's together, trained like ours (needs the set's own σ's and a "
+                 "host that counts evaluations)",
 }
+# Run on every cell; the rest only where Plan.methods_for says (the comparison cells).
+EVERYWHERE = ("untuned", "time-shift", "ours", "ours-full")
 
 
 @dataclass
@@ -68,23 +73,34 @@ class Plan:
     methods: list[str]
     seeds: list[int]
     n: int = 1000
-    heavy_methods: tuple[str, ...] = ("paper-seq", "paper-par", "final", "trajectory", "energy", "ours-real", "dode",
-                                      "schedule", "joint")
     heavy_nfes: tuple[int, ...] = (5, 10)
     heavy_samplers: tuple[str, ...] = ("ddim", "dpmpp_2m")
+    family_methods: tuple[str, ...] = ("dode", "schedule", "joint")
+    family_nfes: tuple[int, ...] = (4, 5, 6, 8, 10)
     overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     def methods_for(self, sampler: str, nfe: int) -> list[str]:
-        """The comparison methods run on the headline cells; 'untuned' and 'ours' run everywhere."""
-        heavy = sampler in self.heavy_samplers and nfe in self.heavy_nfes
-        return [m for m in self.methods if heavy or m not in self.heavy_methods]
+        """Methods for one cell: ``EVERYWHERE`` on every cell; on the headline samplers the parameter-family
+        methods at ``family_nfes`` and every other method at ``heavy_nfes``."""
+        headline = sampler in self.heavy_samplers
+
+        def runs(m: str) -> bool:
+            if m in EVERYWHERE:
+                return True
+            if m in self.family_methods:
+                return headline and nfe in self.family_nfes
+            return headline and nfe in self.heavy_nfes
+
+        return [m for m in self.methods if runs(m)]
 
 
 def default_plan() -> Plan:
     samplers = ["ddim", "ddpm", "heun", "dpm_2", "dpmpp_2m"]
     samplers += sorted(n for n, s in registry.samplers().items() if n.startswith("k_diffusion.") and s.tunable)
+    ablations = ("energy", "ours-real")  # selectable with --methods; not in the default grid
     return Plan(models=["digits-ddpm", "digits-edm", "gmm-digits"], samplers=samplers,
-                nfes=[4, 5, 6, 8, 10, 15, 20], methods=list(METHODS), seeds=[0, 1, 2])
+                nfes=[4, 5, 6, 8, 10, 15, 20], methods=[m for m in METHODS if m not in ablations], seeds=[0, 1, 2])
 
 
 def quick_plan() -> Plan:
@@ -121,21 +137,52 @@ def _held_out_check(model: Any, spec: Any, sigmas: torch.Tensor, lookup: TauLook
     return out
 
 
-def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def _previous(out: Path, plan: Plan) -> tuple[list[dict[str, Any]], float]:
+    """Records and seconds of an earlier run in ``out`` (for ``resume``), checked to be comparable."""
+    path = out / "results.json"
+    if not path.is_file():
+        return [], 0.0
+    try:
+        data = json.loads(path.read_text())
+        records, n = list(data["records"]), data["plan"]["n"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a bench results file ({exc}); move it away or run without --resume") from None
+    if n != plan.n:
+        raise ValueError(f"{path} was made with --n {n}, this run has --n {plan.n}; resume with the same --n")
+    return records, float(data.get("seconds", 0.0))
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return r["model"], r["sampler"], r["steps"], r["method"], r["seed"]
+
+
+def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
+    """Run ``plan``, writing the results after every cell; ``resume`` keeps the records of an earlier run
+    in ``out`` and runs only what they lack."""
     out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    taus: dict[str, Any] = {}
-    started = time.perf_counter()
+    records, earlier = _previous(out, plan) if resume else ([], 0.0)
+    done = {_key(r) for r in records}
+    taus: dict[str, Any] = _taus_of(records, plan.seeds[0])
+    started = time.perf_counter() - earlier
     for model_name in plan.models:
-        model = registry.load_model(model_name)
+        model = registry.load_model(model_name).to(plan.device)
         has_fd = fd_metric(model) is not None
         for sampler in plan.samplers:
             spec = registry.get_sampler(sampler)
             schedule, _ = choose_schedule(model, spec, 10)
+            done_steps: set[int] = set()
             for nfe in plan.nfes:
                 try:
                     steps = steps_for_nfe(spec, model, schedule, nfe)
                 except ValueError:
+                    continue
+                if steps in done_steps:  # two-stage samplers: NFE 5 and 6 both allow 3 steps (5 evaluations)
+                    continue
+                done_steps.add(steps)
+                todo = [(m, seed) for m in plan.methods_for(sampler, nfe)
+                        for seed in (plan.seeds if m not in ("untuned", "time-shift") else [0])
+                        if (model_name, sampler, steps, m, seed) not in done]
+                if not todo:
                     continue
                 sigmas = make_sigmas(model, schedule, steps)
                 noise = eval_noise(plan.n, tuple(model.sample_shape), EVAL_SEED)
@@ -144,35 +191,36 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print) -> dict
                 cell = dict(model=model_name, sampler=sampler, nfe=base["nfe"], steps=steps, schedule=schedule,
                             fd_untuned=base["fd"], fd_reference=base["fd_reference"],
                             traj_err_untuned=base["traj_err"])
-                for method in plan.methods_for(sampler, nfe):
-                    for seed in plan.seeds if method not in ("untuned", "time-shift") else [0]:
-                        config = METHODS[method](seed)
-                        row = dict(cell, method=method, seed=seed)
-                        if config is None:
-                            row.update(fd=base["fd"], traj_err=base["traj_err"], tune_seconds=0.0,
-                                       sample_seconds=base["seconds"])
-                        elif isinstance(config, TimeShift):  # training-free: a rule, not a tuned set
-                            after = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref, lookup=config)
-                            row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=0.0,
-                                       sample_seconds=after["seconds"])
-                        else:
-                            result, seconds = _tune(model, spec, sigmas, schedule, config, plan.overrides)
-                            lookup = result.tuned_set(model).lookup()
-                            after = evaluate(model, spec, result.sigmas, schedule, n=plan.n, ref=ref, lookup=lookup)
-                            row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=round(seconds, 2),
-                                       sample_seconds=after["seconds"],
-                                       identity=bool(result.selection.get("fallback_identity", False)),
-                                       tau_over_sigma=(result.tau / result.eval_sigmas).tolist(),
-                                       sigmas=result.sigmas.tolist(),
-                                       dode_lambda=None if result.dode_lambda is None else result.dode_lambda.tolist())
-                            if method == "ours" and nfe == 10 and seed == plan.seeds[0]:
-                                row.update(_held_out_check(model, spec, result.sigmas, lookup, config, min(plan.n, 512)))
+                for method, seed in todo:
+                    config = METHODS[method](seed)
+                    row = dict(cell, method=method, seed=seed)
+                    if config is None:
+                        row.update(fd=base["fd"], traj_err=base["traj_err"], tune_seconds=0.0,
+                                   sample_seconds=base["seconds"])
+                    elif isinstance(config, TimeShift):  # training-free: a rule, not a tuned set
+                        after = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref, lookup=config)
+                        row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=0.0,
+                                   sample_seconds=after["seconds"])
+                    else:
+                        result, seconds = _tune(model, spec, sigmas, schedule, config, plan.overrides)
+                        lookup = result.tuned_set(model).lookup()
+                        after = evaluate(model, spec, result.sigmas, schedule, n=plan.n, ref=ref, lookup=lookup)
+                        row.update(fd=after["fd"], traj_err=after["traj_err"], tune_seconds=round(seconds, 2),
+                                   sample_seconds=after["seconds"],
+                                   identity=bool(result.selection.get("fallback_identity", False)),
+                                   tau_over_sigma=(result.tau / result.eval_sigmas).tolist(),
+                                   sigmas=result.sigmas.tolist(),
+                                   dode_lambda=None if result.dode_lambda is None else result.dode_lambda.tolist())
+                        if seed == plan.seeds[0]:
+                            if method in ("ours", "ours-full") and nfe == 10:
+                                row.update(_held_out_check(model, spec, result.sigmas, lookup, config,
+                                                           min(plan.n, 512)))
                             taus.setdefault(f"{model_name}|{sampler}|{base['nfe']}", {})[method] = (
                                 result.eval_sigmas, result.tau)
-                        gap = (row["fd_untuned"] - row["fd_reference"]) if has_fd else None
-                        row["gap_closed"] = ((row["fd_untuned"] - row["fd"]) / gap) if gap and gap > 0 else None
-                        records.append(row)
-                        log(_line(row))
+                    gap = (row["fd_untuned"] - row["fd_reference"]) if has_fd else None
+                    row["gap_closed"] = ((row["fd_untuned"] - row["fd"]) / gap) if gap and gap > 0 else None
+                    records.append(row)
+                    log(_line(row))
                 _write(out, plan, records, taus, time.perf_counter() - started)
     return _write(out, plan, records, taus, time.perf_counter() - started)
 
@@ -240,11 +288,18 @@ def markdown(summary: list[dict[str, Any]], methods: list[str], min_methods: int
     return "\n".join(lines)
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
 def _write(out: Path, plan: Plan, records: list, taus: dict, seconds: float) -> dict[str, Any]:
     summary = summarise(records)
     methods = [m for m in plan.methods if any(r["method"] == m for r in records)]
-    data = {"plan": plan.__dict__ | {"heavy_methods": list(plan.heavy_methods)}, "seconds": round(seconds, 1),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "methods": {m: DESCRIPTIONS[m] for m in methods},
+    data = {"plan": dict(plan.__dict__), "seconds": round(seconds, 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": _device_name(plan.device),
+            "methods": {m: DESCRIPTIONS[m] for m in methods},
             "records": records, "summary": summary}
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
     (out / "results.md").write_text(markdown(summary, methods) + "\n")
@@ -287,13 +342,18 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
 
     plan = Plan(models=ordered("models"), samplers=ordered("samplers"), nfes=sorted(set(ordered("nfes"))),
                 methods=[m for m in METHODS if any(r["method"] == m for r in records)],
-                seeds=sorted(set(ordered("seeds"))), n=ns.pop())
+                seeds=sorted(set(ordered("seeds"))), n=ns.pop(), device=datas[0].get("device", "cpu"))
+    return _write(out, plan, records, _taus_of(records, plan.seeds[0]), sum(d["seconds"] for d in datas))
+
+
+def _taus_of(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """The learned τ/σ per model × sampler × NFE and method (one seed), for the τ figures."""
     taus: dict[str, Any] = {}
     for r in records:
-        if r.get("tau_over_sigma") and r["seed"] == plan.seeds[0]:
+        if r.get("tau_over_sigma") and r["seed"] == seed:
             ratio = torch.tensor(r["tau_over_sigma"])
             taus.setdefault(f"{r['model']}|{r['sampler']}|{r['nfe']}", {})[r["method"]] = (torch.ones_like(ratio), ratio)
-    return _write(out, plan, records, taus, sum(d["seconds"] for d in datas))
+    return taus
 
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -306,7 +366,8 @@ def update_readme(readme: Path, data: dict[str, Any], figures: Path) -> None:
         raise ValueError(f"{readme} has no {README_START} … {README_END} section to replace")
     methods = list(data["methods"])
     body = [README_START, "",
-            f"Generated by `timetuner bench` ({data['seconds'] / 60:.0f} min on {data['threads']} CPU threads, torch "
+            f"Generated by `timetuner bench` ({data['seconds'] / 60:.0f} min of runs on {data.get('device', 'cpu')}, "
+            f"{data['threads']} CPU threads each, torch "
             f"{data['torch']}); FD mean ± spread over tuning seeds {data['plan']['seeds']}, "
             f"{data['plan']['n']} evaluation samples from noise no method tuned on. Methods:", ""]
     body += [f"- **{m}**: {d}" for m, d in data["methods"].items()]

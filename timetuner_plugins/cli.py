@@ -31,6 +31,22 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N.")(f)
+
+
+def _load_model(name: str, device: str):
+    """A registered model on ``device`` (checked first, so a missing GPU is one clear error)."""
+    from .run import resolve_device
+
+    try:
+        where = resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+    return registry.load_model(name).to(where)
+
+
 class _Group(click.Group):
     """Turns our own errors into one clean line and exit code 1 (a traceback only with TIMETUNER_DEBUG)."""
 
@@ -127,18 +143,19 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--eval-n", type=click.IntRange(0), default=1000, show_default=True,
               help="Samples for the before/after metrics stored in the set (0 skips them).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@_device_option
 def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
          mode: str, iters: int | None, batch: int | None, lr: float | None, param: str | None, data: str | None,
          select: bool | None, families: str, seed: int,
          options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, checkpoint_every: int, eval_n: int,
-         quiet: bool) -> None:
+         quiet: bool, device: str) -> None:
     """Train τ for a sampler × schedule × model and save a tuned set."""
     from .evaluate import choose_schedule, evaluate
     from .run import make_sigmas
     from .tuner import TuneConfig, Tuner
 
     spec = registry.get_sampler(sampler)
-    m = registry.load_model(model)
+    m = _load_model(model, device)
     opts = _parse_options(options)
     if schedule == "auto":
         if nfe is None and steps is None:
@@ -196,8 +213,9 @@ def _metric_line(label: str, m: dict[str, Any]) -> str:
 @click.option("--seed", type=int, default=10_000, show_default=True, help="Evaluation noise seed.")
 @click.option("--force", is_flag=True, help="Apply a set whose model, sampler or schedule does not match.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_device_option
 def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps: int | None, schedule: str | None,
-          n: int, seed: int, force: bool, as_json: bool) -> None:
+          n: int, seed: int, force: bool, as_json: bool, device: str) -> None:
     """Evaluate a tuned set against the untuned sampler: FD, trajectory error, NFE, seconds."""
     from .evaluate import evaluate
     from .run import make_sigmas
@@ -205,7 +223,7 @@ def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps
 
     if tuned_path is not None:
         ts = TunedSet.load(tuned_path)
-        m = registry.load_model(model or ts.model_id)
+        m = _load_model(model or ts.model_id, device)
         spec = registry.get_sampler(ts.sampler)
         ts.check(model=m, sampler=spec.name, force=force)
         sigmas, schedule = ts.sigmas, ts.schedule
@@ -213,7 +231,7 @@ def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps
     else:
         if not (model and sampler and steps):
             raise click.UsageError("give --tuned FILE, or --model, --sampler and --steps to evaluate untuned")
-        ts, m, spec = None, registry.load_model(model), registry.get_sampler(sampler)
+        ts, m, spec = None, _load_model(model, device), registry.get_sampler(sampler)
         schedule = schedule or m.default_schedule
         sigmas, options = make_sigmas(m, schedule, steps), {}
     untuned = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options)
@@ -296,15 +314,18 @@ def demo(retune: bool, out: Path, n: int) -> None:
 @click.option("--nfe", "nfes", default=None, help="Comma-separated NFEs (default: 4,5,6,8,10,15,20).")
 @click.option("--methods", default=None, help="Comma-separated (default: all): " + ", ".join(
     ["untuned", "time-shift", "paper-seq", "paper-par", "final", "trajectory", "energy", "ours", "ours-real", "dode",
-     "schedule", "joint"]))
+     "schedule", "joint", "ours-full"]))
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Tuning seeds per method (default 3).")
 @click.option("--n", "n", type=click.IntRange(50), default=None, help="Evaluation samples (default 1000).")
 @click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Rewrite this README's generated results section.")
 @click.option("--merge", "merge", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run nothing: combine these results.json files (repeat the option) into one report in --out.")
+@click.option("--resume", is_flag=True, help="Keep the results already in --out and run only what they lack.")
+@_device_option
 def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes: str | None, methods: str | None,
-          seeds: int | None, n: int | None, update_readme: Path | None, merge: tuple[Path, ...]) -> None:
+          seeds: int | None, n: int | None, update_readme: Path | None, merge: tuple[Path, ...], resume: bool,
+          device: str) -> None:
     """Side-by-side benchmark of the tuning methods on the bundled models; JSON, Markdown and plots."""
     from . import bench as b
 
@@ -335,11 +356,20 @@ def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes
         plan.seeds = list(range(seeds))
     if n:
         plan.n = n
+    from .run import resolve_device
+
+    try:
+        plan.device = str(resolve_device(device))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
     for name in plan.models:
         registry.get_model_spec(name)
     for name in plan.samplers:
         registry.get_sampler(name)
-    data = b.run_bench(plan, out, log=click.echo)
+    try:
+        data = b.run_bench(plan, out, log=click.echo, resume=resume)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots in {data['seconds']:.0f} s")
     if update_readme:
         _update_readme(b, update_readme, data, out)
