@@ -327,7 +327,8 @@ def _fractions(text: str) -> list[float]:
 @click.option("--tune-iters", type=click.IntRange(1), default=250, show_default=True)
 @click.option("--n", "n", type=click.IntRange(2), default=1000, show_default=True, help="Samples for FD.")
 @click.option("--batch", type=click.IntRange(1), default=500, show_default=True, help="Samples per timed batch.")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Timed runs (min is kept).")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timing rounds, each timing every fraction once; the fastest run per fraction is kept.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/stitch"),
               show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")

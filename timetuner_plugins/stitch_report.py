@@ -34,7 +34,7 @@ class StitchPlan:
     tune_iters: int = 250
     n: int = 1000
     batch: int = 500  # samples per timed batch
-    repeats: int = 3  # timed runs per fraction; the minimum is reported
+    repeats: int = 5  # timing rounds; each fraction's fastest run is reported
     seed: int = EVAL_SEED
 
     def validate(self) -> None:
@@ -46,14 +46,17 @@ class StitchPlan:
             raise ValueError("n must be ≥ 2, and batch, repeats, steps and tune iterations ≥ 1")
 
 
-def _timed(run: Callable[[], Any], repeats: int) -> float:
-    """The fastest of ``repeats`` runs, in seconds (after one warm-up run)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+def _timings(runs: list[Callable[[], Any]], repeats: int, progress: bool) -> list[float]:
+    """Per run, the fastest of ``repeats`` timed calls in seconds, after one warm-up each. The runs are
+    timed in rounds (each once per round), so load from other processes spreads over all of them."""
+    for run in runs:
         run()
-        best = min(best, time.perf_counter() - started)
+    best = [float("inf")] * len(runs)
+    for _ in tqdm(range(repeats), desc="t-stitch timing rounds", disable=not progress):
+        for i, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - started)
     return best
 
 
@@ -75,14 +78,16 @@ def run_stitch(plan: StitchPlan, out: Path | None = None, log: Callable[[str], N
     for f in tqdm(plan.fractions, desc="t-stitch fractions", disable=not progress):
         model = StitchedDenoiser(large, small, f)
         samples = generate(model, spec, sigmas, noise, seed=plan.seed)
-        seconds = _timed(lambda: generate(model, spec, sigmas, timing, seed=plan.seed), plan.repeats)
         k = spec.nfe(sigmas)
-        row = {"fraction": f, "small_evals": model.small_evaluations(k), "nfe": k, "fd": fd(samples),
-               "seconds": round(seconds, 5)}
+        row = {"fraction": f, "small_evals": model.small_evaluations(k), "nfe": k, "fd": fd(samples)}
         if any(abs(f - t) < 1e-9 for t in plan.tune_fractions):
             row.update(_tuned(model, spec, sigmas, schedule, noise, plan, fd))
         rows.append(row)
-        log(_line(row))
+    runs = [lambda m=StitchedDenoiser(large, small, r["fraction"]): generate(m, spec, sigmas, timing, seed=plan.seed)
+            for r in rows]
+    for r, seconds in zip(rows, _timings(runs, plan.repeats, progress)):
+        r["seconds"] = round(seconds, 5)
+        log(_line(r))
     base = next((r["seconds"] for r in rows if r["fraction"] == 0.0), rows[0]["seconds"])
     for r in rows:
         r["speedup"] = round(base / r["seconds"], 3)
@@ -122,7 +127,7 @@ def markdown(data: dict[str, Any]) -> str:
     head = "| fraction | small / total evals | FD | s per batch | speedup |" + (" FD, τ tuned for the pair |" if tuned else "")
     rule = "|---:|---:|---:|---:|---:|" + ("---:|" if tuned else "")
     lines = [f"T-Stitch: {p['small']} for the first evaluations, then {p['model']}; {p['sampler']}, {p['steps']} "
-             f"steps ({p['schedule']}), FD on {p['n']} samples, time = fastest of {p['repeats']} runs of "
+             f"steps ({p['schedule']}), FD on {p['n']} samples, time = fastest of {p['repeats']} interleaved runs of "
              f"{p['batch']} samples ({data['device']}, {data['torch_threads']} threads).", "", head, rule]
     for r in data["rows"]:
         cell = ""
