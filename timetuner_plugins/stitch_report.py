@@ -156,7 +156,7 @@ def plot(data: dict[str, Any], path: Path) -> Path:
     twin.plot(frac, [r["seconds"] for r in rows], marker="^", color="C1", label="s per batch")
     twin.set_ylabel("seconds per batch")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper center")
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="center left")
     p = data["plan"]
     ax.set_title(f"T-Stitch {p['small']} → {p['model']}, {p['sampler']} {p['steps']} steps", fontsize=9)
     fig.tight_layout()
