@@ -19,7 +19,7 @@ __all__ = [
     "AdapterSpec", "ModelSpec", "SamplerSpec", "ScheduleSpec", "UnknownNameError",
     "ENTRY_POINT_GROUP", "hookimpl", "one_eval_per_step", "two_evals_per_step",
     "samplers", "get_sampler", "models", "get_model_spec", "load_model", "adapters", "adapt_model",
-    "schedules", "get_schedule", "wrap_model", "problems", "plugin_names", "reset",
+    "schedules", "get_schedule", "wrap_model", "model_for_run", "problems", "plugin_names", "reset",
 ]
 
 _cache: dict[str, dict[str, Any]] = {}
@@ -118,6 +118,12 @@ def wrap_model(model: Any, lookup: Any, sampler: SamplerSpec) -> Callable[..., A
     if wrapped is None:
         raise RuntimeError("no plugin implements wrap_model; the built-in tau_hook plugin is missing")
     return wrapped
+
+
+def model_for_run(model: Any, sampler: SamplerSpec, sigmas: Any) -> Callable[..., Any]:
+    """The callable that makes one run's network evaluations: a plugin's choice, else ``model``."""
+    chosen = load_plugins().hook.model_for_run(model=model, sampler=sampler, sigmas=sigmas)
+    return model if chosen is None else chosen
 
 
 def reset() -> None:

@@ -48,3 +48,14 @@ def wrap_model(model: Any, lookup: Any, sampler: Any) -> Any:
     result wins; a built-in implementation (``trylast``) serves every sampler
     whose plugin declares nothing.
     """
+
+
+@hookspec(firstresult=True)
+def model_for_run(model: Any, sampler: Any, sigmas: Any) -> Any:
+    """Return the callable that serves one run's network evaluations, or ``None`` for ``model`` itself.
+
+    Called once per run, before any τ hook wraps the result, with the run's ``model``, the
+    :class:`registry.specs.SamplerSpec` and its σ schedule (``sampler.nfe(sigmas)`` evaluations).
+    A plugin may count the calls and choose a network for each evaluation (T-Stitch does); the
+    callable takes and passes on ``cond_sigma`` like a tunable denoiser.
+    """

@@ -20,6 +20,7 @@ DEFAULT_PLUGINS = (
     "timetuner_plugins.builtin.models",
     "timetuner_plugins.builtin.tau_hook",
     "timetuner_plugins.builtin.time_shift",
+    "timetuner_plugins.builtin.t_stitch",
     "timetuner_plugins.builtin.kdiffusion",
 )
 

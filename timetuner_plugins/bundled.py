@@ -16,6 +16,7 @@ from .gmm import GMMDenoiser
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {
     "digits-ddpm": "digits_ddpm.safetensors",
+    "digits-ddpm-small": "digits_ddpm_small.safetensors",
     "digits-edm": "digits_edm.safetensors",
     "gmm-digits": "gmm_digits.safetensors",
     "digits-classifier": "digits_classifier.safetensors",

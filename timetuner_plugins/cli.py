@@ -306,6 +306,49 @@ def demo(retune: bool, out: Path, n: int) -> None:
     run_demo(out, retune=retune, n=n)
 
 
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers (e.g. 0,0.25,0.5)") from None
+
+
+@cli.command()
+@click.option("--model", default="digits-ddpm", show_default=True, help="The large model.")
+@click.option("--small", default="digits-ddpm-small", show_default=True,
+              help="The small model: registered, on the large one's noise schedule.")
+@click.option("--sampler", default="ddim", show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--schedule", default=None, help="σ schedule (default: the large model's).")
+@click.option("--fractions", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", show_default=True,
+              help="Switch fractions: the share of evaluations, from the first, made by the small model.")
+@click.option("--tune", "tune_at", is_flag=False, flag_value="all", default=None, metavar="[FRACTIONS]",
+              help="Also tune τ for the stitched pair: at every fraction, or at the comma-separated ones given.")
+@click.option("--tune-iters", type=click.IntRange(1), default=250, show_default=True)
+@click.option("--n", "n", type=click.IntRange(2), default=1000, show_default=True, help="Samples for FD.")
+@click.option("--batch", type=click.IntRange(1), default=500, show_default=True, help="Samples per timed batch.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timing rounds, each timing every fraction once; the fastest run per fraction is kept.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/stitch"),
+              show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | None, fractions: str,
+           tune_at: str | None, tune_iters: int, n: int, batch: int, repeats: int, out: Path, quiet: bool) -> None:
+    """T-Stitch (Pan et al. 2024): FD and time over the fraction of evaluations given to a small model."""
+    from .stitch_report import StitchPlan, markdown, run_stitch
+
+    fr = _fractions(fractions)
+    tune_fr = [] if tune_at is None else fr if tune_at == "all" else _fractions(tune_at)
+    plan = StitchPlan(model=model, small=small, sampler=sampler, steps=steps, schedule=schedule, fractions=fr,
+                      tune_fractions=tune_fr, tune_iters=tune_iters, n=n, batch=min(batch, n), repeats=repeats)
+    try:
+        data = run_stitch(plan, out, log=click.echo, progress=not quiet)
+    except ValueError as exc:  # StitchError included: a bad fraction or small model
+        raise click.ClickException(str(exc)) from None
+    click.echo("\n" + markdown(data))
+    click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'stitch.png'}")
+
+
 @cli.command()
 @click.option("--quick", is_flag=True, help="A CI-sized smoke run.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench"), show_default=True)

@@ -79,8 +79,9 @@ def run_sampler(model: Callable[..., torch.Tensor], spec: SamplerSpec, x: torch.
                 disable: bool = True) -> torch.Tensor:
     """One run of ``spec`` from ``x`` (already at σ₀) over ``sigmas``.
 
-    With a ``lookup`` the model is wrapped by the registry's ``wrap_model`` hook and the
-    run must make exactly ``len(lookup)`` evaluations. Stochastic samplers without a
+    The registry's ``model_for_run`` hook picks the callable for the run's evaluations (the
+    model itself unless a plugin claims it); with a ``lookup`` that is wrapped by the
+    ``wrap_model`` hook and the run must make exactly ``len(lookup)`` evaluations. Stochastic samplers without a
     ``noise_sampler`` get seeded noise, so a run is deterministic for ``seed``.
     """
     opts = spec.options(options)
@@ -88,7 +89,8 @@ def run_sampler(model: Callable[..., torch.Tensor], spec: SamplerSpec, x: torch.
         noise_sampler = SeededNoise(x, seed)
     if noise_sampler is not None:
         opts["noise_sampler"] = noise_sampler
-    call = model if lookup is None else registry.wrap_model(model, lookup, spec)
+    call = registry.model_for_run(model, spec, sigmas)
+    call = call if lookup is None else registry.wrap_model(call, lookup, spec)
     with seeded(seed, x.device):
         out = spec.fn(call, x, sigmas.to(x.device), extra_args=extra_args, callback=callback, disable=disable,
                       **run_options(spec.fn, opts))

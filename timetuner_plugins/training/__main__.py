@@ -10,6 +10,7 @@ from . import digits
 
 TRAINERS = {
     "digits-ddpm": digits.train_ddpm,
+    "digits-ddpm-small": digits.train_ddpm_small,
     "digits-edm": digits.train_edm,
     "gmm-digits": lambda out, steps=None, **kw: digits.fit_gmm(out, **kw),
     "digits-classifier": digits.train_classifier,
