@@ -58,10 +58,18 @@ def _tau(path: Path) -> torch.Tensor:
     return TunedSet.load(path).tau
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-    env = {**os.environ, "TIMETUNER_CACHE": str(tmp_path / "cache")}
-    full = tmp_path / "full.safetensors"
-    subprocess.run(TUNE + ["--out", str(full)], check=True, env=env, capture_output=True, timeout=600)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """τ of an uninterrupted run, and the environment (shared reference cache) the other runs use."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    env = {**os.environ, "TIMETUNER_CACHE": str(root / "cache")}
+    full = root / "full.safetensors"
+    subprocess.run(TUNE + ["--out", str(full)], check=True, env=env, capture_output=True, timeout=1200)
+    return _tau(full), env
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    full_tau, env = uninterrupted
 
     out = tmp_path / "killed.safetensors"
     ckpt = Path(str(out) + ".ckpt")
@@ -78,8 +86,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     again = subprocess.run(TUNE + ["--out", str(out)], env=env, capture_output=True, text=True)
     assert again.returncode == 1 and "--resume" in again.stderr
     subprocess.run(TUNE + ["--out", str(out), "--resume"], check=True, env=env, capture_output=True, timeout=600)
-    assert torch.equal(_tau(out), _tau(full))
+    assert torch.equal(_tau(out), full_tau)
     assert not ckpt.exists()
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    full_tau, env = uninterrupted
+    out = tmp_path / "stopped.safetensors"
+    ckpt = Path(str(out) + ".ckpt")
+    proc = subprocess.Popen(TUNE + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert ckpt.exists() and not out.exists()
+    subprocess.run(TUNE + ["--out", str(out), "--resume"], check=True, env=env, capture_output=True, timeout=600)
+    assert torch.equal(_tau(out), full_tau)
 
 
 class _Hungry(torch.nn.Module):

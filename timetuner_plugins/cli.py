@@ -180,7 +180,14 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another file")
     tuner.checkpoint = out.with_name(out.name + ".ckpt")
-    result = tuner.tune(resume=resume)
+    try:
+        result = tuner.tune(resume=resume)
+    except KeyboardInterrupt:
+        saved = tuner.checkpoint.exists()
+        raise click.ClickException(
+            f"interrupted; nothing written to {out}. "
+            + (f"Run the same command with --resume to continue from {tuner.checkpoint}" if saved
+               else "No checkpoint was reached yet: run the same command again")) from None
     before = after = {}
     if eval_n:
         before = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts)
