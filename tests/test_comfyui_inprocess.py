@@ -89,3 +89,49 @@ def test_network_sees_tau_while_preconditioning_stays_at_sigma(model_type):
     assert not torch.allclose(tuned_calls[0][1], plain_calls[0][1])
     # the unpatched model is untouched
     assert not hasattr(model.get_model_object("model_sampling").timestep, "forced")
+
+
+def _discard_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpm_2", "dpmpp_2m"])
+def test_every_evaluation_gets_its_own_tau_under_stock_samplers(sampler, cfg):
+    """Heun evaluates each interior σ twice and DPM-2 adds midpoints; with cfg > 1 each call carries the cond
+    and uncond rows. The k-th network call must see the k-th evaluation's τ (σ-keyed matching with a cursor)."""
+    model = make(comfy.model_base.ModelType.EPS)
+    ms = model.get_model_object("model_sampling")
+    steps = 4
+    sigmas = comfy.samplers.calculate_sigmas(ms, "karras", steps + (sampler == "dpm_2")).cpu()
+    if sampler == "dpm_2":  # KSampler drops the penultimate σ for DPM-2
+        sigmas = _discard_penultimate(sigmas)
+    recorder, seen = model.clone(), []
+
+    def record(apply, args):
+        seen.append(float(args["timestep"][0]))
+        return apply(args["input"], args["timestep"], **args["c"])
+
+    recorder.set_model_unet_function_wrapper(record)
+    latent = torch.zeros(2, 1, 4, 4)
+    noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    positive, negative = [[torch.zeros(1, 1, 4), {}]], [[torch.ones(1, 1, 4), {}]]
+    net = model.model.diffusion_model
+    with torch.inference_mode():
+        comfy.sample.sample(recorder, noise, steps, cfg, sampler, "karras", positive, negative, latent, seed=0,
+                            disable_pbar=True)
+    net.calls.clear()
+    ev = torch.tensor(seen)
+    ratio = torch.linspace(0.8, 1.2, len(ev))
+    ts = TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * ratio, model_id="tiny", model_fingerprint="0" * 64,
+                  sampler=sampler, schedule="karras", objective="energy")
+    patched = apply_tuned_set(model, ts, strict=True)
+    with torch.inference_mode():
+        comfy.sample.sample(patched, noise, steps, cfg, sampler, "karras", positive, negative, latent, seed=0,
+                            disable_pbar=True)
+    assert len(net.calls) == len(ev) > steps - 1
+    stand_in = patched.get_model_object("model_sampling").timestep
+    for k, (x, t) in enumerate(net.calls):
+        assert x.shape[0] == (4 if cfg > 1 else 2)
+        expected = stand_in.fractional(ev[k:k + 1].double() * ratio[k].double()).float()
+        torch.testing.assert_close(t, expected.expand_as(t), rtol=1e-4, atol=1e-3)
