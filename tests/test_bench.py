@@ -97,3 +97,17 @@ def test_plan_runs_comparison_methods_only_on_their_cells():
                                                 "joint"}
     assert set(plan.methods_for("ddim", 20)) == set(plan.methods_for("heun", 5)) == {"untuned", "time-shift", "ours",
                                                                                       "ours-full"}
+
+
+def test_table_shows_spread_only_where_several_seeds_ran():
+    from timetuner_plugins.bench import markdown, summarise
+    base = dict(model="m", sampler="ddim", nfe=10, steps=10, schedule="karras", fd_untuned=10.0, fd_reference=2.0,
+                traj_err_untuned=1.0, traj_err=0.5, tune_seconds=1.0)
+    records = [dict(base, method="untuned", seed=0, fd=10.0, gap_closed=0.0),
+               dict(base, method="ours", seed=0, fd=4.0, gap_closed=0.75),
+               dict(base, method="ours", seed=1, fd=6.0, gap_closed=0.5),
+               dict(base, method="ours-full", seed=0, fd=3.0, gap_closed=0.875)]
+    table = markdown(summarise(records), ["untuned", "ours", "ours-full"])
+    row = table.splitlines()[-1]
+    assert "FD 5 ± 1.4" in row and "gap 62% ± 18%" in row  # two seeds: mean ± standard deviation
+    assert "FD 3<br>gap 88%" in row  # one seed: its value, no invented spread
