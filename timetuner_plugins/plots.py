@@ -16,16 +16,19 @@ def sample_grid(panels: dict[str, dict[str, torch.Tensor]], path: Path, per_row:
     """One column of rows per panel: ``{panel title: {row label: samples (n, 1, H, W)}}``."""
     n_panels = len(panels)
     n_rows = max(len(rows) for rows in panels.values())
-    fig, axes = plt.subplots(n_rows, n_panels, figsize=(3.2 * n_panels, 0.9 * n_rows + 0.6), squeeze=False)
+    width = 3.6  # inches per panel; a row is a strip of ``per_row`` images, so its height follows
+    fig, axes = plt.subplots(n_rows, n_panels, figsize=(width * n_panels, n_rows * (width / per_row * 1.15 + 0.12) + 0.45),
+                             squeeze=False)
     for col, (title, rows) in enumerate(panels.items()):
         for row, (label, samples) in enumerate(rows.items()):
             imgs = samples[:per_row, 0].clamp(-1, 1).cpu()
-            strip = torch.cat(list(imgs), dim=1)
+            gap = torch.full((imgs.shape[1], 1), -1.0)  # one blank pixel column between images
+            strip = torch.cat([t for img in imgs for t in (img, gap)][:-1], dim=1)
             ax = axes[row][col]
             ax.imshow(strip.numpy(), cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_ylabel(label, fontsize=8)
+            ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
             if row == 0:
                 ax.set_title(title, fontsize=9)
     fig.tight_layout()
