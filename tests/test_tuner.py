@@ -9,7 +9,7 @@ import registry
 from timetuner_plugins.evaluate import evaluate
 from timetuner_plugins.run import make_sigmas
 from timetuner_plugins.checkpoint import CheckpointError
-from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
+from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner, stalled
 
 SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False, select=False)
 
@@ -76,6 +76,33 @@ def test_selection_keeps_the_best_and_falls_back_to_identity(gmm):
     assert sel["fallback_identity"] and sel["best_iteration"] == 0
     assert torch.equal(result.tau, result.eval_sigmas)  # exactly the untuned sampler
     assert result.tuned_set(gmm).lookup().is_identity()
+
+
+def test_stalled_counts_validations_without_a_relative_gain():
+    scores = [(0, 100.0), (25, 90.0), (50, 89.8), (75, 89.9)]
+    assert stalled(scores, 2, 0.005)  # 89.8 and 89.9 are within 0.5 % of 90
+    assert not stalled(scores, 2, 0.001)  # 89.8 is a 0.22 % gain
+    assert not stalled(scores, 3, 0.005)  # 90 was a gain over 100
+    assert not stalled(scores, 0, 0.005) and not stalled(scores[:2], 2, 0.005)
+    assert stalled([(0, -1.0), (5, -0.9), (10, -1.0)], 2, 0.0)  # negative scores (energy can go below 0)
+
+
+def test_early_stop_ends_a_run_that_stopped_improving(gmm):
+    sigmas = make_sigmas(gmm, "logsnr", 25)  # already near-exact: the untuned sampler stays best
+    cfg = dict(objective="energy", iters=40, lr=1.0, validate_every=5, val_size=64,
+               **{**SMALL, "select": True, "batch": 32, "pool": 64})
+    seen = []
+    early = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(patience=2, **cfg)).tune(
+        progress=lambda done, total: seen.append((done, total)))
+    assert early.selection["stopped_early_at"] == 10 and len(early.losses) == 10
+    assert [s for s, _ in early.selection["scores"]] == [0, 5, 10]
+    assert seen[-1] == (40, 40)  # a progress bar fed by the callback ends full
+    assert early.selection["fallback_identity"] and early.tuned_set(gmm).lookup().is_identity()
+    full = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(patience=0, **cfg)).tune()
+    assert full.selection["stopped_early_at"] is None and len(full.losses) == 40
+    assert full.losses[:10] == early.losses  # the same run up to the stop
+    with pytest.raises(TuneError, match="patience"):
+        TuneConfig(patience=-1).validate()
 
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])

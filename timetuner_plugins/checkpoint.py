@@ -31,6 +31,7 @@ class TunerState:
     best_score: float | None = None
     best_iter: int | None = None
     scores: list[tuple[int, float]] = field(default_factory=list)
+    stopped_at: int | None = None  # the step an early stop ended the run at
 
 
 def save(path: Path, state: TunerState, fingerprint: str) -> None:
@@ -45,7 +46,8 @@ def save(path: Path, state: TunerState, fingerprint: str) -> None:
     meta = {"fingerprint": fingerprint, "phase": str(state.phase), "next_iter": str(state.next_iter),
             "n_losses": str(len(state.losses)), "library_version": __version__,
             "param_groups": json.dumps(groups), "best_score": json.dumps(state.best_score),
-            "best_iter": json.dumps(state.best_iter), "scores": json.dumps(state.scores)}
+            "best_iter": json.dumps(state.best_iter), "scores": json.dumps(state.scores),
+            "stopped_at": json.dumps(state.stopped_at)}
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -71,7 +73,8 @@ def load(path: Path, fingerprint: str, device: torch.device) -> TunerState:
             losses=tensors["losses"].tolist()[:int(meta["n_losses"])], optimizer=optimizer,
             best_raw=tensors["best_raw"].to(device) if "best_raw" in tensors else None,
             best_score=json.loads(meta["best_score"]), best_iter=json.loads(meta["best_iter"]),
-            scores=[tuple(s) for s in json.loads(meta["scores"])])
+            scores=[tuple(s) for s in json.loads(meta["scores"])],
+            stopped_at=json.loads(meta.get("stopped_at", "null")))
     except CheckpointError:
         raise
     except Exception as exc:

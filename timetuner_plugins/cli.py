@@ -129,6 +129,8 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--select/--no-select", default=None,
               help="Keep the τ that scores best on held-out noise, the untuned sampler included "
                    "(default on; off for paper).")
+@click.option("--patience", type=click.IntRange(0), default=None,
+              help="Stop after this many validations without a 0.5 % improvement (default 4; 0 runs every iteration).")
 @click.option("--families", default="tau", show_default=True,
               help="What to train, comma-separated: tau (network time per evaluation), dode (D-ODE λ per "
                    "evaluation, Kim et al. 2024), sigma (the schedule's interior σ's).")
@@ -146,7 +148,7 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @_device_option
 def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
          mode: str, iters: int | None, batch: int | None, lr: float | None, param: str | None, data: str | None,
-         select: bool | None, families: str, seed: int,
+         select: bool | None, patience: int | None, families: str, seed: int,
          options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, checkpoint_every: int, eval_n: int,
          quiet: bool, device: str) -> None:
     """Train τ for a sampler × schedule × model and save a tuned set."""
@@ -170,7 +172,8 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     n_steps = _steps(spec, m, schedule, steps, nfe)
     sigmas = make_sigmas(m, schedule, n_steps)
     base = TuneConfig.paper(mode) if objective == "paper" else TuneConfig(objective=objective)
-    for key, value in dict(iters=iters, lr=lr, param=param, data=data, batch=batch, select=select).items():
+    for key, value in dict(iters=iters, lr=lr, param=param, data=data, batch=batch, select=select,
+                       patience=patience).items():
         if value is not None:
             setattr(base, key, value)
     base.seed, base.show_progress, base.checkpoint_every = seed, not quiet, checkpoint_every
@@ -200,7 +203,9 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     if sel:
         click.echo(f"  validation ({sel['metric']}, held-out noise): untuned {sel['untuned']:.4g}, kept "
                    + ("the untuned sampler: no τ validated better" if sel["fallback_identity"]
-                      else f"iteration {sel['best_iteration']} ({sel['best']:.4g})"))
+                      else f"iteration {sel['best_iteration']} ({sel['best']:.4g})")
+                   + (f"; stopped early at iteration {sel['stopped_early_at']} (no gain in {base.patience} "
+                      f"validations)" if sel.get("stopped_early_at") else ""))
     if eval_n:
         click.echo(_metric_line("untuned", before) + "\n" + _metric_line("tuned", after))
 

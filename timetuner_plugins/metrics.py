@@ -37,25 +37,50 @@ def _classifier_and_reference() -> tuple[torch.nn.Module, tuple[np.ndarray, np.n
         return net, gaussian_stats(net.features(held_out))
 
 
+class FrechetMetric:
+    """An FD as two steps, so that resampling (bootstrap) reuses the per-sample features: ``features``
+    embeds samples row by row, ``from_features`` compares their moments with the reference's."""
+
+    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], reference: tuple[np.ndarray, np.ndarray]):
+        self.embed, self.reference = embed, reference
+
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.embed(samples)
+
+    def from_features(self, features: torch.Tensor) -> float:
+        return frechet_distance(*gaussian_stats(features), *self.reference)
+
+    def __call__(self, samples: torch.Tensor) -> float:
+        return self.from_features(self.features(samples))
+
+
+def _digits_features(samples: torch.Tensor) -> torch.Tensor:
+    net, _ = _classifier_and_reference()
+    return torch.cat([net.features(chunk.float().clamp(-1, 1).cpu()) for chunk in samples.split(1000)])
+
+
+@lru_cache(maxsize=1)
+def _digits_metric() -> FrechetMetric:
+    return FrechetMetric(_digits_features, _classifier_and_reference()[1])
+
+
 def digits_fd(samples: torch.Tensor) -> float:
     """FD between the samples and the held-out digits in the bundled classifier's 64-d features."""
-    net, (mu_ref, cov_ref) = _classifier_and_reference()
-    with torch.no_grad():
-        feats = torch.cat([net.features(chunk.float().clamp(-1, 1).cpu()) for chunk in samples.split(1000)])
-    return frechet_distance(*gaussian_stats(feats), mu_ref, cov_ref)
+    return _digits_metric()(samples)
 
 
-def gmm_fd(model: Any) -> Callable[[torch.Tensor], float]:
+def gmm_fd(model: Any) -> FrechetMetric:
     """FD between the samples' moments and the mixture's exact mean and covariance (pixel space)."""
     mean, cov = (t.detach().cpu().numpy() for t in model.moments())
-    return lambda samples: frechet_distance(*gaussian_stats(samples), mean, cov)
+    return FrechetMetric(lambda samples: samples.reshape(len(samples), -1).cpu(), (mean, cov))
 
 
-def fd_metric(model: Any) -> Callable[[torch.Tensor], float] | None:
+def fd_metric(model: Any) -> FrechetMetric | None:
     """The model's FD, or None for a model without one (then only trajectory error is reported)."""
     kind = getattr(model, "fd_kind", None)
     if kind == "digits":
-        return digits_fd
+        return _digits_metric()
     if kind == "gmm":
         return gmm_fd(model)
     return None

@@ -23,7 +23,9 @@ Selection (``select=True``): every ``validate_every`` iterations τ is scored on
 noise — by the model's own FD when it has one, else by the objective — and the best τ is
 kept, the untuned sampler included as a candidate. The best replaces the untuned sampler
 only if it wins at least 90 % of paired bootstrap resamples of the validation samples, so
-a set records identity where tuning does not clearly help. Every iteration's randomness derives from (seed, phase, iteration), so a run
+a set records identity where tuning does not clearly help. Early stop (``patience``): a joint
+run ends once ``patience`` validations in a row have not improved the best score by a relative
+``min_improvement``. Every iteration's randomness derives from (seed, phase, iteration), so a run
 that is stopped and resumed from its checkpoint equals an uninterrupted one.
 """
 
@@ -85,6 +87,8 @@ class TuneConfig:
     select: bool = True
     validate_every: int = 25
     val_size: int = 512
+    patience: int = 4  # validations without improvement before a joint run stops; 0: run every iteration
+    min_improvement: float = 0.005  # relative score decrease that counts as an improvement for ``patience``
     checkpoint_every: int = 25
     show_progress: bool = True
     families: tuple[str, ...] = ("tau",)
@@ -107,6 +111,9 @@ class TuneConfig:
                 raise TuneError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch < 2 or self.val_size < 2:
             raise TuneError(f"batch and val_size must be at least 2, got {self.batch} and {self.val_size}")
+        if self.patience < 0 or not 0 <= self.min_improvement < 1:
+            raise TuneError(f"patience must be 0 (off) or more and min_improvement in [0, 1), got {self.patience} and "
+                            f"{self.min_improvement}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TuneError(f"lr must be a positive number, got {self.lr}")
         families = tuple(self.families)
@@ -420,12 +427,13 @@ class Tuner:
         the untuned sampler (same noise for both; models with an FD only, else 1 when the score is lower)."""
         if self._fd is None:
             return float(self.score(values) < self.score(self.untuned))
-        tuned, plain = self._val_samples(values), self._val_samples(self.untuned)
+        fd = self._fd
+        tuned, plain = fd.features(self._val_samples(values)), fd.features(self._val_samples(self.untuned))
         gen = torch.Generator().manual_seed(self.val.seed)
         wins = 0
-        for _ in range(resamples):
+        for _ in range(resamples):  # features are per sample, so resampling them resamples the samples
             idx = torch.randint(len(tuned), (len(tuned),), generator=gen)
-            wins += self._fd(tuned[idx]) < self._fd(plain[idx])
+            wins += fd.from_features(tuned[idx]) < fd.from_features(plain[idx])
         return wins / resamples
 
     # ----- the paper's per-interval objective -----------------------------------------------------------
@@ -555,12 +563,18 @@ class Tuner:
                 done = it + 1 == cfg.iters
                 if cfg.select and (step % cfg.validate_every == 0 or done):
                     self._consider(state, step)
+                    if not done and len(phases) == 1 and stalled(state.scores, cfg.patience, cfg.min_improvement):
+                        done, state.stopped_at = True, step
                 state.raw = self.param.raw.detach().clone()
                 state.phase, state.next_iter = (phase + 1, 0) if done else (phase, it + 1)
                 state.optimizer = None if done else opt.state_dict()
                 if self.checkpoint is not None and (step % cfg.checkpoint_every == 0 or done):
                     checkpoint.save(self.checkpoint, state, self._fingerprint())
+                if done:
+                    break
             state.next_iter, state.optimizer = 0, None
+        if progress is not None and state.stopped_at is not None:
+            progress(total, total)
         bar.close()
         if self.checkpoint is not None:
             self.checkpoint.unlink(missing_ok=True)
@@ -576,7 +590,8 @@ class Tuner:
                 chosen = self.untuned if identity else best
                 selection = {"metric": "fd" if self._fd else f"{self.config.objective} objective",
                              "untuned": state.scores[0][1], "best": state.best_score, "best_iteration": state.best_iter,
-                             "win_rate": win, "fallback_identity": identity, "scores": state.scores}
+                             "win_rate": win, "fallback_identity": identity, "scores": state.scores,
+                             "stopped_early_at": state.stopped_at}
             else:
                 chosen = self.param.values()
         tau = chosen.ev if chosen.tau is None else chosen.tau
@@ -595,6 +610,15 @@ class Tuner:
                  self.sigmas.tolist(), self.model.fingerprint, {k: repr(v) for k, v in self.options.items()},
                  self.feature_space]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stalled(scores: list[tuple[int, float]], patience: int, min_improvement: float) -> bool:
+    """Whether the last ``patience`` validation scores (lower is better) all failed to beat the best before
+    them by a relative ``min_improvement``; ``patience`` 0 never stalls."""
+    if patience < 1 or len(scores) <= patience:
+        return False
+    best = min(score for _, score in scores[:-patience])
+    return all(score >= best - min_improvement * abs(best) for _, score in scores[-patience:])
 
 
 def _oom_message(cfg: TuneConfig) -> str:
