@@ -54,7 +54,8 @@ def install_timestep(model_sampling: Any) -> TauTimestep:
 
 def check_model(tuned: TunedSet, model: Any, force: bool) -> None:
     """Refuse a set tuned for another model unless ``force``."""
-    tuned.check(model=_Identity(model_fingerprint(model)), force=force)
+    tuned.check(model=_Identity(model_fingerprint(model)), force=force,
+                force_hint="turn on the node's 'force' input to apply it anyway")
 
 
 class _Identity:

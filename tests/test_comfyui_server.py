@@ -185,6 +185,7 @@ def test_mismatched_set_is_a_node_error_unless_forced(server):
     prompt["2"]["inputs"]["tuned_set"] = "valid.safetensors"  # tuned for another model
     entry = server.run(prompt)
     assert not ok(entry) and "tuned for model" in error_message(entry)
+    assert "node's 'force' input" in error_message(entry) and "--force" not in error_message(entry)
     prompt["3"]["inputs"]["force"] = True
     entry = server.run(prompt)
     assert ok(entry), error_message(entry)  # applied, but its σ's don't match: warned, sampled plainly

@@ -155,9 +155,10 @@ class TunedSet:
                    dode_lambda=None if lam is None else lam.float())
 
     def check(self, *, model: Any = None, sampler: str | None = None, sigmas: torch.Tensor | None = None,
-              nfe: int | None = None, force: bool = False) -> list[str]:
+              nfe: int | None = None, force: bool = False,
+              force_hint: str = "pass --force (force=True) to apply it anyway") -> list[str]:
         """Compare against a run; raise :class:`TunedSetMismatch` on any difference unless ``force``
-        (then warn). Returns the differences."""
+        (then warn); ``force_hint`` says how the caller's user forces it. Returns the differences."""
         problems = []
         fingerprint = getattr(model, "fingerprint", None)
         if model is not None and fingerprint != self.model_fingerprint:
@@ -172,8 +173,7 @@ class TunedSet:
             problems.append(f"tuned for {self.nfe} network evaluations but the run makes {nfe}")
         if problems and not force:
             raise TunedSetMismatch(self.path, "; ".join(problems),
-                                   "Use a set tuned for this run (`timetuner tune ...`), or pass --force "
-                                   "(force=True) to apply it anyway")
+                                   f"Use a set tuned for this run (`timetuner tune ...`), or {force_hint}")
         for problem in problems:
             warnings.warn(f"{self.path or 'tuned set'}: {problem} (applied anyway: force)", stacklevel=2)
         return problems
