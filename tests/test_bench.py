@@ -45,6 +45,7 @@ def test_merge_and_readme_section(quick_run, tmp_path):
     merged = json.loads((out / "results.json").read_text())
     original = json.loads((quick_run / "results.json").read_text())
     assert len(merged["records"]) == len(original["records"])  # the same records, not doubled
+    assert merged["threads"] == original["threads"]  # the runs' thread count, not the merging process's
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| gmm-digits | ddim | 5 |" in text
 
