@@ -9,6 +9,7 @@ import registry
 from timetuner_plugins.evaluate import evaluate
 from timetuner_plugins.run import make_sigmas
 from timetuner_plugins.checkpoint import CheckpointError
+from timetuner_plugins.tuned_set import TunedSet
 from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner, stalled
 
 SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False, select=False)
@@ -65,7 +66,7 @@ def test_real_data_from_a_data_loader(gmm):
         Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, data=42)
 
 
-def test_selection_keeps_the_best_and_falls_back_to_identity(gmm):
+def test_selection_keeps_the_best_and_falls_back_to_identity(gmm, tmp_path):
     sigmas = make_sigmas(gmm, "logsnr", 25)  # already near-exact: any large τ change hurts
     cfg = TuneConfig(objective="energy", iters=10, lr=1.0, validate_every=5, val_size=64,
                      **{**SMALL, "select": True, "batch": 32, "pool": 64})
@@ -76,6 +77,8 @@ def test_selection_keeps_the_best_and_falls_back_to_identity(gmm):
     assert sel["fallback_identity"] and sel["best_iteration"] == 0
     assert torch.equal(result.tau, result.eval_sigmas)  # exactly the untuned sampler
     assert result.tuned_set(gmm).lookup().is_identity()
+    saved = result.tuned_set(gmm).save(tmp_path / "identity.safetensors")  # τ may share memory with eval σ's
+    assert TunedSet.load(saved).lookup().is_identity()
 
 
 def test_stalled_counts_validations_without_a_relative_gain():

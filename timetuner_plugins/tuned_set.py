@@ -103,7 +103,9 @@ class TunedSet:
 
     def to_bytes(self) -> bytes:
         _validate_tensors(None, self.tensors())
-        tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in self.tensors().items()}
+        # copies: an identity set's τ may be the very tensor of its eval σ's, which safetensors refuses to save
+        tensors = {name: t.detach().to("cpu", torch.float32, copy=True).contiguous()
+                   for name, t in self.tensors().items()}
         return save_safetensors(tensors, metadata=self.metadata())
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
