@@ -47,25 +47,37 @@ class DigitsDiscreteSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.m
         return self._fractional(sigma).to(sigma.dtype)
 
 
+def _sampling_settings(kind: str, metadata: dict) -> dict:
+    if kind == "edm":
+        return {"sigma_min": float(metadata["sigma_min"]), "sigma_max": float(metadata["sigma_max"]),
+                "sigma_data": float(metadata["sigma_data"])}
+    if kind == "flow":  # read by ModelSamplingDiscreteFlow, as an SD3 checkpoint's config is
+        return {"shift": float(metadata["shift"]), "multiplier": float(metadata["multiplier"])}
+    return {}
+
+
+MODEL_TYPES = {"edm": "EDM", "flow": "FLOW", "vp_discrete": "EPS"}
+
+
 def _config(kind: str, metadata: dict) -> comfy.supported_models_base.BASE:
     class DigitsConfig(comfy.supported_models_base.BASE):
         unet_config = {"disable_unet_model_creation": True}
         unet_extra_config: dict = {}
         latent_format = DigitsLatent
         memory_usage_factor = 1.0
-        sampling_settings = ({"sigma_min": float(metadata["sigma_min"]), "sigma_max": float(metadata["sigma_max"]),
-                              "sigma_data": float(metadata["sigma_data"])} if kind == "edm" else {})
+        sampling_settings = _sampling_settings(kind, metadata)
 
     return DigitsConfig({"disable_unet_model_creation": True})
 
 
 class DigitsModel(comfy.model_base.BaseModel):
-    """A BaseModel around the bundled network; class labels arrive through conditioning as ``y``."""
+    """A BaseModel around the bundled network; class labels arrive through conditioning as ``y``. The flow model is
+    a FLOW (CONST) model with its own ModelSamplingDiscreteFlow (shift from its weights), as SD3 checkpoints are."""
 
     def __init__(self, name: str, device=None):
         tensors, metadata = bundled.read_weights(bundled.weights_path(name))
         kind = metadata["kind"]
-        model_type = comfy.model_base.ModelType.EDM if kind == "edm" else comfy.model_base.ModelType.EPS
+        model_type = getattr(comfy.model_base.ModelType, MODEL_TYPES[kind])
         super().__init__(_config(kind, metadata), model_type=model_type, device=device)
         with torch.inference_mode(False):  # ordinary tensors: the Tune node differentiates through them
             net = DigitsNet(**json.loads(metadata["config"]))

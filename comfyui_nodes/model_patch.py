@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import weakref
 from typing import Any
 
@@ -47,22 +48,42 @@ def install_timestep(model_sampling: Any) -> TauTimestep:
     fractional = None
     if hasattr(model_sampling, "log_sigmas") and getattr(model_sampling, "num_timesteps", None):
         fractional = fractional_timestep(model_sampling.log_sigmas.detach().double())
-    stand_in = TauTimestep(current, fractional)
+    flow = any(cls.__name__ == "CONST" for cls in type(model_sampling).__mro__)
+    stand_in = TauTimestep(current, fractional, float(model_sampling.sigma_max) if flow else None)
     model_sampling.timestep = stand_in
     return stand_in
 
 
+def is_flow(model_sampling: Any) -> bool:
+    """A CONST (rectified-flow) model_sampling: SD3, Flux, Wan, the flow demo model."""
+    return any(cls.__name__ == "CONST" for cls in type(model_sampling).__mro__)
+
+
+def sampling_parameters(model_sampling: Any) -> dict[str, Any]:
+    """The model's σ space as a tuned set records it (see ``timetuner_plugins.denoisers.parameterisation``):
+    a flow model's shift in SD3's form s (Flux's μ is s = e^μ) and its timestep multiplier."""
+    if not is_flow(model_sampling):
+        return {"space": "ve"}
+    shift = float(getattr(model_sampling, "shift", 1.0))
+    flux = any(cls.__name__ == "ModelSamplingFlux" for cls in type(model_sampling).__mro__)
+    return {"space": "flow", "shift": math.exp(shift) if flux else shift,
+            "multiplier": float(getattr(model_sampling, "multiplier", 1.0 if flux else 1000.0))}
+
+
 def check_model(tuned: TunedSet, model: Any, force: bool) -> None:
-    """Refuse a set tuned for another model unless ``force``."""
-    tuned.check(model=_Identity(model_fingerprint(model)), force=force,
-                force_hint="turn on the node's 'force' input to apply it anyway")
+    """Refuse a set tuned for another model (or σ space, or shift) unless ``force``; another σ space always."""
+    identity = _Identity(model_fingerprint(model), sampling_parameters(model.get_model_object("model_sampling")))
+    tuned.check(model=identity, force=force, force_hint="turn on the node's 'force' input to apply it anyway")
 
 
 class _Identity:
+    """What a tuned set is checked against: the connected model's fingerprint and σ space."""
+
     model_id = "the connected MODEL"
 
-    def __init__(self, fingerprint: str):
-        self.fingerprint = fingerprint
+    def __init__(self, fingerprint: str, parameters: dict[str, Any]):
+        self.fingerprint, self.space = fingerprint, parameters["space"]
+        self.shift = parameters.get("shift")
 
 
 def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
@@ -85,6 +106,10 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
 
     def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         problem = schedule_problem(tuned, sigmas)
+        live = getattr(getattr(executor.class_obj, "model_patcher", None), "get_model_object", None)
+        if problem is None and live is not None and live("model_sampling").timestep is not stand_in:
+            problem = ("the model's sampling was replaced after Apply Tuned Set (a ModelSampling node after it?); put "
+                       "shift and sampling nodes before Apply Tuned Set")
         if problem and strict:
             raise TunedSetMismatch(tuned.path, problem, "Turn 'strict' off to sample without τ instead")
         if problem:

@@ -8,6 +8,7 @@ from . import demo_model
 from .nodes_sets import CATEGORY
 
 DIGITS = ["none"] + [str(d) for d in range(10)]
+MODELS = ("digits-ddpm", "digits-edm", "digits-flow")  # the flow model: a CONST model, shift in its own sampling
 
 
 class DemoModelLoader(io.ComfyNode):
@@ -15,13 +16,14 @@ class DemoModelLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="TimeTunerDemoModelLoader", display_name="Demo Model Loader (digits)", category=CATEGORY,
-            description="A bundled 8×8 digits model as a MODEL (use a 64×64 Empty Latent Image).",
-            inputs=[io.Combo.Input("model_name", options=["digits-ddpm", "digits-edm"], default="digits-ddpm")],
+            description="A bundled 8×8 digits model as a MODEL (use a 64×64 Empty Latent Image); digits-flow is a "
+                        "rectified-flow (CONST) model like SD3, so ModelSamplingSD3 changes its shift.",
+            inputs=[io.Combo.Input("model_name", options=list(MODELS), default="digits-ddpm")],
             outputs=[io.Model.Output()])
 
     @classmethod
     def validate_inputs(cls, model_name: str) -> bool | str:
-        return True if model_name in ("digits-ddpm", "digits-edm") else f"unknown demo model {model_name!r}"
+        return True if model_name in MODELS else f"unknown demo model {model_name!r}; choose {', '.join(MODELS)}"
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:

@@ -13,7 +13,7 @@ from timetuner_plugins.samplers import run_options
 from timetuner_plugins.tau import TauLookupError
 from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
 
-from .model_patch import install_timestep, sampling_of, warn
+from .model_patch import install_timestep, sampling_of, sampling_parameters, warn
 from .tau_patch import TauTimestep, schedule_problem
 
 class _Counted:
@@ -22,7 +22,7 @@ class _Counted:
 
     def __init__(self, model: Callable, stand_in: TauTimestep, ratios: torch.Tensor, offset: int,
                  lambdas: torch.Tensor | None = None):
-        self.model, self.stand_in, self.ratios, self.k = model, stand_in, ratios, offset
+        self.inner_model, self.stand_in, self.ratios, self.k = model, stand_in, ratios, offset
         self.lambdas, self.previous = lambdas, None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
@@ -32,7 +32,7 @@ class _Counted:
         self.stand_in.forced = self.ratios[k]
         self.k += 1
         try:
-            out = self.model(x, sigma, **extra)
+            out = self.inner_model(x, sigma, **extra)
         finally:
             self.stand_in.forced = None
         if self.lambdas is None:
@@ -89,6 +89,10 @@ class ComfyDenoiser(TunableDenoiser):
         self.sample_shape, self._fingerprint, self.model_id = sample_shape, fingerprint, model_id
         self.sigma_min, self.sigma_max = float(ms.sigma_min), float(ms.sigma_max)
         self.default_schedule = "karras"
+        parameters = sampling_parameters(ms)
+        self.space = parameters["space"]
+        if self.space == "flow":  # τ stays within the σ range the network was trained on
+            self.shift, self.multiplier, self.tau_max = parameters["shift"], parameters["multiplier"], self.sigma_max
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         self.stand_in.forced = (cond_sigma / sigma).reshape(-1)

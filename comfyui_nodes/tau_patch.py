@@ -24,10 +24,13 @@ class TauTimestep:
 
     ``fractional`` gives a discrete model a fractional timestep for moved σ's (interpolating
     log σ between its training steps, as the tuner did) instead of ComfyUI's nearest step.
+    ``tau_max`` (a flow model's σ = 1) is the most a moved σ may be: the network never sees a
+    noise level beyond the range it was trained on.
     """
 
-    def __init__(self, original: Callable[..., torch.Tensor], fractional: Callable[[torch.Tensor], torch.Tensor] | None):
-        self.original, self.fractional = original, fractional
+    def __init__(self, original: Callable[..., torch.Tensor], fractional: Callable[[torch.Tensor], torch.Tensor] | None,
+                 tau_max: float | None = None):
+        self.original, self.fractional, self.tau_max = original, fractional, tau_max
         self.ratio: torch.Tensor | None = None   # σ-keyed ratio for the current call
         self.forced: torch.Tensor | None = None  # set by an evaluation counter; wins over ``ratio``
 
@@ -36,6 +39,8 @@ class TauTimestep:
         if ratio is None:
             return self.original(sigma, *args, **kwargs)
         moved = sigma * ratio.to(sigma.device, sigma.dtype)
+        if self.tau_max is not None:
+            moved = moved.clamp(max=self.tau_max)
         if self.fractional is not None:
             return self.fractional(moved).to(sigma.dtype)
         return self.original(moved, *args, **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .errors import UnknownNameError
+from .errors import SamplerOptionError, SamplerSpaceError, UnknownNameError
 from .hookspecs import hookimpl
 from .plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, add_problem, load_plugins, plugin_names, problems
 from .plugins import reset as _reset_plugins
@@ -16,7 +16,8 @@ from .specs import (AdapterSpec, ModelSpec, SamplerSpec, ScheduleSpec, one_eval_
                     two_evals_per_step)
 
 __all__ = [
-    "AdapterSpec", "ModelSpec", "SamplerSpec", "ScheduleSpec", "UnknownNameError",
+    "AdapterSpec", "ModelSpec", "SamplerSpec", "ScheduleSpec", "UnknownNameError", "SamplerOptionError",
+    "SamplerSpaceError",
     "ENTRY_POINT_GROUP", "hookimpl", "one_eval_per_step", "two_evals_per_step",
     "samplers", "get_sampler", "models", "get_model_spec", "load_model", "adapters", "adapt_model",
     "schedules", "get_schedule", "wrap_model", "model_for_run", "problems", "plugin_names", "reset",
@@ -57,7 +58,8 @@ def _get(table: dict[str, Any], kind: str, name: str) -> Any:
     try:
         return table[name]
     except KeyError:
-        raise UnknownNameError(kind, name, table) from None
+        notes = [p.message for p in problems() if p.provides and name.startswith(p.provides)]
+        raise UnknownNameError(kind, name, table, notes) from None
 
 
 def samplers() -> dict[str, SamplerSpec]:

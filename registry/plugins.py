@@ -31,6 +31,7 @@ class PluginProblem:
 
     plugin: str
     message: str
+    provides: str = ""  # the name prefix of what the plugin would have registered (e.g. "k_diffusion.")
 
 
 pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -67,8 +68,9 @@ def load_plugins() -> pluggy.PluginManager:
     return pm
 
 
-def add_problem(plugin: str, message: str) -> None:
-    _problems.append(PluginProblem(plugin, message))
+def add_problem(plugin: str, message: str, provides: str = "") -> None:
+    """Report a plugin problem; ``provides`` (a name prefix) lets an unknown name under it explain itself."""
+    _problems.append(PluginProblem(plugin, message, provides))
 
 
 def problems() -> list[PluginProblem]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol
 
 import torch
+
+from .errors import SamplerOptionError, SamplerSpaceError
+
+SAMPLER_ARGS = ("model", "x", "sigmas", "extra_args", "callback", "disable")
 
 
 class SamplerFn(Protocol):
@@ -44,10 +49,23 @@ class SamplerSpec:
     plugin: str = ""
     tunable: bool = True
     untunable_reason: str = ""
+    spaces: tuple[str, ...] = ("ve", "flow")  # the model σ spaces it is right for (see TunableDenoiser.space)
+
+    def option_names(self) -> tuple[str, ...] | None:
+        """The keyword options ``fn`` takes beyond the shared arguments (None: any, it takes ``**options``)."""
+        params = inspect.signature(self.fn).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        return tuple(p.name for p in params if p.name not in SAMPLER_ARGS and p.kind is not p.VAR_POSITIONAL)
 
     def options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults with ``overrides`` applied."""
-        return {**self.defaults, **(overrides or {})}
+        """The defaults with ``overrides`` applied; an option ``fn`` does not take raises
+        :class:`~registry.errors.SamplerOptionError` naming the ones it does."""
+        merged = {**self.defaults, **(overrides or {})}
+        accepted = self.option_names()
+        if accepted is not None and set(merged) - set(accepted):
+            raise SamplerOptionError(self.name, set(merged) - set(accepted), accepted)
+        return merged
 
     def is_stochastic(self, options: Mapping[str, Any] | None = None) -> bool:
         if callable(self.stochastic):
@@ -56,6 +74,12 @@ class SamplerSpec:
 
     def with_plugin(self, plugin: str) -> "SamplerSpec":
         return replace(self, plugin=plugin)
+
+    def check_space(self, model: Any) -> None:
+        """Raise :class:`~registry.errors.SamplerSpaceError` if the sampler is wrong for the model's σ space."""
+        space = getattr(model, "space", "ve")
+        if space not in self.spaces:
+            raise SamplerSpaceError(self.name, space, self.spaces)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,9 +46,10 @@ def test_unknown_names_list_close_matches(kind, getter, name):
 @pytest.fixture
 def installed_thirdparty(tmp_path, monkeypatch):
     """pip-install the fixture package (a real distribution with a `timetuner` entry point) into a folder."""
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "source"
+    shutil.copytree(FIXTURE, source)  # setuptools builds in the source folder: keep the repository clean
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--target", str(target), str(FIXTURE)], capture_output=True, text=True)
+                           "--no-index", "--target", str(target), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     monkeypatch.syspath_prepend(str(target))
     registry.reset()

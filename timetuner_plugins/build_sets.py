@@ -31,8 +31,8 @@ def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_other
         model = registry.load_model(model_name)
         for sampler in samplers:
             spec = registry.get_sampler(sampler)
-            if fixed:
-                schedule = fixed
+            if fixed or model.space == "flow":  # flow models: their own schedule (ComfyUI's simple, their shift)
+                schedule = fixed or model.default_schedule
             else:
                 schedule, scores = choose_schedule(model, spec, max(nfes))
                 print(f"{model_name:<12} {sampler:<9} schedule {schedule} (untuned at NFE {max(nfes)}: "

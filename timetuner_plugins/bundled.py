@@ -10,8 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from . import nets
-from .denoisers import DiscreteVPDenoiser, EDMDenoiser, TunableDenoiser
-from .gmm import GMMDenoiser
+from .denoisers import DiscreteVPDenoiser, EDMDenoiser, FlowDenoiser, TunableDenoiser
+from .gmm import GMMDenoiser, GMMFlowDenoiser
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 FILES = {
@@ -48,8 +48,15 @@ def _net(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> torch.nn
     return net.eval().requires_grad_(False)
 
 
+GMM_FLOW_SHIFT = 1.0  # gmm-digits-flow's time shift: digits-flow's (recorded in its weights)
+
+
 def load(name: str) -> TunableDenoiser:
     """A bundled diffusion model as a tunable denoiser, on CPU, in eval mode."""
+    if name == "gmm-digits-flow":  # the mixture of gmm-digits under the flow path: no file of its own
+        model: TunableDenoiser = GMMFlowDenoiser(load_path(weights_path("gmm-digits")), GMM_FLOW_SHIFT)
+        model.model_id, model.fd_kind = name, "gmm"
+        return model.eval().requires_grad_(False)
     return load_path(weights_path(name), name)
 
 
@@ -64,6 +71,9 @@ def load_path(path: Path, name: str | None = None) -> TunableDenoiser:
     elif kind == "edm":
         model = EDMDenoiser(_net(tensors, metadata), float(metadata["sigma_data"]), float(metadata["sigma_min"]),
                             float(metadata["sigma_max"]))
+    elif kind == "flow":
+        model = FlowDenoiser(_net(tensors, metadata), metadata["prediction"], float(metadata["shift"]),
+                             float(metadata["multiplier"]), int(metadata["timesteps"]))
     elif kind == "gmm":
         model = GMMDenoiser(tensors["weights"], tensors["means"], tensors["covariances"],
                             tuple(json.loads(metadata["sample_shape"])))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,14 @@ def _load_model(name: str, device: str):
 class _Group(click.Group):
     """Turns our own errors into one clean line and exit code 1 (a traceback only with TIMETUNER_DEBUG)."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they are defined: the tuning workflow first
+
     def invoke(self, ctx: click.Context) -> Any:
         import os
 
         from .checkpoint import CheckpointError
+        from .io import OutputPathError
         from .shipped import NoShippedSet
         from .tau import TauLookupError
         from .tuned_set import TunedSetError
@@ -61,8 +66,8 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (registry.UnknownNameError, TunedSetError, TuneError, TauLookupError, FileExistsError,
-                NoShippedSet, CheckpointError) as exc:
+        except (registry.UnknownNameError, registry.SamplerOptionError, registry.SamplerSpaceError, TunedSetError,
+                TuneError, TauLookupError, FileExistsError, OutputPathError, NoShippedSet, CheckpointError) as exc:
             if os.environ.get("TIMETUNER_DEBUG"):
                 raise
             click.echo(f"Error: {exc}", err=True)
@@ -75,7 +80,7 @@ def cli() -> None:
     """TimeTuner: learned network timesteps (τ) for few-step diffusion samplers."""
 
 
-@cli.command()
+@cli.command(short_help="List samplers and the plugin each comes from.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def samplers(as_json: bool) -> None:
     """List the registered samplers, with the plugin each comes from."""
@@ -91,11 +96,20 @@ def samplers(as_json: bool) -> None:
     _emit({"samplers": rows, "problems": problems}, as_json, "\n".join(lines))
 
 
-@cli.command()
+@cli.command(short_help="List the registered models.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(as_json: bool) -> None:
     """List the registered models."""
     rows = [{"name": m.name, "plugin": m.plugin, "description": m.description} for m in registry.models().values()]
+    width = max((len(r["name"]) for r in rows), default=4)
+    _emit(rows, as_json, "\n".join(f"{r['name']:<{width}}  {r['description']}" for r in rows))
+
+
+@cli.command(short_help="List the registered σ schedules.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def schedules(as_json: bool) -> None:
+    """List the registered σ schedules (the choices of --schedule)."""
+    rows = [{"name": s.name, "plugin": s.plugin, "description": s.description} for s in registry.schedules().values()]
     width = max((len(r["name"]) for r in rows), default=4)
     _emit(rows, as_json, "\n".join(f"{r['name']:<{width}}  {r['description']}" for r in rows))
 
@@ -108,13 +122,14 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
     return steps if steps is not None else steps_for_nfe(spec, model, schedule, nfe)
 
 
-@cli.command()
+@cli.command(short_help="Train τ for a sampler and save a tuned set.")
 @click.option("--model", required=True, help="A registered model (see `timetuner models`).")
 @click.option("--sampler", required=True, help="A registered sampler (see `timetuner samplers`).")
 @click.option("--steps", type=click.IntRange(1), help="Sampler steps (intervals of the σ schedule).")
 @click.option("--nfe", type=click.IntRange(1), help="Or: the most steps within this many network evaluations.")
 @click.option("--schedule", default=None,
-              help="σ schedule (default: the model's); 'auto' picks the one the untuned sampler does best with.")
+              help="σ schedule, one of `timetuner schedules` (default: the model's); 'auto' picks the one the "
+                   "untuned sampler does best with.")
 @click.option("--objective", type=click.Choice(["energy", "final", "trajectory", "paper"]), default="energy",
               show_default=True, help="energy: match the teacher's sample distribution; final/trajectory: match "
               "its final sample / states per noise; paper: Xia et al.'s per-interval ε-consistency.")
@@ -123,7 +138,9 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper).")
 @click.option("--batch", type=click.IntRange(2), default=None, help="Batch size (default 128; paper 64).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.03; paper 2e-3).")
-@click.option("--param", type=click.Choice(["log_ratio", "t_ratio"]), default=None)
+@click.option("--param", type=click.Choice(["log_ratio", "t_ratio"]), default=None,
+              help="How τ is parametrised: log_ratio, log(τ/σ) bounded to ±1 (default); t_ratio, the paper's "
+                   "τ = r·t in the model's own time (default for --objective paper).")
 @click.option("--data", type=click.Choice(["teacher", "real"]), default=None,
               help="teacher: data-free, the model's own high-NFE run; real: the model's data (energy, paper).")
 @click.option("--select/--no-select", default=None,
@@ -134,8 +151,10 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option("--families", default="tau", show_default=True,
               help="What to train, comma-separated: tau (network time per evaluation), dode (D-ODE λ per "
                    "evaluation, Kim et al. 2024), sigma (the schedule's interior σ's).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Sampler option, repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the tuning noise, batches and validation noise; the same seed gives the same set.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Sampler option, repeatable (see `timetuner samplers` for each sampler's defaults).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output tuned set (default: MODEL_SAMPLER_SCHEDULE_nfeK.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
@@ -153,12 +172,18 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
          quiet: bool, device: str) -> None:
     """Train τ for a sampler × schedule × model and save a tuned set."""
     from .evaluate import choose_schedule, evaluate
+    from .io import check_output_file
     from .run import make_sigmas
     from .tuner import TuneConfig, Tuner
 
+    if out is not None:
+        check_output_file(out, overwrite)
     spec = registry.get_sampler(sampler)
-    m = _load_model(model, device)
     opts = _parse_options(options)
+    spec.options(opts)  # an option the sampler does not take stops here, before any work
+    if schedule not in (None, "auto"):
+        registry.get_schedule(schedule)
+    m = _load_model(model, device)
     if schedule == "auto":
         if nfe is None and steps is None:
             raise click.UsageError("give exactly one of --steps (sampler steps) or --nfe (network evaluations)")
@@ -179,9 +204,7 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     base.seed, base.show_progress, base.checkpoint_every = seed, not quiet, checkpoint_every
     base.families = tuple(f.strip() for f in families.split(",") if f.strip())
     tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
-    out = out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another file")
+    out = check_output_file(out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"), overwrite)
     tuner.checkpoint = out.with_name(out.name + ".ckpt")
     try:
         result = tuner.tune(resume=resume)
@@ -191,11 +214,19 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
             f"interrupted; nothing written to {out}. "
             + (f"Run the same command with --resume to continue from {tuner.checkpoint}" if saved
                else "No checkpoint was reached yet: run the same command again")) from None
+    if result.selection.get("stopped_early_at"):
+        click.echo(f"stopped early at {tuner.stop_reason(result.selection['stopped_early_at'])}", err=True)
     before = after = {}
     if eval_n:
-        before = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts)
-        after = evaluate(m, spec, result.sigmas, schedule, n=eval_n, options=opts,
-                         lookup=result.tuned_set(m).lookup())
+        click.echo(f"evaluating untuned and tuned on {eval_n} samples from held-out noise", err=True)
+        try:
+            before = evaluate(m, spec, sigmas, schedule, n=eval_n, options=opts, progress=not quiet)
+            after = evaluate(m, spec, result.sigmas, schedule, n=eval_n, options=opts,
+                             lookup=result.tuned_set(m).lookup(), progress=not quiet)
+        except KeyboardInterrupt:  # the tuning is done: keep it, without the metrics
+            result.tuned_set(m).save(out, overwrite=overwrite)
+            raise click.ClickException(f"interrupted while evaluating; wrote {out} without its before/after "
+                                       f"metrics (`timetuner eval --tuned {out}` measures them)") from None
     result.tuned_set(m, before, after).save(out, overwrite=overwrite)
     click.echo(f"wrote {out}: {spec.name} on {model}, {schedule}, {n_steps} steps, NFE {len(result.tau)}, "
                f"{objective}, {result.seconds:.1f} s")
@@ -204,10 +235,27 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
         click.echo(f"  validation ({sel['metric']}, held-out noise): untuned {sel['untuned']:.4g}, kept "
                    + ("the untuned sampler: no τ validated better" if sel["fallback_identity"]
                       else f"iteration {sel['best_iteration']} ({sel['best']:.4g})")
-                   + (f"; stopped early at iteration {sel['stopped_early_at']} (no gain in {base.patience} "
-                      f"validations)" if sel.get("stopped_early_at") else ""))
+                   + (f"; stopped early at iteration {sel['stopped_early_at']} of {base.iters} (no gain in "
+                      f"{base.patience} validations)" if sel.get("stopped_early_at") else ""))
     if eval_n:
         click.echo(_metric_line("untuned", before) + "\n" + _metric_line("tuned", after))
+
+
+def _unavailable(sampler: str) -> str:
+    """Why ``sampler`` is not registered here ('' when it is)."""
+    try:
+        registry.get_sampler(sampler)
+    except registry.UnknownNameError as exc:
+        return exc.notes[0] if exc.notes else f"no installed plugin registers {sampler!r}"
+    return ""
+
+
+def _iterations(report: dict[str, Any]) -> str:
+    """'250 iterations', or 'stopped early: 125 of 250 iterations' for a run the early stop ended."""
+    stopped = (report["extra"].get("selection") or {}).get("stopped_early_at")
+    if stopped:
+        return f"stopped early: {stopped} of {report['iterations']} iterations"
+    return f"{report['iterations']} iterations" + (" per interval" if report["objective"] == "paper" else "")
 
 
 def _metric_line(label: str, m: dict[str, Any]) -> str:
@@ -215,12 +263,14 @@ def _metric_line(label: str, m: dict[str, Any]) -> str:
     return f"  {label:<8} FD {fd}  traj_err {m['traj_err']:.4f}  NFE {m['nfe']}  {m['seconds']:.2f} s"
 
 
-@cli.command(name="eval")
+@cli.command(name="eval", short_help="Tuned set vs plain sampler: FD, error, time.")
 @click.option("--tuned", "tuned_path", type=click.Path(path_type=Path), default=None, help="A tuned-set file.")
 @click.option("--model", default=None, help="Model (default: the one the set was tuned for).")
-@click.option("--sampler", default=None, help="Without --tuned: the sampler to evaluate untuned.")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Without --tuned: sampler steps.")
-@click.option("--schedule", default=None, help="Without --tuned: σ schedule (default: the model's).")
+@click.option("--sampler", default=None, help="The sampler (default with --tuned: the set's; a different one must "
+                                              "pass the set's mismatch check, see --force).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (default with --tuned: the set's).")
+@click.option("--schedule", default=None, help="σ schedule, one of `timetuner schedules` (default: the set's, "
+                                               "else the model's).")
 @click.option("--n", "n", type=click.IntRange(2), default=1000, show_default=True, help="Samples.")
 @click.option("--seed", type=int, default=10_000, show_default=True, help="Evaluation noise seed.")
 @click.option("--force", is_flag=True, help="Apply a set whose model, sampler or schedule does not match.")
@@ -235,23 +285,35 @@ def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps
 
     if tuned_path is not None:
         ts = TunedSet.load(tuned_path)
+        spec = registry.get_sampler(sampler or ts.sampler)
         m = _load_model(model or ts.model_id, device)
-        spec = registry.get_sampler(ts.sampler)
-        ts.check(model=m, sampler=spec.name, force=force)
-        sigmas, schedule = ts.sigmas, ts.schedule
-        options = ts.sampler_options
+        if steps is None and schedule is None:
+            sigmas, schedule = ts.sigmas, ts.schedule
+        else:  # the run the user asked for; the set's check below says where it differs
+            schedule = schedule or ts.schedule
+            if schedule not in registry.schedules():
+                raise click.UsageError(f"the set's schedule {schedule!r} is not a registered one; give --schedule "
+                                       f"(see `timetuner schedules`) with --steps")
+            sigmas = make_sigmas(m, schedule, steps or ts.steps)
+        options = ts.sampler_options if spec.name == ts.sampler else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said below as one line each, not as Python warnings
+            differences = ts.check(model=m, sampler=spec.name, sigmas=sigmas, force=force)
+        for difference in differences:
+            click.echo(f"warning: {difference}; applied anyway (--force)", err=True)
     else:
         if not (model and sampler and steps):
             raise click.UsageError("give --tuned FILE, or --model, --sampler and --steps to evaluate untuned")
         ts, m, spec = None, _load_model(model, device), registry.get_sampler(sampler)
         schedule = schedule or m.default_schedule
         sigmas, options = make_sigmas(m, schedule, steps), {}
-    untuned = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options)
+    untuned = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options, progress=not as_json)
     report: dict[str, Any] = {"model": m.model_id, "sampler": spec.name, "schedule": schedule,
                               "steps": len(sigmas) - 1, "untuned": untuned}
     result = untuned
     if ts is not None:
-        result = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options, lookup=ts.lookup())
+        result = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options, lookup=ts.lookup(),
+                          progress=not as_json)
         report.update(tuned=result, tuned_set=str(tuned_path))
     report.update({k: result[k] for k in ("fd", "fd_reference", "traj_err", "nfe", "seconds")})
     lines = [f"{m.model_id} × {spec.name}, {schedule}, {len(sigmas) - 1} steps ({n} samples)",
@@ -263,7 +325,7 @@ def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps
     _emit(report, as_json, "\n".join(lines))
 
 
-@cli.command()
+@cli.command(short_help="Show a tuned set, or list the shipped ones.")
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(files: tuple[Path, ...], as_json: bool) -> None:
@@ -273,17 +335,22 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
 
     if not files:
         rows = [{"file": str(e.path), "model": e.model, "sampler": e.sampler, "schedule": e.schedule, "nfe": e.nfe,
-                 "objective": e.objective, "metrics": e.metrics} for e in shipped.entries()]
-        _emit(rows, as_json, "\n".join(f"{r['model']:<12} {r['sampler']:<24} NFE {r['nfe']:<3} {r['schedule']:<12} "
-                                       f"{r['file']}" for r in rows) or "no shipped tuned sets")
+                 "objective": e.objective, "metrics": e.metrics, "unavailable": _unavailable(e.sampler)}
+                for e in shipped.entries()]
+        lines = [f"{r['model']:<12} {r['sampler']:<24} NFE {r['nfe']:<3} {r['schedule']:<12} {r['file']}"
+                 + ("  (sampler not available here)" if r["unavailable"] else "") for r in rows]
+        notes = sorted({r["unavailable"] for r in rows if r["unavailable"]})
+        _emit(rows, as_json, "\n".join(lines + [f"note: {n}" for n in notes]) or "no shipped tuned sets")
         return
     reports, failed = [], False
     for path in files:
         try:
-            reports.append(TunedSet.load(path).summary())
+            summary = TunedSet.load(path).summary()
         except TunedSetError as exc:
             failed = True
             reports.append({"path": str(path), "error": str(exc)})
+            continue
+        reports.append({**summary, "unavailable": _unavailable(summary["sampler"])})
     if as_json:
         _emit(reports, True, "")
     else:
@@ -293,8 +360,10 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
                 continue
             click.echo(f"{r['path']}\n  model {r['model_id']} ({r['model_fingerprint'][:16]}…)  sampler {r['sampler']} "
                        f"{r['sampler_options'] or ''}\n  schedule {r['schedule']}, {r['steps']} steps, NFE {r['nfe']}, "
-                       f"objective {r['objective']} ({r['mode']}), {r['iterations']} iterations, seed {r['seed']}, "
+                       f"objective {r['objective']} ({r['mode']}), {_iterations(r)}, seed {r['seed']}, "
                        f"data {r['data_source']}\n  written by timetuner {r['library_version']} at {r['created']}")
+            if r["unavailable"]:
+                click.echo(f"  sampler not available here: {r['unavailable']}")
             click.echo("  τ/σ " + " ".join(f"{v:.3f}" for v in r["tau_over_sigma"]))
             sel = r["extra"].get("selection") or {}
             if sel.get("fallback_identity"):
@@ -307,15 +376,16 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(short_help="Tuned vs plain DDIM/DPM++ on digits-ddpm.")
 @click.option("--retune", is_flag=True, help="Tune the sets here instead of using the shipped ones.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), show_default=True)
 @click.option("--n", "n", type=click.IntRange(100), default=1000, show_default=True, help="Samples per evaluation.")
 def demo(retune: bool, out: Path, n: int) -> None:
     """Untuned vs tuned DDIM and DPM-Solver++(2M) at NFE 5 and 10 on digits-ddpm, with figures."""
     from .demo import run_demo
+    from .io import check_output_dir
 
-    run_demo(out, retune=retune, n=n)
+    run_demo(check_output_dir(out), retune=retune, n=n)
 
 
 def _fractions(text: str) -> list[float]:
@@ -325,7 +395,7 @@ def _fractions(text: str) -> list[float]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers (e.g. 0,0.25,0.5)") from None
 
 
-@cli.command()
+@cli.command(short_help="T-Stitch: small model for the first steps.")
 @click.option("--model", default="digits-ddpm", show_default=True, help="The large model.")
 @click.option("--small", default="digits-ddpm-small", show_default=True,
               help="The small model: registered, on the large one's noise schedule.")
@@ -347,8 +417,10 @@ def _fractions(text: str) -> list[float]:
 def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | None, fractions: str,
            tune_at: str | None, tune_iters: int, n: int, batch: int, repeats: int, out: Path, quiet: bool) -> None:
     """T-Stitch (Pan et al. 2024): FD and time over the fraction of evaluations given to a small model."""
+    from .io import check_output_dir
     from .stitch_report import StitchPlan, markdown, run_stitch
 
+    check_output_dir(out)
     fr = _fractions(fractions)
     tune_fr = [] if tune_at is None else fr if tune_at == "all" else _fractions(tune_at)
     plan = StitchPlan(model=model, small=small, sampler=sampler, steps=steps, schedule=schedule, fractions=fr,
@@ -361,7 +433,7 @@ def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | Non
     click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'stitch.png'}")
 
 
-@cli.command()
+@cli.command(short_help="Benchmark the tuning methods; tables, plots.")
 @click.option("--quick", is_flag=True, help="A CI-sized smoke run.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench"), show_default=True)
 @click.option("--models", default=None, help="Comma-separated (default: all bundled).")
@@ -383,7 +455,11 @@ def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes
           device: str) -> None:
     """Side-by-side benchmark of the tuning methods on the bundled models; JSON, Markdown and plots."""
     from . import bench as b
+    from .io import check_output_dir
 
+    check_output_dir(out)
+    if update_readme is not None:
+        b.check_readme(update_readme)
     if merge:
         try:
             data = b.merge(list(merge), out)
@@ -443,7 +519,7 @@ from comfyui_nodes import WEB_DIRECTORY, comfy_entrypoint  # noqa: F401
 '''
 
 
-@cli.command(name="comfyui-install")
+@cli.command(name="comfyui-install", short_help="Hook a pip install into a ComfyUI folder.")
 @click.argument("comfyui", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace an existing custom_nodes/timetuner.")
 def comfyui_install(comfyui: Path, overwrite: bool) -> None:

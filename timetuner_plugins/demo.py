@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm.auto import tqdm
 
 import registry
 
 from . import plots, shipped
-from .evaluate import EVAL_SEED, eval_noise, evaluate, generate, reference
+from .evaluate import EVAL_SEED, cache_dir, eval_noise, evaluate, generate, reference
 from .run import make_sigmas, steps_for_nfe
 from .tuned_set import TunedSet
 from .tuner import Tuner
@@ -36,35 +37,52 @@ def _gap(untuned: dict, tuned: dict) -> float | None:
     return (untuned["fd"] - tuned["fd"]) / gap if gap > 0 else None
 
 
+def _panel(model: Any, spec: Any, ts: TunedSet, sigmas: Any, noise: Any, untuned: dict, tuned: dict) -> dict:
+    """The demo picture's rows for one case: reference, plain, tuned, and each one's distance to the reference."""
+    ref = reference(model, spec, ts.schedule, noise)
+    plain = generate(model, spec, sigmas, noise)
+    mine = generate(model, spec, sigmas, noise, lookup=ts.lookup())
+    err = lambda x: ((x - ref) ** 2).flatten(1).mean(1).sqrt().mean().item()  # noqa: E731
+    return {"500-NFE reference": (ref, "sample"),
+            f"untuned\nFD {untuned['fd']:.0f}": (plain, "sample"),
+            f"tuned\nFD {tuned['fd']:.0f}": (mine, "sample"),
+            f"|untuned − ref|\nRMS {err(plain):.3f}": ((plain - ref).abs(), "error"),
+            f"|tuned − ref|\nRMS {err(mine):.3f}": ((mine - ref).abs(), "error")}
+
+
 def run_demo(out: Path, retune: bool = False, n: int = 1000) -> dict[str, Any]:
     started = time.perf_counter()
+    say = lambda text: click.echo(text, err=True)  # noqa: E731  progress lines go beside the bars, on stderr
     model = registry.load_model(MODEL)
     rows, grid, curves, schedules = [], {}, {}, {}
-    grid_noise = eval_noise(12, tuple(model.sample_shape), EVAL_SEED + 1)
+    grid_noise = eval_noise(8, tuple(model.sample_shape), EVAL_SEED + 1)
+    say(f"demo: {MODEL}, {n} samples per run; 500-NFE reference runs are computed once and cached in {cache_dir()} "
+        f"(set TIMETUNER_CACHE to move it)")
     for sampler, nfe in CASES:
         spec = registry.get_sampler(sampler)
+        say(f"{sampler} at NFE {nfe}: " + ("tuning a set (about a minute)" if retune else "shipped tuned set") +
+            ", then untuned and tuned runs")
         ts = _tuned_set(model, sampler, nfe, model.default_schedule, retune)
         sigmas = make_sigmas(model, ts.schedule, ts.steps)
         ts.check(model=model, sampler=sampler, sigmas=sigmas)
         schedules[sampler] = ts.schedule
-        untuned = evaluate(model, spec, sigmas, ts.schedule, n=n, options=ts.sampler_options)
-        tuned = evaluate(model, spec, sigmas, ts.schedule, n=n, options=ts.sampler_options, lookup=ts.lookup())
+        untuned = evaluate(model, spec, sigmas, ts.schedule, n=n, options=ts.sampler_options, progress=True)
+        tuned = evaluate(model, spec, sigmas, ts.schedule, n=n, options=ts.sampler_options, lookup=ts.lookup(),
+                         progress=True)
         rows.append({"sampler": sampler, "schedule": ts.schedule, "nfe": tuned["nfe"], "untuned": untuned,
                      "tuned": tuned, "gap_closed": _gap(untuned, tuned),
                      "identity": ts.lookup().is_identity(), "tuned_set": str(ts.path) if ts.path else "retuned"})
-        grid[f"{sampler}, NFE {tuned['nfe']}"] = {
-            "untuned": generate(model, spec, sigmas, grid_noise),
-            "tuned": generate(model, spec, sigmas, grid_noise, lookup=ts.lookup()),
-            "reference": reference(model, spec, ts.schedule, grid_noise),
-        }
+        grid[f"{sampler}, NFE {tuned['nfe']}"] = _panel(model, spec, ts, sigmas, grid_noise, untuned, tuned)
     for sampler, schedule in schedules.items():
         spec = registry.get_sampler(sampler)
-        fds = [evaluate(model, spec, make_sigmas(model, schedule, k), schedule, n=n)["fd"] for k in CURVE_NFE]
+        say(f"FD of the untuned {sampler} at NFE {', '.join(map(str, CURVE_NFE))} (the curve in fd_vs_nfe.png)")
+        fds = [evaluate(model, spec, make_sigmas(model, schedule, k), schedule, n=n, progress=True)["fd"]
+               for k in tqdm(CURVE_NFE, desc=f"{sampler} curve", unit="NFE", leave=False)]
         curves[f"{sampler} untuned ({schedule})"] = (CURVE_NFE, fds)
         mine = [r for r in rows if r["sampler"] == sampler]
-        curves[f"{sampler} tuned"] = ([r["nfe"] for r in mine], [r["tuned"]["fd"] for r in mine])
+        curves[f"{sampler} tuned (shipped NFEs)"] = ([r["nfe"] for r in mine], [r["tuned"]["fd"] for r in mine])
     out.mkdir(parents=True, exist_ok=True)
-    plots.sample_grid(grid, out / "samples.png")
+    plots.comparison_grid(grid, out / "samples.png")
     plots.fd_vs_nfe(curves, out / "fd_vs_nfe.png", reference=rows[0]["untuned"]["fd_reference"],
                     title=f"{MODEL}: FD vs NFE ({n} samples)")
     summary = {"model": MODEL, "n": n, "rows": rows,

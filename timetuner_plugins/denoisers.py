@@ -8,7 +8,9 @@ noise conditioning moves to ``cond_sigma`` = τ (defaults to σ).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,6 +19,39 @@ from torch import nn
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dimensions so ``v`` broadcasts against an ``ndim`` tensor."""
     return v[(...,) + (None,) * (ndim - v.ndim)]
+
+
+@dataclass(frozen=True)
+class SigmaTable:
+    """A model's discrete σ table (ascending, float32) and its time mapping, as ComfyUI's ``model_sampling``
+    holds them: the named schedules read these, so their σ's match a ComfyUI run's."""
+
+    sigmas: torch.Tensor
+    timestep: Callable[[torch.Tensor], torch.Tensor]
+    sigma: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+
+def log_linear_table(log_sigmas: torch.Tensor) -> SigmaTable:
+    """A discrete-time table: timestep(σ) is the nearest step, sigma(t) interpolates log σ between steps."""
+    log_sigmas = log_sigmas.float()
+
+    def timestep(sigma: torch.Tensor) -> torch.Tensor:
+        return (sigma.float().log().reshape(-1, 1) - log_sigmas).abs().argmin(dim=1).reshape(sigma.shape)
+
+    def sigma(t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t).float().clamp(0, len(log_sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
+
+    return SigmaTable(log_sigmas.exp(), timestep, sigma)
 
 
 def fingerprint_tensors(tensors: dict[str, torch.Tensor]) -> str:
@@ -44,6 +79,8 @@ class TunableDenoiser(nn.Module):
     default_schedule: str = "karras"
     model_id: str = ""
     time_offset: float = 0.0  # the model's continuous time is t + time_offset (1 for DDPM's steps 0..N-1)
+    space: str = "ve"  # the sampler's state: "ve", x = x₀ + σ·ε (k-diffusion's σ); "flow", x = (1 − σ)·x₀ + σ·ε
+    tau_max: float | None = None  # the largest noise level the network was trained on, where τ must stop
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None,
                 **extra: Any) -> torch.Tensor:
@@ -60,6 +97,12 @@ class TunableDenoiser(nn.Module):
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def sigma_table(self) -> SigmaTable:
+        """The σ table the named schedules read (1000 steps log-uniform over the σ range, unless the model
+        has a table of its own), with the model's time as the timestep."""
+        log = torch.linspace(torch.tensor(self.sigma_min).log(), torch.tensor(self.sigma_max).log(), 1000)
+        return SigmaTable(log.exp(), self.sigma_to_t, self.t_to_sigma)
+
     @property
     def t_range(self) -> tuple[float, float]:
         """(t at sigma_min, t at sigma_max)."""
@@ -73,6 +116,18 @@ class TunableDenoiser(nn.Module):
             cached = fingerprint_tensors(dict(self.state_dict()))
             self._fingerprint = cached
         return cached
+
+
+SPACES = {"ve": "a VE/VP model (x = x₀ + σ·ε in k-diffusion's σ)", "flow": "a flow model (x = (1 − σ)·x₀ + σ·ε)"}
+
+
+def parameterisation(model: Any) -> dict[str, Any]:
+    """What a tuned set records of the model's σ space: ``space``, and a flow model's ``shift`` and ``multiplier``."""
+    space = getattr(model, "space", "ve")
+    if space != "flow":
+        return {"space": space}
+    return {"space": space, "shift": float(getattr(model, "shift", 1.0)),
+            "multiplier": float(getattr(model, "multiplier", 1000.0))}
 
 
 class DiscreteVPDenoiser(TunableDenoiser):
@@ -123,6 +178,10 @@ class DiscreteVPDenoiser(TunableDenoiser):
         out = (table[low] * (1 - w) + table[low + 1] * w).exp()
         return out.to(t.dtype if t.is_floating_point() else torch.float32)
 
+    def sigma_table(self) -> SigmaTable:
+        """ComfyUI's ModelSamplingDiscrete: the training steps' σ's, nearest-step timesteps."""
+        return log_linear_table(self.log_sigmas)
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         s = append_dims(sigma, x.ndim)
         c_in = 1 / (s ** 2 + 1) ** 0.5
@@ -142,6 +201,11 @@ class EDMDenoiser(TunableDenoiser):
         self.net = net
         self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
 
+    def sigma_table(self) -> SigmaTable:
+        """ComfyUI's ModelSamplingContinuousEDM: 1000 log-uniform σ's, timestep ln(σ)/4."""
+        log = torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), 1000)
+        return SigmaTable(log.exp(), lambda sigma: sigma.log() / 4, lambda t: (torch.as_tensor(t) * 4).exp())
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         s = append_dims(sigma, x.ndim)
         sd2 = self.sigma_data ** 2
@@ -149,6 +213,58 @@ class EDMDenoiser(TunableDenoiser):
         c_out = s * self.sigma_data / (s ** 2 + sd2) ** 0.5
         c_in = 1 / (s ** 2 + sd2) ** 0.5
         return c_skip * x + c_out * self.net(x * c_in, cond_sigma.log() / 4, **extra)
+
+
+def flow_shift(shift: float, t: torch.Tensor) -> torch.Tensor:
+    """SD3's time shift σ = s·t / (1 + (s − 1)·t) (Esser et al. 2024); s = 1 leaves t as it is."""
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
+class FlowDenoiser(TunableDenoiser):
+    """A rectified-flow ("flow matching") model such as SD3, Flux or Wan: x_σ = (1 − σ)·x₀ + σ·ε, σ ∈ (0, 1].
+
+    The network F(x, t) sees x unscaled and t = τ·``multiplier``, and predicts the velocity v = ε − x₀
+    (``prediction="v"``: D = x − σ·v) or x₀ itself (``"x0"``); samplers run on D in the flow's own σ,
+    as ComfyUI's CONST models do. ``shift`` s maps the model's time t to σ = s·t / (1 + (s − 1)·t):
+    it sets the σ table the schedules read (``timesteps`` entries, σ(i / timesteps)), not what the
+    network is conditioned on. τ above 1, outside the range the network was trained on, is clamped.
+    """
+
+    space = "flow"
+    default_schedule = "simple"
+    sigma_max = 1.0
+    tau_max = 1.0
+
+    def __init__(self, net: nn.Module, prediction: str = "v", shift: float = 1.0, multiplier: float = 1000.0,
+                 timesteps: int = 1000):
+        super().__init__()
+        if prediction not in ("v", "x0"):
+            raise ValueError(f"prediction must be 'v' (velocity ε − x₀) or 'x0', got {prediction!r}")
+        if not shift > 0:
+            raise ValueError(f"shift must be positive, got {shift}")
+        self.net, self.prediction = net, prediction
+        self.shift, self.multiplier, self.timesteps = float(shift), float(multiplier), int(timesteps)
+        self.sigma_min = float(flow_shift(self.shift, torch.tensor(1 / self.timesteps, dtype=torch.float64)))
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's unshifted time t for σ (the inverse of :func:`flow_shift`)."""
+        s = self.shift
+        return sigma if s == 1.0 else sigma / (s - (s - 1) * sigma)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return flow_shift(self.shift, t)
+
+    def sigma_table(self) -> SigmaTable:
+        """ComfyUI's ModelSamplingDiscreteFlow: σ(i / timesteps) for i = 1…timesteps, timestep σ·multiplier."""
+        t = torch.arange(1, self.timesteps + 1) / self.timesteps * self.multiplier
+        return SigmaTable(flow_shift(self.shift, t / self.multiplier), lambda sigma: sigma * self.multiplier,
+                          lambda t: flow_shift(self.shift, torch.as_tensor(t) / self.multiplier))
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        out = self.net(x, cond_sigma.clamp(max=self.tau_max) * self.multiplier, **extra)
+        if self.prediction == "x0":
+            return out
+        return x - append_dims(sigma, x.ndim) * out
 
 
 class CFGDenoiser(TunableDenoiser):
@@ -161,7 +277,8 @@ class CFGDenoiser(TunableDenoiser):
     def __init__(self, inner: TunableDenoiser, scale: float, cond_key: str = "label"):
         super().__init__()
         self.inner, self.scale, self.cond_key = inner, scale, cond_key
-        for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "model_id"):
+        for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "model_id", "space", "tau_max",
+                     "time_offset"):
             setattr(self, attr, getattr(inner, attr))
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -169,6 +286,9 @@ class CFGDenoiser(TunableDenoiser):
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.inner.t_to_sigma(t)
+
+    def sigma_table(self) -> SigmaTable:
+        return self.inner.sigma_table()
 
     @property
     def fingerprint(self) -> str:

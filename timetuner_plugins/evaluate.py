@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from registry import SamplerSpec
 
@@ -36,20 +37,22 @@ def eval_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def generate(model: Any, spec: SamplerSpec, sigmas: torch.Tensor, noise: torch.Tensor, *,
              lookup: TauLookup | None = None, options: dict | None = None, extra_args: dict | None = None,
-             seed: int = EVAL_SEED, chunk: int = CHUNK) -> torch.Tensor:
+             seed: int = EVAL_SEED, chunk: int = CHUNK, progress: str | None = None) -> torch.Tensor:
     """Samples from ``noise`` in chunks, run on the model's device and returned on the CPU; stochastic
     samplers follow one Brownian path per chunk, so runs with different step counts from the same seed
-    are comparable sample by sample."""
+    are comparable sample by sample. ``progress``: a bar with this label, counting sampler steps."""
     stochastic = spec.is_stochastic(options)
     device = model_device(model)
+    chunks = noise.split(chunk)
     out = []
-    with torch.no_grad():
-        for c, sub in enumerate(noise.split(chunk)):
+    with torch.no_grad(), tqdm(total=len(chunks) * (len(sigmas) - 1), desc=progress, unit="step", leave=False,
+                               disable=progress is None) as bar:
+        for c, sub in enumerate(chunks):
             x = sub.to(device) * sigmas[0].to(device)
             ns = BrownianNoise(x, model.sigma_min, model.sigma_max, seed + c) if stochastic else None
             args = _slice_args(extra_args, c * chunk, len(sub), device)
             out.append(run_sampler(model, spec, x, sigmas, lookup=lookup, options=options, extra_args=args,
-                                   noise_sampler=ns, seed=seed + c).cpu())
+                                   noise_sampler=ns, seed=seed + c, callback=lambda _: bar.update(1)).cpu())
     return torch.cat(out)
 
 
@@ -71,9 +74,11 @@ def _key(*parts: Any) -> str:
 
 
 def reference(model: Any, spec: SamplerSpec, schedule: str, noise: torch.Tensor, *, options: dict | None = None,
-              extra_args: dict | None = None, seed: int = EVAL_SEED, nfe: int = REFERENCE_NFE) -> torch.Tensor:
+              extra_args: dict | None = None, seed: int = EVAL_SEED, nfe: int = REFERENCE_NFE,
+              progress: bool = False) -> torch.Tensor:
     """The same sampler at about ``nfe`` evaluations on the same schedule from the same noise (and the
-    same Brownian path for stochastic samplers); cached on disk by everything it depends on."""
+    same Brownian path for stochastic samplers); cached on disk by everything it depends on. With
+    ``progress``, computing one (not reading the cache) shows a bar that says where it is cached."""
     options = spec.options(options)
     key = _key("reference-v1", model.fingerprint, spec.name, spec.plugin, options, schedule, nfe, noise, extra_args,
                seed)
@@ -84,8 +89,9 @@ def reference(model: Any, spec: SamplerSpec, schedule: str, noise: torch.Tensor,
         except Exception:
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
     steps = steps_for_nfe(spec, model, schedule, nfe)
+    label = f"{nfe}-NFE {spec.name} reference, {len(noise)} samples (once; cached in {path.parent})"
     samples = generate(model, spec, make_sigmas(model, schedule, steps), noise, options=options,
-                       extra_args=extra_args, seed=seed)
+                       extra_args=extra_args, seed=seed, progress=label if progress else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True) as tmp:
         save_file({"samples": samples.contiguous()}, str(tmp))
@@ -94,13 +100,17 @@ def reference(model: Any, spec: SamplerSpec, schedule: str, noise: torch.Tensor,
 
 def evaluate(model: Any, sampler: SamplerSpec, sigmas: torch.Tensor, schedule: str, *, lookup: TauLookup | None = None,
              n: int = 1000, seed: int = EVAL_SEED, options: dict | None = None, extra_args: dict | None = None,
-             ref: torch.Tensor | None = None) -> dict[str, Any]:
-    """``fd`` (None when the model has no FD), ``fd_reference``, ``traj_err``, ``nfe`` and ``seconds``."""
+             ref: torch.Tensor | None = None, progress: bool = False) -> dict[str, Any]:
+    """``fd`` (None when the model has no FD), ``fd_reference``, ``traj_err``, ``nfe`` and ``seconds``;
+    ``progress`` shows bars for the reference (when not cached) and the run."""
     noise = eval_noise(n, tuple(model.sample_shape), seed)
     if ref is None:
-        ref = reference(model, sampler, schedule, noise, options=options, extra_args=extra_args, seed=seed)
+        ref = reference(model, sampler, schedule, noise, options=options, extra_args=extra_args, seed=seed,
+                        progress=progress)
     started = time.perf_counter()
-    samples = generate(model, sampler, sigmas, noise, lookup=lookup, options=options, extra_args=extra_args, seed=seed)
+    label = f"evaluate {sampler.name} {'tuned' if lookup is not None else 'untuned'}, {n} samples"
+    samples = generate(model, sampler, sigmas, noise, lookup=lookup, options=options, extra_args=extra_args, seed=seed,
+                       progress=label if progress else None)
     seconds = time.perf_counter() - started
     fd = fd_metric(model)
     return {
@@ -123,7 +133,11 @@ def choose_schedule(model: Any, spec: SamplerSpec, nfe: int, candidates: list[st
     DPM-Solver++(2M) run. Returns the name and every candidate's score."""
     import registry
 
-    candidates = candidates or sorted(registry.schedules())
+    if candidates is None:  # one name per schedule function ('exponential' is ComfyUI's name for 'logsnr')
+        unique: dict[Any, str] = {}
+        for name, schedule in sorted(registry.schedules().items()):
+            unique.setdefault(schedule.fn, name)
+        candidates = sorted(unique.values())
     noise = eval_noise(n, tuple(model.sample_shape), SCHEDULE_SEED)
     fd = fd_metric(model)
     ref = None

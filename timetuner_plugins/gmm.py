@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .denoisers import DiscreteVPDenoiser, TunableDenoiser, append_dims
+from .denoisers import DiscreteVPDenoiser, FlowDenoiser, SigmaTable, TunableDenoiser, append_dims
 
 
 class GMMDenoiser(TunableDenoiser):
@@ -43,17 +43,22 @@ class GMMDenoiser(TunableDenoiser):
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.time_axis.t_to_sigma(t)
 
-    def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """E[x₀ | x₀ + σ·n = x] for flat x (B, D) and σ (B,) or scalar, in float64."""
+    def sigma_table(self) -> SigmaTable:
+        return self.time_axis.sigma_table()
+
+    def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """E[x₀ | α·x₀ + σ·n = x] for flat x (B, D), σ and α (B,) or scalars, in float64 (α = 1: the VE case;
+        α = 1 − σ: the flow path, finite at σ = 1)."""
         x = x.double()
-        var = (sigma.double().reshape(-1, 1, 1)) ** 2  # (B or 1, 1, 1)
-        diff = x[:, None, :] - self.means[None]  # (B, K, D)
+        var = (torch.as_tensor(sigma).double().reshape(-1, 1, 1)) ** 2  # (B or 1, 1, 1)
+        a = torch.as_tensor(alpha, dtype=torch.float64, device=x.device).reshape(-1, 1, 1)
+        diff = x[:, None, :] - a * self.means[None]  # (B, K, D)
         proj = torch.einsum("bkd,kde->bke", diff, self.eigvecs)
-        total = self.eigvals[None] + var  # (B, K, D)
+        total = a ** 2 * self.eigvals[None] + var  # (B, K, D): the component's covariance, per eigenvector
         log_like = (-0.5 * (proj ** 2 / total).sum(-1) - 0.5 * total.log().sum(-1)
                     - 0.5 * x.shape[1] * math.log(2 * math.pi))
         resp = torch.softmax(self.weights.log()[None] + log_like, dim=1)  # (B, K)
-        shrunk = self.eigvals[None] / total * proj
+        shrunk = a * self.eigvals[None] / total * proj
         comp_means = self.means[None] + torch.einsum("bke,kde->bkd", shrunk, self.eigvecs)
         return torch.einsum("bk,bkd->bd", resp, comp_means)
 
@@ -81,3 +86,34 @@ class GMMDenoiser(TunableDenoiser):
         z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
         x = self.means[comp] + torch.einsum("nde,ne->nd", chol[comp], z)
         return x.float().reshape(n, *self.sample_shape)
+
+
+class FlowVelocity(torch.nn.Module):
+    """The mixture's exact velocity network for the flow path x_t = (1 − t)·x₀ + t·ε: v(x, t) =
+    (x − E[x₀ | x_t = x]) / t, called as ``net(x, t·multiplier)`` like a trained flow network."""
+
+    def __init__(self, mixture: GMMDenoiser, multiplier: float = 1000.0):
+        super().__init__()
+        self.mixture, self.multiplier = mixture, multiplier
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, **extra: Any) -> torch.Tensor:
+        b = x.shape[0]
+        t = (timestep.double() / self.multiplier).reshape(-1)
+        t = t.expand(b) if t.numel() == 1 else t
+        x0 = self.mixture.posterior_mean(x.reshape(b, -1), t, 1 - t).reshape(x.shape)
+        return ((x.double() - x0) / append_dims(t, x.ndim)).to(x.dtype)
+
+
+class GMMFlowDenoiser(FlowDenoiser):
+    """The same mixture under the flow path, as a velocity model with the exact v (SD3-style, shift ``shift``):
+    FD against its exact moments is exact, as for :class:`GMMDenoiser`."""
+
+    def __init__(self, mixture: GMMDenoiser, shift: float = 1.0):
+        super().__init__(FlowVelocity(mixture), prediction="v", shift=shift)
+        self.sample_shape = mixture.sample_shape
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.mixture.moments()
+
+    def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.net.mixture.sample_data(n, generator)

@@ -85,6 +85,7 @@ def run_sampler(model: Callable[..., torch.Tensor], spec: SamplerSpec, x: torch.
     ``noise_sampler`` get seeded noise, so a run is deterministic for ``seed``.
     """
     opts = spec.options(options)
+    spec.check_space(model)
     if noise_sampler is None and spec.is_stochastic(opts):
         noise_sampler = SeededNoise(x, seed)
     if noise_sampler is not None:

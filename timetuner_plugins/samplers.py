@@ -33,6 +33,23 @@ def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1
     return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 
+def is_flow(model: Any) -> bool:
+    """Whether ``model`` (through wrappers' ``inner_model``) is a flow model, x = (1 − σ)·x₀ + σ·ε: our
+    denoisers say so with ``space == "flow"``, ComfyUI's with a CONST ``model_sampling``. Only samplers that add
+    noise need to know; the ODE dx/dσ = (x − D)/σ has the same form in both spaces."""
+    for _ in range(8):  # wrappers nest a few deep (τ hook, CFG, ComfyUI's guider)
+        space = getattr(model, "space", None)
+        if isinstance(space, str):
+            return space == "flow"
+        sampling = getattr(model, "model_sampling", None)
+        if sampling is not None:
+            return any(cls.__name__ == "CONST" for cls in type(sampling).__mro__)
+        model = getattr(model, "inner_model", None)
+        if model is None:
+            return False
+    return False
+
+
 def _randn_sampler(x: torch.Tensor) -> NoiseSampler:
     return lambda sigma, sigma_next: torch.randn_like(x)
 
@@ -56,19 +73,46 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
 
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 1.0,
                            s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
-    """Ancestral Euler steps; η=1 is DDPM's ancestral sampler (Ho et al. 2020) in σ space."""
+    """Ancestral Euler steps; η=1 is DDPM's ancestral sampler (Ho et al. 2020) in σ space. On a flow model each
+    step goes deterministically to σ_down = σ_next·(1 + (σ_next/σ − 1)·η), rescales the signal to σ_next's
+    1 − σ_next and adds the noise that brings the total back to σ_next (ComfyUI's rectified-flow form)."""
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or _randn_sampler(x)
     ones = x.new_ones([x.shape[0]])
     positive = [s > 0 for s in sigmas.tolist()]
+    flow = is_flow(model)
     for i in trange(len(sigmas) - 1, disable=disable):
         denoised = model(x, sigmas[i] * ones, **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if flow:
+            x = _flow_ancestral_step(x, denoised, sigmas[i], sigmas[i + 1], eta, s_noise, noise_sampler,
+                                     positive[i + 1])
+            continue
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if positive[i + 1]:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
+
+
+def _flow_ancestral_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                         eta: float, s_noise: float, noise_sampler: NoiseSampler, renoise: bool) -> torch.Tensor:
+    if not renoise:
+        return denoised
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+    ratio = sigma_down / sigma
+    x = ratio * x + (1 - ratio) * denoised  # the deterministic (DDIM) step to σ_down
+    if not eta:
+        return x
+    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise_scale = (sigma_next ** 2 - sigma_down ** 2 * alpha_next ** 2 / alpha_down ** 2) ** 0.5
+    return (alpha_next / alpha_down) * x + noise_sampler(sigma, sigma_next) * s_noise * renoise_scale
+
+
+def _check_churn(model: Any, s_churn: float) -> None:
+    if s_churn > 0 and is_flow(model):
+        raise ValueError("s_churn adds noise for a VE state (x = x₀ + σ·ε), not a flow model's; keep s_churn = 0 "
+                         "on flow models, or use 'ddpm' for ancestral sampling")
 
 
 def _churn(x: torch.Tensor, sigmas: torch.Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float,
@@ -86,6 +130,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 2); the step to σ=0 is Euler."""
+    _check_churn(model, s_churn)
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     host = sigmas.tolist()
@@ -108,6 +153,7 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
                  noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
     """DPM-Solver-2 (Lu et al. 2022) as a midpoint method in log σ; the step to σ=0 is Euler."""
+    _check_churn(model, s_churn)
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     host = sigmas.tolist()

@@ -36,6 +36,8 @@ def check_fraction(fraction: float) -> float:
 
 
 def _sigma_space(model: Any) -> str:
+    if getattr(model, "space", "ve") == "flow":
+        return f"a flow model, σ {model.sigma_min:.4g}…{model.sigma_max:.4g}"
     table = getattr(model, "log_sigmas", None)
     if table is not None:
         return f"a discrete {len(table)}-step schedule, σ {model.sigma_min:.4g}…{model.sigma_max:.4g}"
@@ -51,7 +53,8 @@ def check_pair(large: Any, small: Any) -> None:
         raise StitchError(f"{names} make samples of different shapes ({tuple(small.sample_shape)} vs "
                           f"{tuple(large.sample_shape)}); stitch models of one data set")
     a, b = getattr(large, "log_sigmas", None), getattr(small, "log_sigmas", None)
-    same = (a is None) == (b is None) and math.isclose(large.sigma_min, small.sigma_min, rel_tol=1e-6) \
+    spaces = getattr(large, "space", "ve"), getattr(small, "space", "ve")
+    same = spaces[0] == spaces[1] and (a is None) == (b is None) and math.isclose(large.sigma_min, small.sigma_min, rel_tol=1e-6) \
         and math.isclose(large.sigma_max, small.sigma_max, rel_tol=1e-6)
     if same and a is not None:
         same = a.shape == b.shape and bool(torch.allclose(a.cpu().double(), b.cpu().double(), rtol=1e-6, atol=0))
@@ -69,8 +72,8 @@ class StitchedDenoiser(TunableDenoiser):
         self.fraction = check_fraction(fraction)
         check_pair(large, small)
         self.large, self.small = large, small
-        for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "time_offset"):
-            setattr(self, attr, getattr(large, attr))
+        for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "time_offset", "space", "tau_max"):
+            setattr(self, attr, getattr(large, attr, getattr(TunableDenoiser, attr)))
         for attr in ("fd_kind", "tuning_features"):
             if hasattr(large, attr):
                 setattr(self, attr, getattr(large, attr))
@@ -86,6 +89,9 @@ class StitchedDenoiser(TunableDenoiser):
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.large.sigma_to_t(sigma)
+
+    def sigma_table(self):
+        return self.large.sigma_table()
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return self.large.t_to_sigma(t)

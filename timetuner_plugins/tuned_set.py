@@ -21,6 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from . import __version__
+from .denoisers import SPACES
 from .io import atomic_path
 from .tau import TauLookup
 
@@ -162,6 +163,8 @@ class TunedSet:
         """Compare against a run; raise :class:`TunedSetMismatch` on any difference unless ``force``
         (then warn); ``force_hint`` says how the caller's user forces it. Returns the differences."""
         problems = []
+        if model is not None:
+            problems += self._space_problems(model)
         fingerprint = getattr(model, "fingerprint", None)
         if model is not None and fingerprint != self.model_fingerprint:
             problems.append(f"tuned for model {self.model_id!r} (fingerprint {self.model_fingerprint[:12]}…) but the "
@@ -179,6 +182,21 @@ class TunedSet:
         for problem in problems:
             warnings.warn(f"{self.path or 'tuned set'}: {problem} (applied anyway: force)", stacklevel=2)
         return problems
+
+    def _space_problems(self, model: Any) -> list[str]:
+        """A set for another σ space is refused outright (its σ's mean other noise levels there, so no force);
+        another flow shift is a difference like any other."""
+        recorded = self.extra.get("model") or {"space": "ve"}  # sets from before flow models are VE/VP
+        space = getattr(model, "space", "ve")
+        if recorded.get("space", "ve") != space:
+            raise TunedSetMismatch(self.path, f"tuned for {SPACES.get(recorded.get('space'), recorded.get('space'))} "
+                                   f"but the run's model is {SPACES.get(space, space)}",
+                                   "A set only applies to models of its own parameterisation: tune one for this model")
+        shift = getattr(model, "shift", None)
+        if space == "flow" and shift is not None and "shift" in recorded and \
+                abs(float(recorded["shift"]) - float(shift)) > 1e-6 * abs(float(shift)):
+            return [f"tuned for flow shift {recorded['shift']:g} but the run's model has shift {float(shift):g}"]
+        return []
 
     def summary(self) -> dict[str, Any]:
         meta = {k: (json.loads(v) if k in JSON_FIELDS else v) for k, v in self.metadata().items()}

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from registry import SamplerSpec
 
 from . import checkpoint, objectives
+from .denoisers import parameterisation
 from .metrics import fd_metric
 from .noise import BrownianNoise, SeededNoise
 from .run import eval_sigmas, model_device, run_sampler, sampler_spec
@@ -145,6 +146,7 @@ class TuneResult:
     selection: dict[str, Any] = field(default_factory=dict)
     dode_lambda: torch.Tensor | None = None
     feature_space: str = "pixel"
+    iterations_run: int = 0
 
     def tuned_set(self, model: Any, metrics_before: dict | None = None, metrics_after: dict | None = None,
                   extra: dict | None = None) -> TunedSet:
@@ -158,10 +160,12 @@ class TuneResult:
             iterations=cfg.iters, seed=cfg.seed, data_source=cfg.data,
             sampler_options={k: v for k, v in self.options.items() if _jsonable(v)},
             metrics_before=metrics_before or {}, metrics_after=metrics_after or {},
-            extra={"families": list(cfg.families), "features": self.feature_space, "param": cfg.param,
+            extra={"model": parameterisation(model), "families": list(cfg.families), "features": self.feature_space,
+                   "param": cfg.param,
                    "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
                    "teacher_substeps": cfg.teacher_substeps, "tune_seconds": round(self.seconds, 2),
                    "final_loss": self.losses[-1] if self.losses else None, "selection": self.selection,
+                   "iterations_run": self.iterations_run,
                    **(extra or {})})
 
 
@@ -226,10 +230,22 @@ class TauParam(torch.nn.Module):
         raw = (self.raw if raw is None else raw)[:self.k]
         ev = self.eval_sigmas if ev is None else ev
         if self.kind == "log_ratio":
-            return ev * torch.exp(LOG_RATIO_BOUND * torch.tanh(raw / LOG_RATIO_BOUND))
+            tau = ev * torch.exp(self._log_ratio(raw, ev))
+            tau_max = getattr(self.model, "tau_max", None)
+            return tau if tau_max is None else tau.clamp(max=tau_max)  # exp's rounding may not pass τ_max
         offset = float(getattr(self.model, "time_offset", 0.0))
         t = self.model.sigma_to_t(ev) + offset
         return self.model.t_to_sigma(raw * t - offset)
+
+    def _log_ratio(self, raw: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
+        """log τ/σ = b·tanh(raw/b) with b = LOG_RATIO_BOUND; upwards also at most log(τ_max/σ) for a model whose
+        network was trained up to ``tau_max`` (a flow model's σ = 1), so τ never leaves that range."""
+        bound = LOG_RATIO_BOUND
+        tau_max = getattr(self.model, "tau_max", None)
+        if tau_max is None:
+            return bound * torch.tanh(raw / bound)
+        up = torch.log(tau_max / ev).clamp(1e-6, bound)  # σ at τ_max: τ may only move down
+        return torch.where(raw > 0, up * torch.tanh(raw / up), bound * torch.tanh(raw / bound))
 
     def schedule(self, raw: torch.Tensor) -> torch.Tensor:
         if "sigma" not in self.families or self.gaps == 0:
@@ -317,7 +333,9 @@ class Tuner:
              noise_sampler: Callable | None, seed: int, states: list[torch.Tensor] | None = None,
              spec: SamplerSpec | None = None, extra_args: dict | None = None) -> torch.Tensor:
         callback = (lambda info: states.append(info["x"])) if states is not None else None
-        return run_sampler(self.model, spec or self.spec, x, sigmas, lookup=lookup, options=self.options,
+        spec = spec or self.spec
+        options = self.options if spec.name == self.spec.name else None  # a teacher of another kind: its defaults
+        return run_sampler(self.model, spec, x, sigmas, lookup=lookup, options=options,
                            extra_args=extra_args, noise_sampler=noise_sampler, seed=seed, callback=callback)
 
     def _noise_sampler(self, key: int, like: torch.Tensor) -> Callable | None:
@@ -535,9 +553,18 @@ class Tuner:
                 state.scores.append((0, untuned))
                 state.best_score, state.best_iter, state.best_raw = untuned, 0, None
         self.losses = state.losses
+        total = self._planned = len(phases) * cfg.iters
+        with tqdm(total=total, initial=state.phase * cfg.iters + state.next_iter, desc=f"tune {self.spec.name}",
+                  disable=not cfg.show_progress) as bar:  # closed before any message, also on Ctrl-C
+            self._optimise(state, phases, bar, progress)
+        if self.checkpoint is not None:
+            self.checkpoint.unlink(missing_ok=True)
+        return self._result(state, time.perf_counter() - started)
+
+    def _optimise(self, state: checkpoint.TunerState, phases: list[list[int]], bar: tqdm,
+                  progress: Callable[[int, int], None] | None) -> None:
+        cfg = self.config
         total = len(phases) * cfg.iters
-        bar = tqdm(total=total, initial=state.phase * cfg.iters + state.next_iter, desc=f"tune {self.spec.name}",
-                   disable=not cfg.show_progress)
         for phase in range(state.phase, len(phases)):
             mask = self.param.trainable(phases[phase])
             opt = torch.optim.Adam([self.param.raw], lr=cfg.lr)
@@ -565,6 +592,8 @@ class Tuner:
                     self._consider(state, step)
                     if not done and len(phases) == 1 and stalled(state.scores, cfg.patience, cfg.min_improvement):
                         done, state.stopped_at = True, step
+                        bar.total = step
+                        bar.set_postfix_str(f"stopped early: {self.stop_reason(step)}")
                 state.raw = self.param.raw.detach().clone()
                 state.phase, state.next_iter = (phase + 1, 0) if done else (phase, it + 1)
                 state.optimizer = None if done else opt.state_dict()
@@ -575,10 +604,12 @@ class Tuner:
             state.next_iter, state.optimizer = 0, None
         if progress is not None and state.stopped_at is not None:
             progress(total, total)
-        bar.close()
-        if self.checkpoint is not None:
-            self.checkpoint.unlink(missing_ok=True)
-        return self._result(state, time.perf_counter() - started)
+
+    def stop_reason(self, step: int) -> str:
+        """Why a run that ended at ``step`` stopped before its configured iterations."""
+        cfg = self.config
+        return (f"iteration {step} of {cfg.iters}: {cfg.patience} validations in a row without a "
+                f"{cfg.min_improvement:.1%} gain (patience 0 runs every iteration)")
 
     def _result(self, state: checkpoint.TunerState, seconds: float) -> TuneResult:
         selection: dict[str, Any] = {}
@@ -603,7 +634,8 @@ class Tuner:
                           sigmas=chosen.sigmas.detach().float().cpu(), sampler=self.spec.name, schedule=schedule,
                           config=self.config, options=self.options, losses=self.losses, seconds=seconds,
                           selection=selection, dode_lambda=None if lam is None else lam.detach().float().cpu(),
-                          feature_space=self.feature_space)
+                          feature_space=self.feature_space,
+                          iterations_run=state.stopped_at or self._planned)
 
     def _fingerprint(self) -> str:
         parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None}, self.spec.name,

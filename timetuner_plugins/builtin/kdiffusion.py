@@ -13,6 +13,7 @@ import inspect
 from registry import AdapterSpec, SamplerSpec, add_problem, hookimpl, one_eval_per_step, two_evals_per_step
 
 PLUGIN = __name__
+PREFIX = "k_diffusion."  # the names this plugin registers
 HINT = ("install them with: pip install 'timetuner[k-diffusion]' (k-diffusion needs a torch build that "
         "torchvision supports; see the README)")
 ONE_EVAL = ("euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
@@ -29,13 +30,14 @@ def _kdiffusion():
         from k_diffusion import external, layers, sampling
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "k_diffusion":
-            add_problem(PLUGIN, f"k-diffusion samplers unavailable: k-diffusion is not installed; {HINT}")
+            add_problem(PLUGIN, f"k-diffusion samplers unavailable: k-diffusion is not installed; {HINT}", PREFIX)
         else:
-            add_problem(PLUGIN, f"k-diffusion samplers unavailable: importing k-diffusion needs {exc.name!r}; {HINT}")
+            add_problem(PLUGIN, f"k-diffusion samplers unavailable: importing k-diffusion needs {exc.name!r}; {HINT}",
+                        PREFIX)
         return None
     except Exception as exc:  # e.g. torchvision built for another torch: "operator torchvision::nms does not exist"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        add_problem(PLUGIN, f"k-diffusion samplers unavailable: importing k-diffusion failed ({first}); {HINT}")
+        add_problem(PLUGIN, f"k-diffusion samplers unavailable: importing k-diffusion failed ({first}); {HINT}", PREFIX)
         return None
     return sampling, external, layers
 
@@ -70,7 +72,8 @@ def register_samplers(register):
     for name in ONE_EVAL + TWO_EVALS:
         real = inspect.unwrap(getattr(sampling, f"sample_{name}"))
         register(SamplerSpec(f"k_diffusion.{name}", real, one_eval_per_step if name in ONE_EVAL else two_evals_per_step,
-                             stochastic=_stochastic(name), description=f"k-diffusion sample_{name}"))
+                             stochastic=_stochastic(name), description=f"k-diffusion sample_{name}",
+                             spaces=("ve",) if name in ALWAYS_STOCHASTIC else ("ve", "flow")))
     register(SamplerSpec("k_diffusion.dpm_fast", _fixed_grid(inspect.unwrap(sampling.sample_dpm_fast), True),
                          one_eval_per_step, tunable=False, description="k-diffusion sample_dpm_fast",
                          untunable_reason="it lays out its own σ grid from (σ_min, σ_max, n), so τ cannot be keyed "

@@ -15,3 +15,5 @@ def register_models(register):
                        "8x8 digits, EDM preconditioning (Karras et al. 2022), same U-Net, class-conditional"))
     register(ModelSpec("gmm-digits", lambda: bundled.load("gmm-digits"),
                        "Gaussian mixture fit to the digits with its exact denoiser (no network)"))
+    register(ModelSpec("gmm-digits-flow", lambda: bundled.load("gmm-digits-flow"),
+                       "the same Gaussian mixture under the flow path, exact velocity (no network)"))

@@ -12,6 +12,7 @@ TRAINERS = {
     "digits-ddpm": digits.train_ddpm,
     "digits-ddpm-small": digits.train_ddpm_small,
     "digits-edm": digits.train_edm,
+    "digits-flow": digits.train_flow,
     "gmm-digits": lambda out, steps=None, **kw: digits.fit_gmm(out, **kw),
     "digits-classifier": digits.train_classifier,
     "digits-features": digits.train_features,

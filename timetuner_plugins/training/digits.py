@@ -129,6 +129,33 @@ def train_edm(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3,
                    **EDM, "final_loss": loss, "seconds": round(time.time() - started, 1), "library": __version__}})
 
 
+FLOW = {"prediction": "v", "multiplier": 1000.0, "timesteps": 1000, "logit_mean": 0.0, "logit_std": 1.0}
+
+
+def train_flow(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3, seed: int = 0,
+               shift: float = 1.0) -> None:
+    """Rectified flow (Liu et al. 2023; SD3's recipe, Esser et al. 2024): x_t = (1 − t)·x₀ + t·ε with t drawn
+    logit-normal (mean 0, std 1), the network conditioned on 1000·t and trained to predict v = ε − x₀.
+    ``shift`` is recorded for sampling (the σ table's time shift), not used in training."""
+    torch.manual_seed(seed)
+    net = nets.DigitsUNet()
+
+    def loss_fn(x0, y, gen):
+        t = torch.sigmoid(torch.randn(len(x0), generator=gen) * FLOW["logit_std"] + FLOW["logit_mean"])
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+        return F.mse_loss(net(xt, t * FLOW["multiplier"], y), noise - x0)
+
+    started = time.time()
+    ema, loss = _train_denoiser(loss_fn, net, steps, batch, lr, seed, "digits-flow")
+    _save(out, {f"net.{k}": v for k, v in ema.state_dict().items()}, {
+        "kind": "flow", "prediction": FLOW["prediction"], "shift": str(shift), "multiplier": str(FLOW["multiplier"]),
+        "timesteps": str(FLOW["timesteps"]), "arch": "DigitsUNet", "config": ema.config, "sample_shape": [1, 8, 8],
+        "model_id": "digits-flow",
+        "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema": 0.999, "label_drop": LABEL_DROP,
+                   **FLOW, "final_loss": loss, "seconds": round(time.time() - started, 1), "library": __version__}})
+
+
 def fit_gmm(out: Path, components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> None:
     """A full-covariance Gaussian mixture fit by EM (scikit-learn) to the training digits."""
     from sklearn.mixture import GaussianMixture
