@@ -99,24 +99,26 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int = 3, n: int = 10_000)
     t = ((beta_min ** 2 + 2 * beta_d * (sigmas ** 2 + 1).log()).sqrt() - beta_min) / beta_d
     grid = torch.linspace(0, 1, n, dtype=sigmas.dtype, device=sigmas.device)
     host = sigmas.tolist()
-    table: list[list[torch.Tensor]] = []
-    for i in range(len(host) - 1):
-        order = min(i + 1, max_order)
-        if order == 1 or host[i + 1] <= 0:
-            table.append([])
+    table: list[list[torch.Tensor]] = [[] for _ in host[1:]]
+    for order in range(2, max_order + 1):  # all steps of one order at once, as (steps, n) arrays
+        rows = [i for i in range(len(host) - 1) if min(i + 1, max_order) == order and host[i + 1] > 0]
+        if not rows:
             continue
-        taus = t[i] + (t[i + 1] - t[i]) * grid
+        i = torch.tensor(rows, device=sigmas.device)
+        span = (t[i + 1] - t[i])[:, None]
+        taus = t[i][:, None] + span * grid
         alpha_bar = torch.exp(-0.5 * taus ** 2 * beta_d - taus * beta_min)
-        weight = 0.5 * (taus * beta_d + beta_min) / torch.sqrt(alpha_bar * (1 - alpha_bar)) * ((t[i + 1] - t[i]) / n)
-        nodes = [t[i - k] for k in range(order)]
-        row = []
+        weight = 0.5 * (taus * beta_d + beta_min) / torch.sqrt(alpha_bar * (1 - alpha_bar)) * (span / n)
+        nodes = [t[i - k][:, None] for k in range(order)]
+        columns = []
         for j in range(order):
             basis = torch.ones_like(taus)
             for k in range(order):
                 if k != j:
                     basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
-            row.append((weight * basis).sum())
-        table.append(row)
+            columns.append((weight * basis).sum(1))
+        for r, row in enumerate(rows):
+            table[row] = [c[r] for c in columns]
     return table
 
 
