@@ -73,13 +73,11 @@ def comfy_samplers():
 
 @pytest.mark.parametrize("name", NEW)
 @pytest.mark.parametrize("kind", ["ve", "flow"])
-@pytest.mark.parametrize("steps", [1, 2, 3, 10])
-@pytest.mark.parametrize("end", ["zero", "open"])
+@pytest.mark.parametrize("steps,end", [(1, "zero"), (2, "zero"), (3, "zero"), (10, "zero"), (2, "open"), (3, "open"),
+                                       (10, "open")])
 def test_matches_comfyui(comfy_samplers, gmm, name, kind, steps, end):
     """Same denoiser, noise and σ's: within 1e-5 max abs in float32, the last step included; ``open`` drops
     the final 0 (a split schedule, as SamplerCustom runs)."""
-    if end == "open" and steps == 1:
-        pytest.skip("an open schedule needs two σ's")
     model, sigmas = (lambda x, s, **_: gmm(x, s), karras_ve(steps)) if kind == "ve" else \
         (flow_denoiser(gmm), flow_shift(steps))
     sigmas = sigmas if end == "zero" else sigmas[:-1]

@@ -24,9 +24,9 @@ UNIPC_LAST_SIGMA = 0.001  # ComfyUI's UniPC stops here instead of at σ = 0
 def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None) -> torch.Tensor:
     """RES 2nd-order multistep (Zhang et al. 2023, arXiv:2308.02157), ComfyUI's ``res_multistep``.
 
-    An exponential integrator in t = −log σ on the data prediction: x' = e^{−h}·x + h·(b₁·D_i + b₂·D_{i−1})
-    with b₂ = φ₂(−h)/c₂, b₁ = φ₁(−h) − b₂ and c₂ = (t_{i−1} − t_i)/h. The first step and the step to σ = 0
-    are Euler steps.
+    An exponential integrator in t = −log σ on the data prediction:
+    x' = e^{−h}·x + h·(b₁·D_i + b₂·D_{i−1}), b₂ = φ₂(−h)/c₂, b₁ = φ₁(−h) − b₂, c₂ = (t_{i−1} − t_i)/h.
+    The first step and the step to σ = 0 are Euler steps.
     """
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
@@ -58,6 +58,8 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """Improved PNDM (Zhang & Chen 2023, DEIS paper, arXiv:2204.13902): Adams–Bashforth on d = dx/dσ with
     the fixed equal-step coefficients of order min(i+1, max_order) ≤ 4, whatever the σ spacing. The step to
     σ = 0 returns the denoised x (ComfyUI's ``ipndm``)."""
+    if max_order not in _AB:
+        raise ValueError(f"max_order must be 1 to 4, got {max_order}")
     extra_args = extra_args or {}
     ones = x.new_ones([x.shape[0]])
     host = sigmas.tolist()
@@ -89,9 +91,10 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int = 3, n: int = 10_000)
     Time is t of the VP SDE fitted to σ ∈ [0.002, 80] with ε_s = 1e-3 (log(1+σ²) = β_d·t²/2 + β_min·t),
     whatever the model. Step i's coefficient for d at t_{i−j} is ∫_{t_i}^{t_{i+1}} σ'(t)·ℓ_j(t) dt, ℓ_j
     the Lagrange basis over t_i, t_{i−1}, …, as a sum over ``n`` points from t_i to t_{i+1} inclusive
-    times (t_{i+1} − t_i)/n, with σ'(t) = ½·(β_d·t + β_min)/√(ᾱ(1−ᾱ)), ᾱ = 1/(1+σ²). That Riemann sum, the
-    fit's rounding and the σ dtype are ComfyUI's: its float32 coefficients carry errors (1 − ᾱ cancels
-    near σ = 0) that move a VE run by ~1e-5. Differentiable in σ; entry i is empty for an Euler step.
+    times (t_{i+1} − t_i)/n, with σ'(t) = ½·(β_d·t + β_min)/√(ᾱ(1−ᾱ)), ᾱ = 1/(1+σ²). That Riemann sum,
+    the fit's rounding and the σ dtype are ComfyUI's: its float32 coefficients carry errors (1 − ᾱ
+    cancels near σ = 0) that move a VE run by ~1e-5. Differentiable in σ; entry i is empty for an Euler
+    step.
     """
     eps_s, s_min, s_max = 1e-3, 0.002, 80.0
     beta_d = 2 * (_f32_log1p_sq(s_min) / eps_s - _f32_log1p_sq(s_max)) / (eps_s - 1)
@@ -157,8 +160,9 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
     The state is VP-scaled, x/√(1+σ²); order min(3, steps − 1), lower near the start and at the end; UniC
     corrects every step but the last, reusing the evaluation at the predicted point as the next step's
-    D. A final σ = 0 is replaced by 0.001 and the output is x at that σ, not D; with one step the run
-    evaluates once and returns x₀/√(1+σ₀²)·√(1+0.001²) unchanged (ComfyUI does the same).
+    D. A final σ = 0 is replaced by 0.001 (the caller's σ's are left alone) and the output is x at that
+    σ, not D. With one step (order 0) the run evaluates once and returns its input times
+    √(1+0.001²)/√(1+σ₀²), as ComfyUI's does.
     """
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
