@@ -107,12 +107,12 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int = 3, n: int = 10_000)
         rows = [i for i in range(len(host) - 1) if min(i + 1, max_order) == order and host[i + 1] > 0]
         if not rows:
             continue
-        i = torch.tensor(rows, device=sigmas.device)
-        span = (t[i + 1] - t[i])[:, None]
-        taus = t[i][:, None] + span * grid
+        lo, hi = rows[0], rows[-1] + 1  # consecutive steps: slices, no index tensor to copy to the device
+        span = (t[lo + 1:hi + 1] - t[lo:hi])[:, None]
+        taus = t[lo:hi, None] + span * grid
         alpha_bar = torch.exp(-0.5 * taus ** 2 * beta_d - taus * beta_min)
         weight = 0.5 * (taus * beta_d + beta_min) / torch.sqrt(alpha_bar * (1 - alpha_bar)) * (span / n)
-        nodes = [t[i - k][:, None] for k in range(order)]
+        nodes = [t[lo - k:hi - k, None] for k in range(order)]
         columns = []
         for j in range(order):
             basis = torch.ones_like(taus)
@@ -120,8 +120,8 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int = 3, n: int = 10_000)
                 if k != j:
                     basis = basis * (taus - nodes[k]) / (nodes[j] - nodes[k])
             columns.append((weight * basis).sum(1))
-        for r, row in enumerate(rows):
-            table[row] = [c[r] for c in columns]
+        for row in rows:
+            table[row] = [c[row - lo] for c in columns]
     return table
 
 
@@ -154,6 +154,11 @@ def _vp(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return log_alpha.exp(), var.sqrt(), log_alpha - 0.5 * var.log()
 
 
+def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve`` without its error check, which would sync with the device every step."""
+    return torch.linalg.solve_ex(a, b, check_errors=False)[0]
+
+
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, variant: str = "bh1") -> torch.Tensor:
     """UniPC (Zhao et al. 2023, arXiv:2302.04867), multistep, data prediction, B(h) = h (``bh1``) or e^h − 1
     (``bh2``), as ComfyUI's ``uni_pc``/``uni_pc_bh2`` run it.
@@ -183,7 +188,8 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
     history = [(0, data(x, 0))]  # (σ index, D), newest last, at most `order` entries
     for i in trange(steps, disable=disable):
         j0, m0 = history[-1]
-        _report(callback, x / alpha[i], i, sigmas[i], sigmas[i], m0)
+        if callback is not None:
+            _report(callback, x / alpha[i], i, sigmas[i], sigmas[i], m0)
         s = i + 1
         p = s if s < order else min(order, steps + 1 - s)
         if p < 1:
@@ -208,13 +214,13 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
         x_base = (sd[s] / sd[j0]) * x - (alpha[s] * h_phi_1) * m0
         x_pred = x_base
         if p >= 2:
-            rhos_p = [0.5] if p == 2 else torch.linalg.solve(big_r[:-1, :-1], b[:-1])
+            rhos_p = [0.5] if p == 2 else _solve(big_r[:-1, :-1], b[:-1])
             x_pred = x_base - (alpha[s] * b_h) * sum(rho * d for rho, d in zip(rhos_p, d1s))
         if s == steps:  # no corrector on the last step, and no evaluation there
             x = x_pred
             continue
         m_s = data(x_pred, s)
-        rhos_c = [0.5] if p == 1 else torch.linalg.solve(big_r, b)
+        rhos_c = [0.5] if p == 1 else _solve(big_r, b)
         corr = rhos_c[-1] * (m_s - m0)
         if d1s:
             corr = sum(rho * d for rho, d in zip(rhos_c[:-1], d1s)) + corr
