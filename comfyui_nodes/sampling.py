@@ -8,6 +8,7 @@ import torch
 
 from registry import SamplerSpec
 from timetuner_plugins.denoisers import TunableDenoiser
+from timetuner_plugins.multistep import UNIPC_LAST_SIGMA, sample_unipc, sample_unipc_bh2
 from timetuner_plugins.noise import SeededNoise
 from timetuner_plugins.samplers import run_options
 from timetuner_plugins.tau import TauLookupError
@@ -15,6 +16,12 @@ from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
 
 from .model_patch import install_timestep, sampling_of, sampling_parameters, warn
 from .tau_patch import TauTimestep, schedule_problem
+
+# Samplers that stop short of a final σ = 0 (ComfyUI's UniPC stops at 0.001). ComfyUI's own UniPC writes that σ
+# into KSAMPLER's σ's, so KSAMPLER un-scales its output from there (x/(1−σ) for a CONST/flow model); ours leave
+# the σ's alone, so ``run`` un-scales from the stopping σ itself, and the two agree on every kind of model.
+STOPS_SHORT = {sample_unipc: UNIPC_LAST_SIGMA, sample_unipc_bh2: UNIPC_LAST_SIGMA}
+
 
 class _Counted:
     """Calls ComfyUI's model with the k-th evaluation's τ/σ forced on the timestep stand-in (and, for a
@@ -68,11 +75,14 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
                 lookup = tuned.lookup().to(x.device, x.dtype)
                 call = _Counted(model, stand_in, lookup.ratio, offset, lookup.dode_lambda)
         try:
-            return spec.fn(call, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                           **run_options(spec.fn, options))
+            out = spec.fn(call, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                          **run_options(spec.fn, options))
         finally:
             if installed:
                 del sampling_of(model).timestep  # back to the class's own method
+        if spec.fn in STOPS_SHORT and float(sigmas[-1]) == 0:
+            out = sampling_of(model).inverse_noise_scaling(sigmas.new_tensor(STOPS_SHORT[spec.fn]), out)
+        return out
     run.__name__ = f"sample_{spec.name}"
     return run
 

@@ -135,3 +135,25 @@ def test_every_evaluation_gets_its_own_tau_under_stock_samplers(sampler, cfg):
         assert x.shape[0] == (4 if cfg > 1 else 2)
         expected = stand_in.fractional(ev[k:k + 1].double() * ratio[k].double()).float()
         torch.testing.assert_close(t, expected.expand_as(t), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["res_multistep", "ipndm", "deis", "uni_pc", "uni_pc_bh2"])
+@pytest.mark.parametrize("model_type", [comfy.model_base.ModelType.FLOW, comfy.model_base.ModelType.EPS])
+def test_registry_multistep_samplers_match_comfyuis_own(name, model_type):
+    """Through KSAMPLER (noise scaling in, inverse noise scaling out) on a CONST (flow) and an EPS model: the
+    node pack's registry sampler gives ComfyUI's stock result, UniPC's stop at σ = 0.001 included."""
+    from comfyui_nodes.sampling import sampler_function
+    import registry
+
+    model = make(model_type)
+    ms = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, "simple" if model_type.name == "FLOW" else "karras", 6).cpu()
+    cond, latent = [[torch.zeros(1, 1, 4), {}]], torch.zeros(2, 1, 4, 4)
+    noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    ours = comfy.samplers.KSAMPLER(sampler_function(registry.get_sampler(name), None, False))
+    with torch.inference_mode():
+        stock = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object(name), sigmas.clone(),
+                                           cond, cond, latent, seed=0, disable_pbar=True)
+        native = comfy.sample.sample_custom(model, noise, 1.0, ours, sigmas.clone(), cond, cond, latent, seed=0,
+                                            disable_pbar=True)
+    assert (stock - native).abs().max() < 1e-5

@@ -68,6 +68,15 @@ def test_shipped_set_on_cuda_matches_cpu(ddpm, sampler, nfe):
     assert (outs[0] - outs[1]).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("sampler", ["res_multistep", "ipndm", "deis", "uni_pc", "uni_pc_bh2"])
+def test_multistep_samplers_on_cuda_match_cpu(ddpm, sampler):
+    spec, sigmas = registry.get_sampler(sampler), make_sigmas(ddpm, "karras", 8)
+    x = noise(64, seed=5) * sigmas[0]
+    with torch.no_grad():
+        cpu, gpu = (run_sampler(_on(ddpm, d), spec, x.to(d), sigmas).cpu() for d in ("cpu", CUDA))
+    assert (cpu - gpu).abs().max() < 1e-3
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_tuned_sampling_in_half_precision_stays_close_to_float32(ddpm, dtype):
     ts = shipped.load(shipped.find("digits-ddpm", "ddim", nfe=10))
@@ -81,7 +90,7 @@ def test_tuned_sampling_in_half_precision_stays_close_to_float32(ddpm, dtype):
     assert rms < (0.02 if dtype == torch.float16 else 0.06), float(rms)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun", "res_multistep", "ipndm", "deis", "uni_pc"])
 def test_tau_wrapper_adds_no_host_sync(ddpm, sampler):
     """A τ-wrapped run makes exactly the synchronising calls of the plain run, at any step count."""
     model, spec = _on(ddpm, CUDA), registry.get_sampler(sampler)

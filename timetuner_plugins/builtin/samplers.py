@@ -2,6 +2,7 @@
 
 from registry import SamplerSpec, hookimpl, one_eval_per_step, two_evals_per_step
 
+from .. import multistep as m
 from .. import samplers as s
 
 
@@ -21,3 +22,13 @@ def register_samplers(register):
                          description="DPM-Solver-2, midpoint in log sigma"))
     register(SamplerSpec("dpmpp_2m", s.sample_dpmpp_2m, one_eval_per_step,
                          description="DPM-Solver++(2M), 2nd-order multistep"))
+    register(SamplerSpec("res_multistep", m.sample_res_multistep, one_eval_per_step,
+                         description="RES 2nd-order multistep, exponential integrator (ComfyUI's res_multistep)"))
+    register(SamplerSpec("ipndm", m.sample_ipndm, one_eval_per_step,
+                         description="improved PNDM, 4th-order Adams-Bashforth on dx/dsigma"))
+    register(SamplerSpec("deis", m.sample_deis, one_eval_per_step,
+                         description="DEIS-tAB, max order 3, ComfyUI's tabulated coefficients"))
+    register(SamplerSpec("uni_pc", m.sample_unipc, one_eval_per_step,
+                         description="UniPC, B(h)=h (bh1), order 3 multistep predictor-corrector, ends at sigma=0.001"))
+    register(SamplerSpec("uni_pc_bh2", m.sample_unipc_bh2, one_eval_per_step,
+                         description="UniPC, B(h)=e^h-1 (bh2), order 3 multistep predictor-corrector, ends at sigma=0.001"))
