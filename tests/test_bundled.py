@@ -16,14 +16,15 @@ from helpers import noise
 
 
 def test_models_load_with_distinct_stable_fingerprints():
-    prints = {name: registry.load_model(name).fingerprint for name in ("digits-ddpm", "digits-edm", "gmm-digits")}
-    assert len(set(prints.values())) == 3
+    names = ("digits-ddpm", "digits-edm", "gmm-digits", "digits-flow", "gmm-digits-flow")
+    prints = {name: registry.load_model(name).fingerprint for name in names}
+    assert len(set(prints.values())) == len(names)
     assert registry.load_model("digits-ddpm").fingerprint == prints["digits-ddpm"]
     for name in bundled.FILES:
         assert bundled.weights_path(name).stat().st_size <= 5 * 2 ** 20
 
 
-@pytest.mark.parametrize("name", ["digits-ddpm", "digits-edm"])
+@pytest.mark.parametrize("name", ["digits-ddpm", "digits-edm", "digits-flow"])
 def test_many_step_samples_are_recognisable_digits(name):
     model = registry.load_model(name)
     spec = registry.get_sampler("dpmpp_2m")
@@ -54,3 +55,7 @@ def test_training_script_runs_a_few_steps(tmp_path):
     out = tmp_path / "edm.safetensors"
     training.train_edm(out, steps=3, batch=16)
     assert bundled.load_path(out).sigma_max == 80.0
+    out = tmp_path / "flow.safetensors"
+    training.train_flow(out, steps=3, batch=16, shift=3.0)
+    flow = bundled.load_path(out)
+    assert flow.space == "flow" and flow.shift == 3.0 and flow.default_schedule == "simple"

@@ -100,7 +100,8 @@ def default_plan() -> Plan:
     samplers = ["ddim", "ddpm", "heun", "dpm_2", "dpmpp_2m"]
     samplers += sorted(n for n, s in registry.samplers().items() if n.startswith("k_diffusion.") and s.tunable)
     ablations = ("energy", "ours-real")  # selectable with --methods; not in the default grid
-    return Plan(models=["digits-ddpm", "digits-edm", "gmm-digits", "gmm-digits-flow"], samplers=samplers,
+    return Plan(models=["digits-ddpm", "digits-edm", "gmm-digits", "digits-flow", "gmm-digits-flow"],
+                samplers=samplers,
                 nfes=[4, 5, 6, 8, 10, 15, 20], methods=[m for m in METHODS if m not in ablations], seeds=[0, 1, 2])
 
 

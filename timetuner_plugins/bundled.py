@@ -18,6 +18,7 @@ FILES = {
     "digits-ddpm": "digits_ddpm.safetensors",
     "digits-ddpm-small": "digits_ddpm_small.safetensors",
     "digits-edm": "digits_edm.safetensors",
+    "digits-flow": "digits_flow.safetensors",
     "gmm-digits": "gmm_digits.safetensors",
     "digits-classifier": "digits_classifier.safetensors",
     "digits-features": "digits_features.safetensors",

@@ -15,5 +15,7 @@ def register_models(register):
                        "8x8 digits, EDM preconditioning (Karras et al. 2022), same U-Net, class-conditional"))
     register(ModelSpec("gmm-digits", lambda: bundled.load("gmm-digits"),
                        "Gaussian mixture fit to the digits with its exact denoiser (no network)"))
+    register(ModelSpec("digits-flow", lambda: bundled.load("digits-flow"),
+                       "8x8 digits, rectified flow (SD3-style: velocity, logit-normal t), same U-Net, class-conditional"))
     register(ModelSpec("gmm-digits-flow", lambda: bundled.load("gmm-digits-flow"),
                        "the same Gaussian mixture under the flow path, exact velocity (no network)"))
