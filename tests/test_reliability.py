@@ -124,14 +124,17 @@ class _Hungry(torch.nn.Module):
         return self.inner(x, sigma, cond_sigma=cond_sigma, **extra)
 
 
-def test_out_of_memory_names_a_smaller_batch(gmm, tmp_path):
+def test_out_of_memory_names_micro_batches_and_they_fix_it(gmm, tmp_path):
     model = _Hungry(gmm, limit=40)
     sigmas = make_sigmas(gmm, "logsnr", 3)
     ckpt = tmp_path / "x.ckpt"
-    with pytest.raises(TuneError, match=r"out of memory at batch 64.*--batch 32"):
-        Tuner(model, "ddim", sigmas, config=TuneConfig(batch=64, pool=64, show_progress=False),
-              checkpoint=ckpt).tune()
+    small = dict(batch=64, pool=64, val_size=64, iters=3, show_progress=False)
+    with pytest.raises(TuneError, match=r"out of memory at 64 rows per pass.*--micro-batch 32.*--batch 32"):
+        Tuner(model, "ddim", sigmas, config=TuneConfig(**small), checkpoint=ckpt).tune()
     assert not ckpt.exists()
+    fits = Tuner(model, "ddim", sigmas, config=TuneConfig(**small, micro_batch=32)).tune()
+    whole = Tuner(gmm, "ddim", sigmas, config=TuneConfig(**small)).tune()
+    torch.testing.assert_close(fits.tau, whole.tau, rtol=1e-5, atol=0)
 
 
 def test_cli_out_of_memory_leaves_no_file(tmp_path, monkeypatch):
@@ -142,7 +145,7 @@ def test_cli_out_of_memory_leaves_no_file(tmp_path, monkeypatch):
     out = tmp_path / "oom.safetensors"
     result = CliRunner().invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3",
                                       "--batch", "512", "--out", str(out), "--quiet"])
-    assert result.exit_code == 1 and "--batch 256" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "--micro-batch 256" in result.output and "Traceback" not in result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

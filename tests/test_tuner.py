@@ -122,7 +122,7 @@ def test_paper_objective_lowers_each_interval_loss(ddpm, mode, sampler):
     def held_out_loss(i, raw):
         with torch.no_grad():
             tuner.param.raw.copy_(raw)
-            return _mean([tuner._paper_loss(i, j, counts).item() for j in range(1000, 1006)])
+            return _mean([tuner.interval_loss(i, j) for j in range(1000, 1006)])
 
     for i in range(3):
         untuned_here = tuned.clone()
@@ -144,14 +144,14 @@ def test_resume_equals_an_uninterrupted_run(gmm, tmp_path):
 
     ckpt = tmp_path / "run.ckpt"
     stopped = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt)
-    original = stopped._joint_loss
+    original = stopped._joint_step
 
     def stop_after_seven(iteration):
         if iteration == 7:
             raise KeyboardInterrupt
         return original(iteration)
 
-    stopped._joint_loss = stop_after_seven
+    stopped._joint_step = stop_after_seven
     with pytest.raises(KeyboardInterrupt):
         stopped.tune()
     assert ckpt.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -55,10 +56,9 @@ class _Group(click.Group):
         return list(self.commands)  # in the order they are defined: the tuning workflow first
 
     def invoke(self, ctx: click.Context) -> Any:
-        import os
-
         from .checkpoint import CheckpointError
         from .io import OutputPathError
+        from .parallel import ShardError
         from .shipped import NoShippedSet
         from .tau import TauLookupError
         from .tuned_set import TunedSetError
@@ -67,7 +67,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (registry.UnknownNameError, registry.SamplerOptionError, registry.SamplerSpaceError, TunedSetError,
-                TuneError, TauLookupError, FileExistsError, OutputPathError, NoShippedSet, CheckpointError) as exc:
+                TuneError, TauLookupError, FileExistsError, OutputPathError, NoShippedSet, CheckpointError,
+                ShardError) as exc:
             if os.environ.get("TIMETUNER_DEBUG"):
                 raise
             click.echo(f"Error: {exc}", err=True)
@@ -163,33 +164,55 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
               help="Iterations between checkpoints (OUT.ckpt).")
 @click.option("--eval-n", type=click.IntRange(0), default=1000, show_default=True,
               help="Samples for the before/after metrics stored in the set (0 skips them).")
+@click.option("--micro-batch", type=click.IntRange(1), default=None,
+              help="Rows per forward/backward pass (default: the whole batch): a batch of 16 in passes of 2 fits "
+                   "where 16 at once does not, with the same result.")
+@click.option("--recompute", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Recompute each network evaluation's activations in the backward pass instead of storing them: "
+                   "memory flat in NFE for about one more forward per evaluation; auto: on for networks of 20 M "
+                   "parameters or more.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="The network's dtype (the sampler's state, τ and the loss stay float32).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_device_option
 def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
          mode: str, iters: int | None, batch: int | None, lr: float | None, param: str | None, data: str | None,
          select: bool | None, patience: int | None, families: str, seed: int,
          options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, checkpoint_every: int, eval_n: int,
-         quiet: bool, device: str) -> None:
-    """Train τ for a sampler × schedule × model and save a tuned set."""
+         micro_batch: int | None, recompute: str, dtype: str, quiet: bool, device: str) -> None:
+    """Train τ for a sampler × schedule × model and save a tuned set.
+
+    Under torchrun (``torchrun --nproc-per-node N -m timetuner_plugins tune ...``) each process runs its share
+    of every batch (gloo on CPU, NCCL on GPUs) and rank 0 alone writes the checkpoint and the set."""
+    from . import parallel
+    from .denoisers import set_network_dtype
     from .evaluate import choose_schedule, evaluate
     from .io import check_output_file
-    from .run import make_sigmas
+    from .run import make_sigmas, resolve_device
     from .tuner import TuneConfig, Tuner
 
     if out is not None:
         check_output_file(out, overwrite)
+    shards = parallel.init_from_env(resolve_device(device).type)
+    if shards is not None and resolve_device(device).type == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', shards.rank)}"
+    lead = shards is None or shards.rank == 0
+    quiet = quiet or not lead
     spec = registry.get_sampler(sampler)
     opts = _parse_options(options)
     spec.options(opts)  # an option the sampler does not take stops here, before any work
     if schedule not in (None, "auto"):
         registry.get_schedule(schedule)
     m = _load_model(model, device)
+    if dtype != "float32":
+        set_network_dtype(m, dtype)
     if schedule == "auto":
         if nfe is None and steps is None:
             raise click.UsageError("give exactly one of --steps (sampler steps) or --nfe (network evaluations)")
         budget = nfe if nfe is not None else spec.nfe(make_sigmas(m, m.default_schedule, steps))
         schedule, scores = choose_schedule(m, spec, budget, options=opts)
-        click.echo(f"schedule auto: {schedule} (" + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + ")")
+        if lead:
+            click.echo(f"schedule auto: {schedule} (" + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + ")")
         if steps is not None:
             steps, nfe = None, budget
     schedule = schedule or m.default_schedule
@@ -202,12 +225,15 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
         if value is not None:
             setattr(base, key, value)
     base.seed, base.show_progress, base.checkpoint_every = seed, not quiet, checkpoint_every
+    base.micro_batch, base.recompute = micro_batch, recompute
     base.families = tuple(f.strip() for f in families.split(",") if f.strip())
     tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
     out = check_output_file(out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"), overwrite)
     tuner.checkpoint = out.with_name(out.name + ".ckpt")
     try:
         result = tuner.tune(resume=resume)
+        if not lead:  # rank 0 evaluates and writes
+            return
     except KeyboardInterrupt:
         saved = tuner.checkpoint.exists()
         raise click.ClickException(

@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dimensions so ``v`` broadcasts against an ``ndim`` tensor."""
     return v[(...,) + (None,) * (ndim - v.ndim)]
+
+
+_RECOMPUTE: ContextVar[bool] = ContextVar("timetuner_recompute", default=False)
+
+
+@contextmanager
+def recompute_evaluations(enabled: bool = True) -> Iterator[None]:
+    """While active, each tunable denoiser call that records gradients stores only its inputs, and its
+    activations are recomputed in the backward pass (activation checkpointing per network evaluation): a
+    run's peak memory is one evaluation's, not K of them, for about one more forward per evaluation."""
+    token = _RECOMPUTE.set(enabled)
+    try:
+        yield
+    finally:
+        _RECOMPUTE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,31 @@ def log_linear_table(log_sigmas: torch.Tensor) -> SigmaTable:
     return SigmaTable(log_sigmas.exp(), timestep, sigma)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def set_network_dtype(model: Any, dtype: str | torch.dtype) -> Any:
+    """Run the model's network in ``dtype`` (its parameters cast; buffers such as σ tables stay as they are):
+    the sampler's state, τ and the loss stay float32, each evaluation's input is cast to the network's dtype
+    and its output back (as ComfyUI runs fp16/bf16 checkpoints). The fingerprint stays that of the weights as
+    loaded, so a set tuned in half precision applies to the same model in float32 and back."""
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    getattr(model, "fingerprint", None)  # computed (and kept) from the weights as loaded: sets stay appliable
+    for module in model.modules() if isinstance(model, nn.Module) else ():
+        for param in module.parameters(recurse=False):
+            param.data = param.data.to(dtype)
+    return model
+
+
+def network_parameters(model: Any) -> int:
+    """How many parameters the model's network has: its ``network_parameters`` when it says (wrappers of
+    foreign models), else its own module parameters."""
+    count = getattr(model, "network_parameters", None)
+    if count is not None:
+        return int(count)
+    return sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
+
+
 def fingerprint_tensors(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes, in name order: the model's identity."""
     digest = hashlib.sha256()
@@ -84,8 +127,20 @@ class TunableDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None,
                 **extra: Any) -> torch.Tensor:
-        """Denoised x in x's dtype (the network may run in another, e.g. a half-precision model)."""
-        return self.denoise(x, sigma, sigma if cond_sigma is None else cond_sigma, **extra).to(x.dtype)
+        """Denoised x in x's dtype (the network may run in another, e.g. a half-precision model). Inside
+        :func:`recompute_evaluations`, a call that records gradients keeps only its inputs and recomputes its
+        activations in the backward pass."""
+        cond = sigma if cond_sigma is None else cond_sigma
+        if _RECOMPUTE.get() and torch.is_grad_enabled():
+            return checkpoint(self._evaluate_once, x, sigma, cond, extra, use_reentrant=False)
+        return self.denoise(x, sigma, cond, **extra).to(x.dtype)
+
+    def _evaluate_once(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, extra: dict) -> torch.Tensor:
+        token = _RECOMPUTE.set(False)  # inner denoisers (CFG's) run inside this one checkpoint
+        try:
+            return self.denoise(x, sigma, cond, **extra).to(x.dtype)
+        finally:
+            _RECOMPUTE.reset(token)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         raise NotImplementedError

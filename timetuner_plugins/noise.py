@@ -43,3 +43,14 @@ class BrownianNoise:
         if t1 < t0:
             w = -w
         return (w / abs(t1 - t0) ** 0.5).to(self.like.device, self.like.dtype)
+
+
+class RowNoise:
+    """Rows ``part`` of a whole batch's noise sampler, so a micro-batch (or one process's share) draws exactly
+    the noise its rows get in a whole-batch run."""
+
+    def __init__(self, inner: "SeededNoise | BrownianNoise", part: slice):
+        self.inner, self.part = inner, part
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        return self.inner(sigma, sigma_next)[self.part]

@@ -37,17 +37,17 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from registry import SamplerSpec
 
-from . import checkpoint, objectives
-from .denoisers import parameterisation
+from . import checkpoint, objectives, parallel
+from .denoisers import network_parameters, parameterisation, recompute_evaluations
 from .metrics import fd_metric
-from .noise import BrownianNoise, SeededNoise
+from .noise import BrownianNoise, RowNoise, SeededNoise
 from .run import eval_sigmas, model_device, run_sampler, sampler_spec
 from .schedules import refine
 from .tau import TauLookup
@@ -58,7 +58,9 @@ MODES = ("sequential", "parallel")
 PARAMS = ("log_ratio", "t_ratio")
 DATA = ("teacher", "real")
 FEATURES = ("auto", "pixel")  # auto: the model's ``tuning_features`` when it has them
-FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
+FAMILIES = ("tau", "dode", "sigma")
+RECOMPUTE = ("auto", "on", "off")
+RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (see README, "Real-scale tuning")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
 LOG_RATIO_BOUND = 1.0  # |log τ/σ| ≤ 1 via a tanh
 DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
@@ -94,6 +96,8 @@ class TuneConfig:
     show_progress: bool = True
     families: tuple[str, ...] = ("tau",)
     features: str = "auto"
+    micro_batch: int | None = None  # rows per forward/backward pass (None: the whole batch); same result
+    recompute: str = "auto"  # recompute each evaluation's activations in the backward pass: auto, on, off
 
     @classmethod
     def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
@@ -110,6 +114,10 @@ class TuneConfig:
         for name in ("iters", "pool", "teacher_substeps", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise TuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise TuneError(f"micro_batch must be at least 1, got {self.micro_batch}")
+        if self.recompute not in RECOMPUTE:
+            raise TuneError(f"unknown recompute {self.recompute!r}; choose one of {', '.join(RECOMPUTE)}")
         if self.batch < 2 or self.val_size < 2:
             raise TuneError(f"batch and val_size must be at least 2, got {self.batch} and {self.val_size}")
         if self.patience < 0 or not 0 <= self.min_improvement < 1:
@@ -267,6 +275,14 @@ class TauParam(torch.nn.Module):
         return RunValues(self.sigmas, self.eval_sigmas, None)
 
 
+def derive_seed(*parts: int) -> int:
+    """One seed from a base seed and indices (chunk, interval, iteration): ((s·P + a)·P + b)… mod 2⁶², P = 1 000 003."""
+    seed = 0
+    for i, part in enumerate(parts):
+        seed = (seed * 1_000_003 + part) if i else part
+    return seed % 2 ** 62
+
+
 @dataclass(frozen=True)
 class NoiseSet:
     """Fixed batches of starting noise (and Brownian keys) derived from a seed."""
@@ -277,7 +293,7 @@ class NoiseSet:
     batch: int
 
     def noise(self, c: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + c)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, c))
         return torch.randn((self.batch, *shape), generator=gen).to(device)
 
     def key(self, c: int) -> int:
@@ -311,6 +327,10 @@ class Tuner:
         self.pool = NoiseSet("pool", cfg.seed, max(1, math.ceil(cfg.pool / cfg.batch)), cfg.batch)
         self.val = NoiseSet("val", cfg.seed + VALIDATION_SEED_OFFSET, max(1, math.ceil(cfg.val_size / cfg.batch)),
                             cfg.batch)
+        self.shards = parallel.Shards.current(cfg.micro_batch)
+        self.shards.check(cfg.batch)
+        self.recompute = cfg.recompute == "on" or (cfg.recompute == "auto" and
+                                                   network_parameters(model) >= RECOMPUTE_PARAMETERS)
         self.losses: list[float] = []
         self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
@@ -319,6 +339,7 @@ class Tuner:
             features = getattr(model, "tuning_features", None)
         self.features = features
         self.feature_space = "pixel" if features is None else getattr(features, "name", type(features).__name__)
+        self.shards.agree(self._fingerprint(), "settings and model (config, sampler, σ's, model fingerprint)")
 
     # ----- runs -----------------------------------------------------------------------------------------
     def _eval_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
@@ -345,8 +366,9 @@ class Tuner:
             self._brownian[key] = BrownianNoise(like, self.model.sigma_min, self.model.sigma_max, key)
         return self._brownian[key]
 
-    def _batch_args(self, c: int) -> dict | None:
-        """Extra arguments for chunk ``c``: tensors with one row per pool sample are sliced."""
+    def _batch_args(self, c: int, part: slice = slice(None)) -> dict | None:
+        """Extra arguments for rows ``part`` of chunk ``c``: tensors with one row per pool sample are sliced to
+        the chunk, tensors with one row per batch sample to ``part``."""
         if not self.extra_args:
             return self.extra_args
         b, rows = self.config.batch, self.pool.chunks * self.config.batch
@@ -354,12 +376,40 @@ class Tuner:
         for k, v in self.extra_args.items():
             if torch.is_tensor(v) and v.ndim and len(v) == rows and rows != b:
                 v = v[c * b:(c + 1) * b]
+            v = parallel.rows(v, part, b)
             out[k] = v.to(self.device) if torch.is_tensor(v) else v
         return out
 
-    def _start(self, noise_set: NoiseSet, c: int) -> tuple[torch.Tensor, Callable | None]:
+    def _start(self, noise_set: NoiseSet, c: int, part: slice = slice(None)) -> tuple[torch.Tensor, Callable | None]:
+        """Rows ``part`` of chunk ``c``'s starting state, and their noise sampler (the whole chunk's, sliced,
+        so a micro-batch or a process sees exactly the noise its rows get in a whole-batch run)."""
         x = noise_set.noise(c, self.shape, self.device) * self.sigmas[0].to(self.device)
-        return x, self._noise_sampler(noise_set.key(c), x)
+        ns = self._noise_sampler(noise_set.key(c), x)
+        return x[part], (None if ns is None else RowNoise(ns, part))
+
+    def _sampled(self, noise_set: NoiseSet, c: int, values: RunValues | None, part: slice, states: bool = False,
+                 spec: SamplerSpec | None = None) -> list[torch.Tensor]:
+        """One run on rows ``part`` of chunk ``c``: [final], or the states at each σ and the final with
+        ``states``. ``values`` None is a teacher run (``spec`` on the refined schedule)."""
+        x, ns = self._start(noise_set, c, part)
+        recorded: list[torch.Tensor] | None = [] if states else None
+        if values is None:
+            final = self._run(x, self._fine.to(self.device), None, ns, seed=noise_set.seed + c, states=recorded,
+                              spec=spec, extra_args=self._batch_args(c, part))
+        else:
+            with recompute_evaluations(self.recompute and torch.is_grad_enabled()):
+                final = self._run(x, values.sigmas, values.lookup(), ns, seed=noise_set.seed + c, states=recorded,
+                                  extra_args=self._batch_args(c, part))
+        return (recorded or []) + [final]
+
+    def _whole(self, noise_set: NoiseSet, c: int, values: RunValues | None, states: bool = False,
+               spec: SamplerSpec | None = None) -> list[torch.Tensor]:
+        """:meth:`_sampled` for the whole chunk without gradients: this process's micro-batches, joined with the
+        other processes' rows."""
+        with torch.no_grad():
+            runs = [self._sampled(noise_set, c, values, part, states, spec)
+                    for part in self.shards.parts(self.config.batch)]
+        return [self.shards.gather(parallel.concat([run[j] for run in runs])) for j in range(len(runs[0]))]
 
     def teacher(self, noise_set: NoiseSet | None = None) -> list[torch.Tensor]:
         """Per chunk of ``noise_set`` (default: the pool), the teacher's states at each σ: (N+1, batch, ...)."""
@@ -369,18 +419,12 @@ class Tuner:
         cfg = self.config
         same_kind = self.stochastic or "dode" in cfg.families  # D-ODE distils from its own solver (Kim et al.)
         spec = sampler_spec(cfg.teacher_sampler or (self.spec.name if same_kind else "dpmpp_2m"))
-        fine, positions = refine(self.sigmas, cfg.teacher_substeps, self.model.sigma_min)
-        fine = fine.to(self.device)
+        self._fine, positions = refine(self.sigmas, cfg.teacher_substeps, self.model.sigma_min)
         out = []
-        with torch.no_grad():
-            for c in tqdm(range(noise_set.chunks), desc=f"teacher ({noise_set.name})", leave=False,
-                          disable=not cfg.show_progress):
-                x, ns = self._start(noise_set, c)
-                states: list[torch.Tensor] = []
-                final = self._run(x, fine, None, ns, seed=noise_set.seed + c, states=states, spec=spec,
-                                  extra_args=self._batch_args(c))
-                states.append(final)
-                out.append(torch.stack([states[p] for p in positions]))
+        for c in tqdm(range(noise_set.chunks), desc=f"teacher ({noise_set.name})", leave=False,
+                      disable=not (cfg.show_progress and self.shards.rank == 0)):
+            states = self._whole(noise_set, c, None, states=True, spec=spec)
+            out.append(torch.stack([states[p] for p in positions]))
         self._teachers[noise_set.name] = out
         return out
 
@@ -393,26 +437,49 @@ class Tuner:
             return real_data(self.model, self.config.batch, gen).to(self.device)
         return self.teacher(noise_set)[c][-1]
 
-    def _loss(self, noise_set: NoiseSet, c: int, values: RunValues, objective: str | None = None) -> torch.Tensor:
-        objective = objective or self.config.objective
-        if objective == "paper":
-            raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
-        x, ns = self._start(noise_set, c)  # σ_0 never moves, so the start is the same for every candidate
-        states: list[torch.Tensor] = []
-        final = self._run(x, values.sigmas, values.lookup(), ns, seed=noise_set.seed + c,
-                          states=states if objective == "trajectory" else None, extra_args=self._batch_args(c))
+    def _objective(self, outputs: list[torch.Tensor], noise_set: NoiseSet, c: int, objective: str) -> torch.Tensor:
+        """The joint loss of a whole chunk's run: ``outputs`` = [final], or the states at each σ and the final."""
+        final = outputs[-1]
         if objective == "energy":
             embed = self.features or (lambda x: x)
             return objectives.energy_distance(embed(final), embed(self._target(noise_set, c)))
         target = self.teacher(noise_set)[c]
         if objective == "final":
             return objectives.squared_error(final, target[-1])
-        return objectives.trajectory_error(states + [final], target, self.sigmas)
+        return objectives.trajectory_error(outputs, target, self.sigmas)
 
-    def _joint_loss(self, iteration: int) -> torch.Tensor:
+    def _loss(self, noise_set: NoiseSet, c: int, values: RunValues, objective: str | None = None) -> torch.Tensor:
+        """The joint loss of chunk ``c`` for ``values`` without gradients (every process gets the same value)."""
+        objective = objective or self.config.objective
+        if objective == "paper":
+            raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
+        return self._objective(self._whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c,
+                               objective)
+
+    def _joint_step(self, iteration: int) -> torch.Tensor:
+        """Back-propagate the joint loss of the iteration's chunk into ``param.raw.grad``; returns the loss.
+
+        One process and micro-batch: one pass. Otherwise two: the whole chunk without gradients (the loss
+        compares all its samples), then each own micro-batch again with gradients, back-propagating the
+        whole-chunk loss's gradient for its rows; the processes' gradients are summed."""
         epoch, pos = divmod(iteration, self.pool.chunks)
         order = torch.randperm(self.pool.chunks, generator=torch.Generator().manual_seed(self.pool.key(epoch)))
-        return self._loss(self.pool, int(order[pos]), self.param.values())
+        c, objective, n = int(order[pos]), self.config.objective, self.config.batch
+        want_states = objective == "trajectory"
+        if self.shards.trivial(n):
+            loss = self._objective(self._sampled(self.pool, c, self.param.values(), slice(None), want_states),
+                                   self.pool, c, objective)
+            loss.backward()
+            return loss.detach()
+        whole = [t.requires_grad_() for t in self._whole(self.pool, c, self.param.values(), want_states)]
+        loss = self._objective(whole, self.pool, c, objective)
+        grads = torch.autograd.grad(loss, whole, allow_unused=True)  # the start state is not a function of τ
+        for part in self.shards.parts(n):
+            outputs = self._sampled(self.pool, c, self.param.values(), part, want_states)
+            used = [(out, g[part]) for out, g in zip(outputs, grads) if g is not None]
+            torch.autograd.backward([out for out, _ in used], [g for _, g in used])
+        self.shards.reduce_sum(self.param.raw.grad)
+        return loss.detach()
 
     def pool_objective(self, values: RunValues | None = None, noise_set: NoiseSet | None = None) -> float:
         """The joint objective averaged over every chunk of ``noise_set`` (default: the training pool) for
@@ -425,13 +492,7 @@ class Tuner:
                 noise_set.chunks
 
     def _val_samples(self, values: RunValues) -> torch.Tensor:
-        with torch.no_grad():
-            samples = []
-            for c in range(self.val.chunks):
-                x, ns = self._start(self.val, c)
-                samples.append(self._run(x, values.sigmas, values.lookup(), ns, seed=self.val.seed + c,
-                                         extra_args=self._batch_args(c)))
-        return torch.cat(samples)
+        return torch.cat([self._whole(self.val, c, values)[-1] for c in range(self.val.chunks)])
 
     def score(self, values: RunValues) -> float:
         """Validation score on held-out noise (lower is better): the model's FD when it has one, else the
@@ -479,31 +540,55 @@ class Tuner:
         s = sigma.to(x.device)
         return (x - self.model(x, s.expand(len(x)), **(args or {}))) / s
 
-    def _paper_loss(self, interval: int, iteration: int, counts: list[int]) -> torch.Tensor:
-        cfg, i = self.config, interval
-        seed = ((cfg.seed * 1_000_003 + i) * 1_000_003 + iteration) % 2 ** 62
+    def _paper_parts(self, interval: int, iteration: int, counts: list[int]) -> Iterator[torch.Tensor]:
+        """The per-interval loss of the iteration's batch, one term per own micro-batch: a mean over samples, so
+        each term is its rows' mean weighted by their share of the batch."""
+        cfg, i, n = self.config, interval, self.config.batch
+        seed = derive_seed(cfg.seed, i, iteration)
         gen = torch.Generator().manual_seed(seed)
         x0 = self._x0(gen)
-        n = torch.randn(x0.shape, generator=gen).to(self.device)
-        ns = SeededNoise(x0, seed) if self.stochastic else None
-        args = self._batch_args(0)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
         start = counts[i - 1] if i else 0
-        sig, tau, ev = self.sigmas.to(self.device), self.param.tau(), self.param.eval_sigmas
-        active = torch.zeros_like(tau, dtype=torch.bool)
-        active[start:counts[i]] = True
-        tau = torch.where(active, tau, tau.detach())  # earlier intervals are fixed: no graph through the prefix
-        if cfg.mode == "sequential":
-            states: list[torch.Tensor] = []
-            x_next = self._run(x0 + sig[0] * n, sig[:i + 2], TauLookup(ev[:counts[i]], tau[:counts[i]]), ns,
-                               seed=seed, states=states, extra_args=args)
-            x_i = states[i].detach()
-        else:
-            x_i = x0 + sig[i] * n
-            x_next = self._run(x_i, sig[i:i + 2], TauLookup(ev[start:counts[i]], tau[start:counts[i]]), ns,
-                               seed=seed, extra_args=args)
+        sig, ev = self.sigmas.to(self.device), self.param.eval_sigmas
+        for part in self.shards.parts(n):
+            ns = RowNoise(SeededNoise(x0, seed), part) if self.stochastic else None
+            args = self._batch_args(0, part)
+            tau = self.param.tau()
+            active = torch.zeros_like(tau, dtype=torch.bool)
+            active[start:counts[i]] = True
+            tau = torch.where(active, tau, tau.detach())  # earlier intervals are fixed: no graph through the prefix
+            with recompute_evaluations(self.recompute and torch.is_grad_enabled()):
+                if cfg.mode == "sequential":
+                    states: list[torch.Tensor] = []
+                    x_next = self._run(x0[part] + sig[0] * noise[part], sig[:i + 2],
+                                       TauLookup(ev[:counts[i]], tau[:counts[i]]), ns, seed=seed, states=states,
+                                       extra_args=args)
+                    x_i = states[i].detach()
+                else:
+                    x_i = x0[part] + sig[i] * noise[part]
+                    x_next = self._run(x_i, sig[i:i + 2], TauLookup(ev[start:counts[i]], tau[start:counts[i]]), ns,
+                                       seed=seed, extra_args=args)
+                with torch.no_grad():
+                    eps_i = self._eps(x_i, sig[i], args)
+                loss = objectives.eps_consistency(eps_i, self._eps(x_next, sig[i + 1], args))
+            yield loss * ((part.stop - part.start) / n)
+
+    def interval_loss(self, interval: int, iteration: int) -> float:
+        """The paper's loss for ``interval`` on the batch of ``iteration`` (any iteration number: a held-out
+        batch for numbers past the run's), without gradients."""
+        counts = self._counts if hasattr(self, "_counts") else self._interval_evals()
         with torch.no_grad():
-            eps_i = self._eps(x_i, sig[i], args)
-        return objectives.eps_consistency(eps_i, self._eps(x_next, sig[i + 1], args))
+            total = sum(part.detach() for part in self._paper_parts(interval, iteration, counts))
+        return float(self.shards.reduce_sum(torch.as_tensor(total, device=self.device)))
+
+    def _paper_step(self, interval: int, iteration: int, counts: list[int]) -> torch.Tensor:
+        """Back-propagate the per-interval loss into ``param.raw.grad`` (processes' gradients summed); returns it."""
+        total = torch.zeros((), device=self.device)
+        for loss in self._paper_parts(interval, iteration, counts):
+            loss.backward()
+            total = total + loss.detach()
+        self.shards.reduce_sum(self.param.raw.grad)
+        return self.shards.reduce_sum(total)
 
     # ----- optimisation ---------------------------------------------------------------------------------
     def _phases(self) -> list[list[int]]:
@@ -555,9 +640,10 @@ class Tuner:
         self.losses = state.losses
         total = self._planned = len(phases) * cfg.iters
         with tqdm(total=total, initial=state.phase * cfg.iters + state.next_iter, desc=f"tune {self.spec.name}",
-                  disable=not cfg.show_progress) as bar:  # closed before any message, also on Ctrl-C
+                  disable=not (cfg.show_progress and self.shards.rank == 0)) as bar:  # closed before any message
             self._optimise(state, phases, bar, progress)
-        if self.checkpoint is not None:
+        self.shards.barrier()
+        if self.checkpoint is not None and self.shards.rank == 0:
             self.checkpoint.unlink(missing_ok=True)
         return self._result(state, time.perf_counter() - started)
 
@@ -571,10 +657,9 @@ class Tuner:
             if state.optimizer is not None:
                 opt.load_state_dict(state.optimizer)
             for it in range(state.next_iter, cfg.iters):
-                loss = self._paper_loss(phase, it, self._counts) if cfg.objective == "paper" \
-                    else self._joint_loss(it)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = self._paper_step(phase, it, self._counts) if cfg.objective == "paper" \
+                    else self._joint_step(it)
                 grad = self.param.raw.grad
                 if not torch.isfinite(loss) or not bool(torch.isfinite(grad).all()):
                     raise TuneError(f"the loss diverged at iteration {it} (loss {loss.item():.4g}); lower --lr "
@@ -597,7 +682,7 @@ class Tuner:
                 state.raw = self.param.raw.detach().clone()
                 state.phase, state.next_iter = (phase + 1, 0) if done else (phase, it + 1)
                 state.optimizer = None if done else opt.state_dict()
-                if self.checkpoint is not None and (step % cfg.checkpoint_every == 0 or done):
+                if self.checkpoint is not None and self.shards.rank == 0 and (step % cfg.checkpoint_every == 0 or done):
                     checkpoint.save(self.checkpoint, state, self._fingerprint())
                 if done:
                     break
@@ -638,7 +723,8 @@ class Tuner:
                           iterations_run=state.stopped_at or self._planned)
 
     def _fingerprint(self) -> str:
-        parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None}, self.spec.name,
+        parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None, "micro_batch": None,
+                                        "recompute": None}, self.spec.name,
                  self.sigmas.tolist(), self.model.fingerprint, {k: repr(v) for k, v in self.options.items()},
                  self.feature_space]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -654,8 +740,11 @@ def stalled(scores: list[tuple[int, float]], patience: int, min_improvement: flo
 
 
 def _oom_message(cfg: TuneConfig) -> str:
-    return (f"out of memory at batch {cfg.batch} (pool {cfg.pool}); try --batch {max(2, cfg.batch // 2)}. Nothing was "
-            f"written; the last checkpoint, if any, is intact")
+    rows = cfg.micro_batch or cfg.batch
+    return (f"out of memory at {rows} rows per pass (batch {cfg.batch}); try --micro-batch {max(1, rows // 2)} (the "
+            f"same result in more passes), --recompute on if it is off, or a lower resolution; --batch "
+            f"{max(2, cfg.batch // 2)} also helps but changes the result. Nothing was written; the last checkpoint, "
+            f"if any, is intact")
 
 
 def real_x0(data: torch.Tensor | Iterable | None, shape: tuple[int, ...]) -> torch.Tensor | None:
