@@ -97,13 +97,16 @@ def _discard_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpm_2", "dpmpp_2m"])
-def test_every_evaluation_gets_its_own_tau_under_stock_samplers(sampler, cfg):
+@pytest.mark.parametrize("model_type", [comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.FLOW])
+def test_every_evaluation_gets_its_own_tau_under_stock_samplers(sampler, cfg, model_type):
     """Heun evaluates each interior σ twice and DPM-2 adds midpoints; with cfg > 1 each call carries the cond
-    and uncond rows. The k-th network call must see the k-th evaluation's τ (σ-keyed matching with a cursor)."""
-    model = make(comfy.model_base.ModelType.EPS)
+    and uncond rows. The k-th network call must see the k-th evaluation's τ (σ-keyed matching with a cursor);
+    on a flow (CONST) model the moved σ never passes 1, the most its network was trained on."""
+    model = make(model_type)
     ms = model.get_model_object("model_sampling")
     steps = 4
-    sigmas = comfy.samplers.calculate_sigmas(ms, "karras", steps + (sampler == "dpm_2")).cpu()
+    scheduler = "simple" if model_type == comfy.model_base.ModelType.FLOW else "karras"
+    sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, steps + (sampler == "dpm_2")).cpu()
     if sampler == "dpm_2":  # KSampler drops the penultimate σ for DPM-2
         sigmas = _discard_penultimate(sigmas)
     recorder, seen = model.clone(), []
@@ -118,23 +121,28 @@ def test_every_evaluation_gets_its_own_tau_under_stock_samplers(sampler, cfg):
     positive, negative = [[torch.zeros(1, 1, 4), {}]], [[torch.ones(1, 1, 4), {}]]
     net = model.model.diffusion_model
     with torch.inference_mode():
-        comfy.sample.sample(recorder, noise, steps, cfg, sampler, "karras", positive, negative, latent, seed=0,
+        comfy.sample.sample(recorder, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0,
                             disable_pbar=True)
     net.calls.clear()
-    ev = torch.tensor(seen)
-    ratio = torch.linspace(0.8, 1.2, len(ev))
+    flow = model_type == comfy.model_base.ModelType.FLOW
+    ev = torch.tensor(seen)  # the wrapper sees σ (the network then gets σ·1000 on a flow model)
+    ratio = torch.linspace(1.2, 0.8, len(ev)) if flow else torch.linspace(0.8, 1.2, len(ev))  # flow: τ₀ > 1
     ts = TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * ratio, model_id="tiny", model_fingerprint="0" * 64,
-                  sampler=sampler, schedule="karras", objective="energy")
+                  sampler=sampler, schedule=scheduler, objective="energy",
+                  extra={"model": {"space": "flow", "shift": 1.0, "multiplier": 1000.0}} if flow else {})
     patched = apply_tuned_set(model, ts, strict=True)
     with torch.inference_mode():
-        comfy.sample.sample(patched, noise, steps, cfg, sampler, "karras", positive, negative, latent, seed=0,
+        comfy.sample.sample(patched, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0,
                             disable_pbar=True)
     assert len(net.calls) == len(ev) > steps - 1
     stand_in = patched.get_model_object("model_sampling").timestep
     for k, (x, t) in enumerate(net.calls):
         assert x.shape[0] == (4 if cfg > 1 else 2)
-        expected = stand_in.fractional(ev[k:k + 1].double() * ratio[k].double()).float()
+        moved = ev[k:k + 1].double() * ratio[k].double()
+        expected = (moved.clamp(max=1.0) * 1000).float() if flow else stand_in.fractional(moved).float()
         torch.testing.assert_close(t, expected.expand_as(t), rtol=1e-4, atol=1e-3)
+    if flow:  # the first evaluation, at σ = 1 with ratio 1.2, is held at the trained range's end
+        assert float(net.calls[0][1].max()) == 1000.0
 
 
 @pytest.mark.parametrize("name", ["res_multistep", "ipndm", "deis", "uni_pc", "uni_pc_bh2"])
