@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from .errors import SamplerOptionError, SamplerSpaceError, UnknownNameError
 from .hookspecs import hookimpl
-from .plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, add_problem, load_plugins, plugin_names, problems
+from .plugins import (DEFAULT_PLUGINS, ENTRY_POINT_GROUP, add_problem, collecting, load_plugins, plugin_names,
+                      problems)
 from .plugins import reset as _reset_plugins
 from .specs import (AdapterSpec, ModelSpec, SamplerSpec, ScheduleSpec, one_eval_per_step,
                     two_evals_per_step)
@@ -23,34 +24,30 @@ __all__ = [
     "schedules", "get_schedule", "wrap_model", "model_for_run", "problems", "plugin_names", "reset",
 ]
 
-_cache: dict[str, dict[str, Any]] = {}
-
-
 def _collect(hook_name: str, kind: str, spec_type: type) -> dict[str, Any]:
-    """Call one registration hook plugin by plugin, so each spec knows its plugin."""
-    if hook_name in _cache:
-        return _cache[hook_name]
+    """Call one registration hook plugin by plugin, so each spec knows its plugin. Called on every lookup,
+    as llm's registry does: a plugin registered at any time is visible at once."""
     pm = load_plugins()
     impls = getattr(pm.hook, hook_name).get_hookimpls()
     builtin_first = sorted(impls, key=lambda impl: impl.plugin_name not in DEFAULT_PLUGINS)
     found: dict[str, Any] = {}
-    for impl in builtin_first:
-        plugin = impl.plugin_name
+    with collecting(hook_name):  # the problems this collection finds replace the last one's
+        for impl in builtin_first:
+            plugin = impl.plugin_name
 
-        def register(spec: Any, _plugin: str = plugin) -> None:
-            if not isinstance(spec, spec_type):
-                raise TypeError(f"{hook_name} expects {spec_type.__name__} objects, got {type(spec).__name__}")
-            if spec.name in found:
-                add_problem(_plugin, f"{kind} {spec.name!r} ignored: already registered by "
-                                     f"{found[spec.name].plugin}")
-                return
-            found[spec.name] = spec.with_plugin(_plugin)
+            def register(spec: Any, _plugin: str = plugin) -> None:
+                if not isinstance(spec, spec_type):
+                    raise TypeError(f"{hook_name} expects {spec_type.__name__} objects, got {type(spec).__name__}")
+                if spec.name in found:
+                    add_problem(_plugin, f"{kind} {spec.name!r} ignored: already registered by "
+                                         f"{found[spec.name].plugin}")
+                    return
+                found[spec.name] = spec.with_plugin(_plugin)
 
-        try:
-            impl.function(register=register)
-        except Exception as exc:  # one broken plugin must not hide the others
-            add_problem(plugin, f"{hook_name} failed: {type(exc).__name__}: {exc}")
-    _cache[hook_name] = found
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # one broken plugin must not hide the others
+                add_problem(plugin, f"{hook_name} failed: {type(exc).__name__}: {exc}")
     return found
 
 
@@ -129,6 +126,5 @@ def model_for_run(model: Any, sampler: SamplerSpec, sigmas: Any) -> Callable[...
 
 
 def reset() -> None:
-    """Forget plugins and registrations, so the next call discovers them again."""
-    _cache.clear()
+    """Forget plugins and their problems, so the next call discovers them again."""
     _reset_plugins()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import pluggy
 
@@ -37,8 +39,21 @@ class PluginProblem:
 pm = pluggy.PluginManager(hookspecs.PROJECT)
 pm.add_hookspecs(hookspecs)
 
-_problems: list[PluginProblem] = []
+_problems: list[PluginProblem] = []  # loading problems (entry points that failed to import)
+_hook_problems: dict[str, list[PluginProblem]] = {}  # per registration hook, from its latest call
+_current: list[str] = []  # the registration hook being called, if any
 _loaded = False
+
+
+@contextmanager
+def collecting(hook_name: str) -> Iterator[None]:
+    """While a registration hook is called: the problems it reports replace those of its previous call."""
+    _hook_problems[hook_name] = []
+    _current.append(hook_name)
+    try:
+        yield
+    finally:
+        _current.pop()
 
 
 def _load_entry_points() -> None:
@@ -70,13 +85,15 @@ def load_plugins() -> pluggy.PluginManager:
 
 def add_problem(plugin: str, message: str, provides: str = "") -> None:
     """Report a plugin problem; ``provides`` (a name prefix) lets an unknown name under it explain itself."""
-    _problems.append(PluginProblem(plugin, message, provides))
+    problem = PluginProblem(plugin, message, provides)
+    (_hook_problems[_current[-1]] if _current else _problems).append(problem)
 
 
 def problems() -> list[PluginProblem]:
-    """Load failures and rejected registrations, for ``timetuner samplers`` to show."""
+    """Load failures and what the registration hooks reported when last called, for ``timetuner samplers``."""
     load_plugins()
-    return list(_problems)
+    seen = [*_problems, *(p for found in _hook_problems.values() for p in found)]
+    return list(dict.fromkeys(seen))  # one line per problem, in order
 
 
 def plugin_names() -> list[str]:
@@ -90,5 +107,6 @@ def reset() -> None:
     for name, plugin in list(pm.list_name_plugin()):
         pm.unregister(plugin, name)
     _problems.clear()
+    _hook_problems.clear()
     _loaded = False
     importlib.invalidate_caches()

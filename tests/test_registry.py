@@ -112,9 +112,26 @@ def test_broken_plugin_is_reported_not_fatal():
     registry.reset()
     registry.load_plugins().register(Broken(), "broken")
     try:
-        registry._cache.clear()
         assert registry.get_sampler("ddim").plugin == "timetuner_plugins.builtin.samplers"
         messages = [p.message for p in registry.problems() if p.plugin == "broken"]
         assert any("already registered" in m for m in messages) and any("boom" in m for m in messages)
     finally:
         registry.reset()
+
+
+def test_a_plugin_registered_later_is_visible_at_once_and_gone_when_unregistered():
+    assert "late_sampler" not in registry.samplers()  # the registry has been asked before
+
+    class Late:
+        @hookimpl
+        def register_samplers(self, register):
+            register(SamplerSpec("late_sampler", lambda model, x, sigmas, **kw: x))
+
+    plugin = Late()
+    registry.load_plugins().register(plugin, "late")
+    try:
+        assert registry.get_sampler("late_sampler").plugin == "late"
+    finally:
+        registry.load_plugins().unregister(plugin)
+    assert "late_sampler" not in registry.samplers()
+    assert len(registry.problems()) == len(set(registry.problems()))  # asking again repeats no problem

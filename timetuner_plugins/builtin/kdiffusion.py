@@ -24,22 +24,26 @@ CHURN = ("euler", "heun", "dpm_2")
 
 
 @functools.lru_cache(maxsize=1)
-def _kdiffusion():
-    """k-diffusion's modules, or None (reported once as a plugin problem)."""
+def _import() -> tuple[tuple | None, str]:
+    """k-diffusion's (sampling, external, layers) modules, or None and why not (imported once)."""
     try:
         from k_diffusion import external, layers, sampling
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "k_diffusion":
-            add_problem(PLUGIN, f"k-diffusion samplers unavailable: k-diffusion is not installed; {HINT}", PREFIX)
-        else:
-            add_problem(PLUGIN, f"k-diffusion samplers unavailable: importing k-diffusion needs {exc.name!r}; {HINT}",
-                        PREFIX)
-        return None
+            return None, f"k-diffusion samplers unavailable: k-diffusion is not installed; {HINT}"
+        return None, f"k-diffusion samplers unavailable: importing k-diffusion needs {exc.name!r}; {HINT}"
     except Exception as exc:  # e.g. torchvision built for another torch: "operator torchvision::nms does not exist"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        add_problem(PLUGIN, f"k-diffusion samplers unavailable: importing k-diffusion failed ({first}); {HINT}", PREFIX)
-        return None
-    return sampling, external, layers
+        return None, f"k-diffusion samplers unavailable: importing k-diffusion failed ({first}); {HINT}"
+    return (sampling, external, layers), ""
+
+
+def _kdiffusion() -> tuple | None:
+    """k-diffusion's modules, or None, reported as a plugin problem for the registration hook calling it."""
+    modules, why = _import()
+    if modules is None:
+        add_problem(PLUGIN, why, PREFIX)
+    return modules
 
 
 def _stochastic(name: str):
