@@ -233,3 +233,74 @@ def test_apply_works_under_every_stock_sampler_node(server):
         images[name] = np.stack(server.images(entry))
     for name in ("KSamplerAdvanced", "SamplerCustomAdvanced"):
         assert np.abs(images[name] - images["KSampler"]).max() <= 1 / 255, name
+
+
+def test_flow_set_under_the_stock_ksampler_matches_the_library(server):
+    """The flow demo model (CONST, its own ModelSamplingDiscreteFlow) with a shipped Euler set under KSampler
+    euler / simple: ComfyUI's image is the library's τ run from ComfyUI's noise (x_T = noise at σ = 1)."""
+    with_set = server.run(load("apply_tuned_set_flow.json"))
+    assert ok(with_set), error_message(with_set)
+    prompt = load("apply_tuned_set_flow.json")
+    prompt["6"]["inputs"]["model"] = ["1", 0]
+    prompt["8"]["inputs"]["filename_prefix"] = "timetuner/flow_plain"
+    plain = server.run(prompt)
+    a, b = np.stack(server.images(with_set)), np.stack(server.images(plain))
+    assert np.abs(a - b).max() > 0.1
+    ts = shipped.load(shipped.find("digits-flow", "ddim", nfe=10, schedule="simple"))
+    model = registry.load_model("digits-flow")
+    noise = torch.randn((16, 1, 8, 8), generator=torch.manual_seed(42))
+    with torch.no_grad():
+        for lookup, images in ((ts.lookup(), a), (None, b)):
+            x = run_sampler(model, registry.get_sampler("ddim"), noise * ts.sigmas[0], ts.sigmas, lookup=lookup)
+            ours = ((x.clamp(-1, 1) + 1) / 2)[:, 0].numpy()
+            assert np.abs(ours - images[..., 0][:, ::8, ::8]).max() < 3 / 255
+
+
+def _with_shift(prompt: dict, after_apply: bool, shift: float = 3.0) -> dict:
+    """A ModelSamplingSD3 node (the stock shift node) before or after Apply Tuned Set."""
+    prompt["9"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["3", 0] if after_apply else ["1", 0],
+                                                                 "shift": shift}}
+    if after_apply:
+        prompt["6"]["inputs"]["model"] = ["9", 0]
+    else:
+        prompt["3"]["inputs"]["model"] = ["9", 0]
+    return prompt
+
+
+def test_a_flow_set_for_another_shift_is_refused_unless_forced(server):
+    entry = server.run(_with_shift(load("apply_tuned_set_flow.json"), after_apply=False))
+    assert not ok(entry) and "flow shift 1 but the run's model has shift 3" in error_message(entry)
+    forced = _with_shift(load("apply_tuned_set_flow.json"), after_apply=False)
+    forced["3"]["inputs"]["force"] = True
+    entry = server.run(forced)
+    assert ok(entry), error_message(entry)  # applied by force, but shift 3 moves the σ's: warned, sampled plainly
+    assert "WITHOUT the tuned set" in (server.base / "server.log").read_text()
+
+
+def test_a_shift_node_after_apply_is_caught_not_silently_ignored(server):
+    prompt = _with_shift(load("apply_tuned_set_flow.json"), after_apply=True, shift=1.0)
+    prompt["3"]["inputs"]["strict"] = True
+    entry = server.run(prompt)
+    assert not ok(entry) and "sampling was replaced after Apply Tuned Set" in error_message(entry)
+
+
+def test_a_ve_set_on_the_flow_model_is_refused_even_when_forced(server):
+    prompt = load("apply_tuned_set_flow.json")
+    prompt["2"]["inputs"]["tuned_set"] = "shipped/digits-ddpm/ddim_karras_nfe10.safetensors"
+    prompt["3"]["inputs"]["force"] = True
+    entry = server.run(prompt)
+    assert not ok(entry)
+    assert "tuned for a VE/VP model" in error_message(entry) and "a flow model" in error_message(entry)
+
+
+def test_tune_node_tunes_the_flow_model_in_the_graph(server):
+    prompt = load("tune_in_graph.json")
+    prompt["1"]["inputs"]["model_name"] = "digits-flow"
+    prompt["4"]["inputs"]["scheduler"] = prompt["8"]["inputs"]["scheduler"] = "simple"
+    prompt["5"]["inputs"]["filename"] = "workflow_flow_simple8"
+    entry = server.run(prompt)
+    assert ok(entry), error_message(entry)
+    ts = TunedSet.load(server.base / "models" / "timetuner" / "workflow_flow_simple8.safetensors")
+    assert ts.extra["model"]["space"] == "flow" and ts.extra["model"]["shift"] == 1.0
+    assert ts.model_fingerprint == registry.load_model("digits-flow").fingerprint
+    assert float(ts.tau.max()) <= 1.0

@@ -141,3 +141,11 @@ def test_a_set_for_another_space_or_shift_is_refused(gmm, gflow):
     shifted = FlowDenoiser(gflow.net, shift=3.0)
     with pytest.raises(TunedSetMismatch, match="flow shift 1 but the run's model has shift 3"):
         flow_set.check(model=shifted)
+
+
+def test_time_shift_refuses_flow_models(gflow):
+    from timetuner_plugins.time_shift import TimeShift
+
+    sigmas = make_sigmas(gflow, "simple", 3)
+    with pytest.raises(ValueError, match="not defined for flow models"):
+        sample(gflow, "ddim", sigmas, noise(2), lookup=TimeShift())

@@ -184,7 +184,9 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print, resume:
                 if steps in done_steps:  # two-stage samplers: NFE 5 and 6 both allow 3 steps (5 evaluations)
                     continue
                 done_steps.add(steps)
-                todo = [(m, seed) for m in plan.methods_for(sampler, nfe)
+                methods = [m for m in plan.methods_for(sampler, nfe)
+                           if not (m == "time-shift" and model.space == "flow")]  # defined for VP models only
+                todo = [(m, seed) for m in methods
                         for seed in (plan.seeds if m not in ("untuned", "time-shift") else [0])
                         if (model_name, sampler, steps, m, seed) not in done]
                 if not todo:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import registry
 
@@ -69,7 +70,13 @@ def main() -> None:
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument("--n", type=int, default=1000, help="evaluation samples")
     parser.add_argument("--schedule", default=None, help="a fixed schedule instead of the per-sampler choice")
+    parser.add_argument("--table", type=Path, default=None, metavar="FILE",
+                        help="only rewrite the shipped-sets table in FILE (between <!-- sets:start/end -->)")
     args = parser.parse_args()
+    if args.table:
+        shipped.update_table(args.table)
+        print(f"updated {args.table}")
+        return
     build(args.models, args.samplers, args.nfe, args.n, schedule=args.schedule)
 
 

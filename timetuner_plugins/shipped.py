@@ -88,3 +88,37 @@ def write_index(items: list[Entry]) -> None:
     with atomic_path(INDEX, overwrite=True) as tmp:
         tmp.write_text("# Shipped tuned sets; regenerate with `python -m timetuner_plugins.build_sets`.\n"
                        + yaml.safe_dump(body, sort_keys=False))
+
+
+TABLE_START, TABLE_END = "<!-- sets:start -->", "<!-- sets:end -->"
+
+
+def _g(value: Any) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def markdown(items: list[Entry] | None = None) -> str:
+    """The shipped sets as a Markdown table: FD and trajectory error, untuned → tuned, side by side."""
+    lines = ["| model | sampler | schedule | NFE | FD untuned → tuned | FD 500-NFE ref | traj err untuned → tuned | "
+             "fallback |", "|---|---|---|---:|---|---:|---|---|"]
+    for e in items if items is not None else entries():
+        m = e.metrics
+        fd = f"{_g(m.get('fd_untuned'))} → {_g(m.get('fd_tuned'))}"
+        traj = f"{_g(m.get('traj_err_untuned'))} → {_g(m.get('traj_err_tuned'))}"
+        worse = m.get("traj_err_tuned") is not None and m["traj_err_tuned"] > m["traj_err_untuned"] * 1.001
+        fallback = "identity" if m.get("identity_fallback") else ("traj worse" if worse else "")
+        lines.append(f"| {e.model} | {e.sampler} | {e.schedule} | {e.nfe} | {fd} | {_g(m.get('fd_reference'))} | "
+                     f"{traj} | {fallback} |")
+    return "\n".join(lines)
+
+
+def update_table(path: Path) -> None:
+    """Replace the text between ``TABLE_START`` and ``TABLE_END`` in ``path`` with :func:`markdown`."""
+    text = path.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ValueError(f"{path} has no {TABLE_START} … {TABLE_END} section to replace")
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    from .io import atomic_path
+
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(text[:start] + "\n" + markdown() + "\n" + text[end:])

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+from .samplers import is_flow
+
 GRID = 1000  # steps of the time grid for models without a discrete one (log σ uniform)
 
 
@@ -50,6 +52,9 @@ class TimeShiftModel:
     """Wraps a tunable denoiser: evaluation k > 0 with σ > cutoff is conditioned on each sample's shifted σ."""
 
     def __init__(self, model: Callable[..., torch.Tensor], rule: TimeShift):
+        if is_flow(model):
+            raise ValueError("Time-Shift (Li et al. 2024) matches a sample's variance to the VP forward process's "
+                             "1 − ᾱ; it is not defined for flow models (x = (1 − σ)·x₀ + σ·ε)")
         self.inner_model, self.rule, self.calls = model, rule, 0
         self.to_u, self.from_u, self.size = _time_axis(model)
         self.shifts: list[torch.Tensor] = []  # per shifted evaluation: grid steps each sample moved
