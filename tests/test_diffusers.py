@@ -323,3 +323,137 @@ def test_the_generic_tuner_tunes_a_diffusers_scheduler(gmm, ddpm, name):
     result = tuner.tune()
     assert len(result.tau) == registry.get_sampler(name).nfe(sigmas)
     assert tuner.pool_objective() < before
+
+
+# ----- Goal: pipelines: apply a tuned set, tune a saved folder ------------------------------------------------------
+
+from click.testing import CliRunner  # noqa: E402
+
+from timetuner_plugins.cli import cli  # noqa: E402
+from timetuner_plugins.diffusers_pipeline import apply_tuned_set, load, remove_tuned_set  # noqa: E402
+from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch  # noqa: E402
+
+QUICK = TuneConfig(iters=2, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False, show_progress=False,
+                   features="pixel")
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A tiny StableDiffusionPipeline (text encoder and tokenizer included) with a DDIM scheduler, saved."""
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    dc.tiny_pipeline("sd15", "DDIMScheduler").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd_set(sd_folder):
+    """A set tuned (briefly) on the saved folder with two prompts and CFG 3, for DDIM's 4 steps."""
+    model = load(sd_folder, prompts=["a cat", "a dog"], guidance_scale=3.0)
+    name = "diffusers.DDIMScheduler"
+    sigmas = make_sigmas(model, name, 4)
+    result = Tuner(model, name, sigmas, name, TuneConfig(**{**QUICK.__dict__, "lr": 0.3})).tune()
+    tuned = result.tuned_set(model)
+    assert not torch.equal(tuned.tau, tuned.eval_sigmas)
+    return tuned.save(sd_folder.parent / "sd-ddim4.safetensors", overwrite=True)
+
+
+def _pipe(folder):
+    return diffusers.DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+
+
+def _latents(pipe, steps=4, **kwargs):
+    return pipe("a cat", num_inference_steps=steps, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                output_type="latent", **kwargs).images
+
+
+def test_identity_set_reproduces_the_plain_pipeline_bit_for_bit(sd_folder, sd_set):
+    pipe = _pipe(sd_folder)
+    plain = _latents(pipe)
+    tuned = TunedSet.load(sd_set)
+    identity = TunedSet(**{**tuned.__dict__, "tau": tuned.eval_sigmas.clone(), "path": None})
+    handle = apply_tuned_set(pipe, identity)
+    assert torch.equal(_latents(pipe), plain)
+    assert [k for k, _, _ in handle.calls] == [0, 1, 2, 3] and all(a is b for _, a, b in handle.calls)
+
+
+def test_a_tuned_set_moves_only_the_timestep_and_remove_restores(sd_folder, sd_set):
+    pipe = _pipe(sd_folder)
+    plain = _latents(pipe)
+    handle = apply_tuned_set(pipe, sd_set)
+    seen, hook = _record_timesteps(pipe.unet)  # runs after the set's hook: sees what the network gets
+    tuned = _latents(pipe)
+    hook.remove()
+    ts = TunedSet.load(sd_set)
+    model = load(sd_folder, prompts=["a cat"], guidance_scale=3.0)
+    for (k, before, after), (t, _, _) in zip(handle.calls, seen):
+        assert torch.equal(torch.as_tensor(after), t)  # the network got the moved timestep
+        expected = model.sigma_to_t(ts.tau[k].double()).float()
+        torch.testing.assert_close(t, torch.full_like(t, float(expected), dtype=torch.float32))
+    assert not torch.equal(tuned, plain)
+    assert remove_tuned_set(pipe) and not remove_tuned_set(pipe)
+    assert torch.equal(_latents(pipe), plain)
+
+
+def test_mismatched_sets_are_refused_or_warned(sd_folder, sd_set):
+    pipe = _pipe(sd_folder)
+    apply_tuned_set(pipe, sd_set)
+    with pytest.raises(TunedSetMismatch, match="this run's scheduler makes 5"):
+        _latents(pipe, steps=5)
+    with pytest.warns(UserWarning, match="applied by σ matching"):
+        apply_tuned_set(pipe, sd_set, force=True)
+        _latents(pipe, steps=5)
+    remove_tuned_set(pipe)
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(TunedSetMismatch, match="diffusers.EulerDiscreteScheduler"):
+        apply_tuned_set(pipe, sd_set)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    with pytest.raises(TunedSetMismatch, match="timestep_spacing"):
+        apply_tuned_set(pipe, sd_set)
+    other = dc.tiny_pipeline("sd15", "DDIMScheduler", seed=1)
+    with pytest.raises(TunedSetMismatch, match="fingerprint"):
+        apply_tuned_set(other, sd_set)
+
+
+def test_flux_pipeline_with_embeddings(tmp_path):
+    """A FluxPipeline (no text encoders: precomputed embeddings) tuned through a saved transformer folder."""
+    pipe = dc.tiny_pipeline("flux")
+    pipe.transformer.save_pretrained(tmp_path / "transformer")
+    pipe.scheduler.save_pretrained(tmp_path / "scheduler")
+    embeds = {"prompt_embeds": torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(1)),
+              "pooled_prompt_embeds": torch.randn(2, 16, generator=torch.Generator().manual_seed(2))}
+    model = load(tmp_path / "transformer", embeds=embeds, height=64)  # 64 image pixels: 8 × 8 latents, 16 tokens
+    assert model.sample_shape == (16, 16) and model.kind == "FluxTransformer2DModel"
+    name = "diffusers.FlowMatchEulerDiscreteScheduler"
+    sigmas = make_sigmas(model, name, 3)
+    ts = Tuner(model, name, sigmas, name, TuneConfig(**{**QUICK.__dict__, "lr": 0.3})).tune().tuned_set(model)
+    call = dict(prompt_embeds=embeds["prompt_embeds"][:1], pooled_prompt_embeds=embeds["pooled_prompt_embeds"][:1],
+                height=64, width=64, num_inference_steps=3, output_type="latent")
+    plain = pipe(generator=torch.Generator().manual_seed(0), **call).images
+    identity = TunedSet(**{**ts.__dict__, "tau": ts.eval_sigmas.clone(), "path": None})
+    apply_tuned_set(pipe, identity)
+    assert torch.equal(pipe(generator=torch.Generator().manual_seed(0), **call).images, plain)
+    handle = apply_tuned_set(pipe, ts)
+    tuned = pipe(generator=torch.Generator().manual_seed(0), **call).images
+    assert not torch.equal(tuned, plain) and len(handle.calls) == 3
+    with pytest.raises(TunedSetMismatch, match="image size"):  # another resolution: another μ, other σ's
+        pipe(generator=torch.Generator().manual_seed(0), **{**call, "height": 128, "width": 128})
+
+
+def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    out = tmp_path / "cli.safetensors"
+    spec = f"diffusers:{sd_folder}?prompts={prompts}&guidance=3"
+    result = CliRunner().invoke(cli, ["tune", "--model", spec, "--sampler", "diffusers.DDIMScheduler",
+                                      "--schedule", "diffusers.DDIMScheduler", "--steps", "4", "--iters", "2",
+                                      "--batch", "4", "--no-select", "--eval-n", "0", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ts = TunedSet.load(out)
+    assert ts.model_id == spec and ts.nfe == 4 and ts.sampler == "diffusers.DDIMScheduler"
+    apply_tuned_set(_pipe(sd_folder), out)  # the set matches the pipeline it was tuned from
+    bad = CliRunner().invoke(cli, ["tune", "--model", "diffusers:/no/such/folder", "--sampler", "ddim", "--steps", "2"])
+    assert bad.exit_code == 2 and "neither model_index.json" in bad.output
+    wrong = CliRunner().invoke(cli, ["tune", "--model", spec, "--sampler", "diffusers.DDIMScheduler",
+                                     "--schedule", "karras", "--steps", "4", "--eval-n", "0", "--out",
+                                     str(tmp_path / "x.safetensors")])
+    assert wrong.exit_code == 1 and "--schedule diffusers.DDIMScheduler" in wrong.output

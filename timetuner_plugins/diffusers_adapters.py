@@ -123,13 +123,16 @@ def _net_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def prepare_kwargs(extra: dict[str, Any], batch: int, dtype: torch.dtype, kind: str) -> dict[str, Any]:
-    """The network's keyword arguments from a sampler's extra arguments: batch-1 conditioning expanded to
-    ``batch``, text embeddings cast to ``dtype``; SDXL's flat ``text_embeds`` / ``time_ids`` gathered into
-    ``added_cond_kwargs``."""
+def prepare_kwargs(extra: dict[str, Any], batch: int, dtype: torch.dtype, kind: str,
+                   device: torch.device | None = None) -> dict[str, Any]:
+    """The network's keyword arguments from a sampler's extra arguments: tensors moved to ``device``, batch-1
+    conditioning expanded to ``batch``, text embeddings cast to ``dtype``; SDXL's flat ``text_embeds`` /
+    ``time_ids`` gathered into ``added_cond_kwargs``."""
     out: dict[str, Any] = {}
     for key, value in extra.items():
         if torch.is_tensor(value):
+            if device is not None:
+                value = value.to(device)
             if key in BATCHED and value.ndim and value.shape[0] == 1 and batch > 1:
                 value = value.expand(batch, *value.shape[1:])
             if key in EMBEDDINGS and value.is_floating_point():
@@ -141,6 +144,8 @@ def prepare_kwargs(extra: dict[str, Any], batch: int, dtype: torch.dtype, kind: 
             if key in out:
                 added[key] = out.pop(key)
         for key, value in list(added.items()):
+            if torch.is_tensor(value) and device is not None:
+                value = value.to(device)
             if torch.is_tensor(value) and value.ndim and value.shape[0] == 1 and batch > 1:
                 value = value.expand(batch, *value.shape[1:])
             if key == "text_embeds" and torch.is_tensor(value):
@@ -161,7 +166,7 @@ class DiffusersNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **extra: Any) -> torch.Tensor:
         dtype = _net_dtype(self.model)
-        kwargs = prepare_kwargs(extra, x.shape[0], dtype, self.kind)
+        kwargs = prepare_kwargs(extra, x.shape[0], dtype, self.kind, x.device)
         if self.kind in FLOW_CLASSES:
             out = self.model(hidden_states=x.to(dtype), timestep=t, return_dict=False, **kwargs)[0]
         else:
@@ -195,6 +200,12 @@ class _DiffusersMixin:
         """Keyword arguments beyond the step count with which this model's pipeline calls its scheduler's
         ``set_timesteps`` (none, except for Flux)."""
         return {}
+
+    def parameterisation_extra(self) -> dict[str, Any]:
+        """Recorded in a tuned set (``extra["model"]``): the scheduler config the diffusers samplers started from,
+        so that applying the set to a pipeline can compare its scheduler's settings."""
+        return {"diffusers_scheduler": json.loads(json.dumps(
+            {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}, default=str))}
 
 
 class DiffusersVPDenoiser(_DiffusersMixin, DiscreteVPDenoiser):
@@ -265,7 +276,7 @@ class DiffusersFlowDenoiser(_DiffusersMixin, FlowDenoiser):
         self.model_id = model_id or f"diffusers-{kind}"
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"adapter": "flow", "shift": self.shift, "multiplier": self.multiplier}
+        return {"adapter": "flow", "multiplier": self.multiplier}  # the shift depends on the image size: not here
 
     def set_timesteps_kwargs(self, steps: int) -> dict[str, Any]:
         """FluxPipeline's call: σ's linspace(1, 1/steps, steps) before the shift, and μ (= log s) for a dynamic
@@ -341,6 +352,10 @@ class DiffusersCFGDenoiser(TunableDenoiser):
 
     def set_timesteps_kwargs(self, steps: int) -> dict[str, Any]:
         return self.inner.set_timesteps_kwargs(steps)
+
+    def parameterisation_extra(self) -> dict[str, Any]:
+        more = getattr(self.inner, "parameterisation_extra", None)
+        return more() if callable(more) else {}
 
     @property
     def fingerprint(self) -> str:

@@ -227,3 +227,54 @@ def unpack_flux(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     b, _, d = tokens.shape
     c = d // 4
     return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+
+
+def tiny_pipeline(name: str = "sd15", scheduler: str | None = None, seed: int = 0) -> Any:
+    """A diffusers pipeline built here from tiny configs with random weights, for tests and examples:
+
+    - ``"sd15"``: a StableDiffusionPipeline with the tiny SD1.5-style UNet, a tiny VAE (16 × 16 images, 8 × 8
+      latents), a random CLIP text encoder and a CLIP tokenizer over a 54-token character vocabulary written here
+      (so prompts work offline); no safety checker;
+    - ``"flux"``: a FluxPipeline with the tiny Flux transformer and no text encoders or VAE: call it with
+      ``prompt_embeds`` / ``pooled_prompt_embeds`` and ``output_type="latent"`` (64 × 64 images, 8 × 8 latents).
+
+    ``scheduler``: a diffusers scheduler class name built from the model's scheduler config (default: the
+    published model's own, PNDM for SD1.5)."""
+    import json
+    import tempfile
+
+    import diffusers
+
+    built = build(name, "tiny", seed=seed)
+    config = dict(built.scheduler_config)
+    cls = getattr(diffusers, scheduler or config.pop("_class_name"))
+    config.pop("_class_name", None)
+    sched = cls.from_config(config)
+    if name == "flux":
+        return diffusers.FluxPipeline(scheduler=sched, vae=None, text_encoder=None, tokenizer=None,
+                                      text_encoder_2=None, tokenizer_2=None, transformer=built.model)
+    if name != "sd15":
+        raise ValueError(f"tiny pipelines: sd15, flux; not {name!r}")
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+        for suffix in ("", "</w>"):
+            for c in "abcdefghijklmnopqrstuvwxyz":
+                vocab[c + suffix] = len(vocab)
+        with open(f"{tmp}/vocab.json", "w") as f:
+            json.dump(vocab, f)
+        with open(f"{tmp}/merges.txt", "w") as f:
+            f.write("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(f"{tmp}/vocab.json", f"{tmp}/merges.txt", model_max_length=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                            num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=8,
+                                            projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+        vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16],
+                                      down_block_types=["DownEncoderBlock2D"] * 2,
+                                      up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8, sample_size=16)
+    return diffusers.StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer,
+                                             unet=built.model, scheduler=sched, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)

@@ -208,23 +208,30 @@ def _make_plan(entry: Entry, cfg: dict[str, Any], steps: int, kwargs: dict[str, 
         scheduler.set_timesteps(steps, **kwargs)
     finally:
         logger.setLevel(level)
+    return read_plan(scheduler)
+
+
+def read_plan(scheduler: Any, final: bool = True) -> Plan:
+    """What a run of ``scheduler`` (after ``set_timesteps``) evaluates: the σ of each timestep — its ``sigmas``
+    entry where it keeps one per timestep, else from ᾱ at the timestep —, the step each belongs to, and (with
+    ``final``) the σ it ends at. Reads the scheduler; changes nothing."""
     timesteps = scheduler.timesteps
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas) == len(timesteps) + 1:
         evals = [float(s) for s in sigmas[:-1].double()]
-        final = float(sigmas[-1])
+        end = float(sigmas[-1])
     elif hasattr(scheduler, "alphas_cumprod"):
         abar = scheduler.alphas_cumprod.double()[timesteps.long().cpu()]
         evals = [float(s) for s in ((1 - abar) / abar).sqrt()]
-        final = _probe_final_sigma(scheduler, evals[0])
+        end = _probe_final_sigma(scheduler, evals[0]) if final else float("nan")
     else:
-        raise DiffusersScheduleError(f"{entry.cls}: cannot read the σ of its timesteps")
+        raise DiffusersScheduleError(f"{type(scheduler).__name__}: cannot read the σ of its timesteps")
     step_of, step_sigmas = [], []
     for s in evals:
         if not step_sigmas or abs(s - step_sigmas[-1]) > SIGMA_RTOL * step_sigmas[-1]:
             step_sigmas.append(s)
         step_of.append(len(step_sigmas) - 1)
-    return Plan(scheduler, evals, step_of, step_sigmas, final)
+    return Plan(scheduler, evals, step_of, step_sigmas, end)
 
 
 def _probe_final_sigma(scheduler: Any, first_sigma: float) -> float:

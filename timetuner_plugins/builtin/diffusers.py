@@ -76,4 +76,4 @@ def register_schedules(register):
 
     for entry in ds.ENTRIES:
         register(ScheduleSpec(f"diffusers.{entry.cls}", ds.make_schedule(entry),
-                              f"the σ's diffusers' {entry.cls} sets for the model's scheduler config"))
+                              f"the σ's diffusers' {entry.cls} sets for the model's scheduler config", auto=False))
