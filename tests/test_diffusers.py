@@ -439,7 +439,14 @@ def test_flux_pipeline_with_embeddings(tmp_path):
         pipe(generator=torch.Generator().manual_seed(0), **{**call, "height": 128, "width": 128})
 
 
-def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path):
+def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path, monkeypatch):
+    import functools
+
+    import timetuner_plugins.tuner as tuner_module
+
+    # the command line has no --pool: a small pool and teacher keep this test to seconds (the default is 512 samples)
+    monkeypatch.setattr(tuner_module, "TuneConfig", functools.partial(TuneConfig, pool=4, val_size=4,
+                                                                      teacher_substeps=2))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
     out = tmp_path / "cli.safetensors"
@@ -457,3 +464,28 @@ def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path):
                                      "--schedule", "karras", "--steps", "4", "--eval-n", "0", "--out",
                                      str(tmp_path / "x.safetensors")])
     assert wrong.exit_code == 1 and "--schedule diffusers.DDIMScheduler" in wrong.output
+
+
+def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
+    """The README's diffusers blocks: tuning a saved folder (with a smaller pool than the default 512), then the
+    three-line quick start on the pipeline, in a folder where both files are."""
+    import functools
+    import re
+    from pathlib import Path
+
+    import timetuner_plugins.tuner as tuner_module
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = lambda name: re.search(rf"<!-- tested: {name} -->\n```\w*\n(.*?)```", readme, re.S).group(1)  # noqa: E731
+    monkeypatch.chdir(tmp_path)
+    dc.tiny_pipeline("sd15", "DDIMScheduler").save_pretrained(tmp_path / "my-sd")
+    small = functools.partial(TuneConfig, pool=8, batch=8, val_size=8, teacher_substeps=2, show_progress=False)
+    tune_scope = {}
+    code = block("diffusers-tune").replace("TuneConfig(iters=100)", "TuneConfig(iters=3)")
+    with monkeypatch.context() as m:
+        m.setattr(tuner_module, "TuneConfig", small)
+        exec(compile(code, "README diffusers-tune", "exec"), tune_scope)
+    assert (tmp_path / "my-sd_ddim10.safetensors").is_file()
+    scope = {"pipe": _pipe(tmp_path / "my-sd")}
+    exec(compile(block("diffusers-apply"), "README diffusers-apply", "exec"), scope)
+    assert scope["image"].size == (16, 16) and len(scope["pipe"]._timetuner.calls) == 10
