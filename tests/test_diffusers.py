@@ -250,6 +250,15 @@ def test_full_size_configs_count_their_published_parameters():
     assert abs(counts["sd3"] - 2028.33e6) < 0.1e6 and abs(counts["flux"] - 11901.4e6) < 0.1e6
 
 
+def test_fingerprint_samples_stay_inside_large_tensors():
+    from timetuner_plugins.diffusers_adapters import sample_positions
+
+    for n in (1, 2, 63, 64, 65, 29_491_200, 2 ** 31 + 7):  # SD1.5's largest tensor has 29 491 200 elements
+        pos = sample_positions(n, 64)
+        assert int(pos[0]) == 0 and int(pos[-1]) == n - 1 and len(pos) == min(n, 64)
+        assert bool((pos[1:] > pos[:-1]).all())
+
+
 # ----- Goal: diffusers schedulers as registry samplers ------------------------------------------------------------
 
 PARITY = [("diffusers.DDIMScheduler", "ddim", {"timestep_spacing": "trailing"}),

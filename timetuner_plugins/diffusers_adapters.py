@@ -110,11 +110,19 @@ def sampled_fingerprint(module: nn.Module, extra: dict[str, Any], samples: int =
         n = flat.numel()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         if n:
-            idx = torch.linspace(0, n - 1, min(n, samples), device=flat.device).round().long()
-            picked = flat[idx].cpu().contiguous()
+            picked = flat[sample_positions(n, samples).to(flat.device)].cpu().contiguous()
             digest.update(picked.view(torch.uint8).numpy().tobytes() if picked.dtype != torch.bool
                           else picked.numpy().tobytes())
     return digest.hexdigest()
+
+
+def sample_positions(n: int, samples: int) -> torch.Tensor:
+    """``min(n, samples)`` evenly spaced positions in 0 … n − 1, first and last included (integer arithmetic: a float
+    grid rounds past the end of tensors over 2^24 elements)."""
+    k = min(n, samples)
+    if k == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // (k - 1)
 
 
 def _net_dtype(module: nn.Module) -> torch.dtype:
