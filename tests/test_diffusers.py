@@ -90,8 +90,8 @@ def test_the_plugin_registers_adapters_samplers_and_schedules():
     assert {f"diffusers.{c}" for c in ("UNet2DModel", "UNet2DConditionModel", "SD3Transformer2DModel",
                                        "FluxTransformer2DModel")} <= set(registry.adapters())
     names = {n for n in registry.samplers() if n.startswith("diffusers.")}
-    assert {"diffusers.DDIMScheduler", "diffusers.DPMSolverMultistepScheduler", "diffusers.DPMSolverSinglestepScheduler",
-            "diffusers.UniPCMultistepScheduler", "diffusers.DEISMultistepScheduler", "diffusers.EulerDiscreteScheduler",
+    assert {"diffusers.DDIMScheduler", "diffusers.DPMSolverMultistepScheduler",
+            "diffusers.DPMSolverSinglestepScheduler", "diffusers.UniPCMultistepScheduler", "diffusers.DEISMultistepScheduler", "diffusers.EulerDiscreteScheduler",
             "diffusers.HeunDiscreteScheduler", "diffusers.FlowMatchEulerDiscreteScheduler"} <= names
     assert names <= set(registry.schedules())
     assert not [p for p in registry.problems() if "diffusers" in p.message]

@@ -40,7 +40,8 @@ FLOW_CLASSES = ("SD3Transformer2DModel", "FluxTransformer2DModel")
 BATCHED = ("encoder_hidden_states", "pooled_projections", "text_embeds", "time_ids", "class_labels", "guidance",
            "encoder_attention_mask", "timestep_cond")
 EMBEDDINGS = ("encoder_hidden_states", "pooled_projections", "text_embeds", "timestep_cond")  # cast to the net's dtype
-BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
+BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+             "rescale_betas_zero_snr")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 
 
@@ -298,8 +299,8 @@ class DiffusersFlowDenoiser(_DiffusersMixin, FlowDenoiser):
         return kwargs
 
 
-def adapt(model: nn.Module, scheduler_config: dict[str, Any] | Any = None, *, sample_shape: tuple[int, ...] | None = None,
-          latent_size: tuple[int, int] | None = None, model_id: str = "") -> TunableDenoiser:
+def adapt(model: nn.Module, scheduler_config: dict[str, Any] | Any = None, *,
+          sample_shape: tuple[int, ...] | None = None, latent_size: tuple[int, int] | None = None, model_id: str = "") -> TunableDenoiser:
     """The tunable denoiser for a supported diffusers model and its scheduler config (a dict or a scheduler, whose
     ``config`` is read). Without a config: DDPM's linear ε schedule for a UNet, SD3's shift 3 for a flow model
     — pass the pipeline's ``scheduler.config`` for the real one."""

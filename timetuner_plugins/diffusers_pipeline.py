@@ -73,7 +73,8 @@ class TunedPipeline:
         self._ds = ds
         problems = self._apply_problems()
         if problems and not force:
-            raise TunedSetMismatch(tuned.path, "; ".join(problems), f"Use a set tuned for this pipeline, or {FORCE_HINT}")
+            raise TunedSetMismatch(tuned.path, "; ".join(problems),
+                                   f"Use a set tuned for this pipeline, or {FORCE_HINT}")
         for problem in problems:
             warnings.warn(f"{tuned.path or 'tuned set'}: {problem} (applied anyway: force)", stacklevel=3)
         self._handle = self.network.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
@@ -114,7 +115,9 @@ class TunedPipeline:
         same = len(run) == len(ev) and all(abs(a - b) <= SIGMA_RTOL * b for a, b in zip(run, ev))
         self._run_sigmas, self._matching = run, not same
         if not same:
-            fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in (v if len(v) <= 6 else v[:3] + v[-2:])) + "]"  # noqa: E731
+            def fmt(v: list[float]) -> str:
+                return "[" + ", ".join(f"{x:.4g}" for x in (v if len(v) <= 6 else v[:3] + v[-2:])) + "]"
+
             problem = (f"tuned for {len(ev)} evaluations at σ {fmt(ev)} but this run's scheduler makes {len(run)} at "
                        f"{fmt(run)} (another step count, image size or schedule)")
             if not self.force:
