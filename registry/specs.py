@@ -117,6 +117,7 @@ class ScheduleSpec:
     fn: Callable[[int, Any], torch.Tensor]
     description: str = ""
     plugin: str = ""
+    auto: bool = True  # a candidate of ``--schedule auto`` (False: the σ's of one sampler, e.g. a diffusers scheduler)
 
     def with_plugin(self, plugin: str) -> "ScheduleSpec":
         return replace(self, plugin=plugin)

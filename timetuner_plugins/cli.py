@@ -46,7 +46,21 @@ def _load_model(name: str, device: str):
         where = resolve_device(device)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
+    if name.startswith("diffusers:"):  # a folder saved by diffusers' save_pretrained (the diffusers extra)
+        from .diffusers_pipeline import load_spec
+
+        try:
+            return load_spec(name).to(where)
+        except (ValueError, OSError, ImportError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from None
     return registry.load_model(name).to(where)
+
+
+def _file_stem(model: str) -> str:
+    """``model`` as a file-name part: a diffusers:PATH model by its folder's name."""
+    if model.startswith("diffusers:"):
+        return "diffusers-" + Path(model.removeprefix("diffusers:").partition("?")[0]).name
+    return model
 
 
 class _Group(click.Group):
@@ -124,7 +138,8 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 
 
 @cli.command(short_help="Train τ for a sampler and save a tuned set.")
-@click.option("--model", required=True, help="A registered model (see `timetuner models`).")
+@click.option("--model", required=True, help="A registered model (see `timetuner models`), or diffusers:PATH[?OPTIONS] "
+                                             "(a saved diffusers pipeline or model folder; see the README).")
 @click.option("--sampler", required=True, help="A registered sampler (see `timetuner samplers`).")
 @click.option("--steps", type=click.IntRange(1), help="Sampler steps (intervals of the σ schedule).")
 @click.option("--nfe", type=click.IntRange(1), help="Or: the most steps within this many network evaluations.")
@@ -228,7 +243,8 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     base.micro_batch, base.recompute = micro_batch, recompute
     base.families = tuple(f.strip() for f in families.split(",") if f.strip())
     tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
-    out = check_output_file(out or Path(f"{model}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"), overwrite)
+    out = check_output_file(out or Path(f"{_file_stem(model)}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"),
+                            overwrite)
     tuner.checkpoint = out.with_name(out.name + ".ckpt")
     try:
         result = tuner.tune(resume=resume)

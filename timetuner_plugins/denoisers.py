@@ -177,12 +177,16 @@ SPACES = {"ve": "a VE/VP model (x = x₀ + σ·ε in k-diffusion's σ)", "flow":
 
 
 def parameterisation(model: Any) -> dict[str, Any]:
-    """What a tuned set records of the model's σ space: ``space``, and a flow model's ``shift`` and ``multiplier``."""
+    """What a tuned set records of the model's σ space: ``space``, a flow model's ``shift`` and ``multiplier``, and
+    what the model's ``parameterisation_extra()`` adds (a diffusers adapter: its scheduler config)."""
     space = getattr(model, "space", "ve")
-    if space != "flow":
-        return {"space": space}
-    return {"space": space, "shift": float(getattr(model, "shift", 1.0)),
-            "multiplier": float(getattr(model, "multiplier", 1000.0))}
+    out: dict[str, Any] = {"space": space}
+    if space == "flow":
+        out.update(shift=float(getattr(model, "shift", 1.0)), multiplier=float(getattr(model, "multiplier", 1000.0)))
+    more = getattr(model, "parameterisation_extra", None)  # e.g. a diffusers adapter's scheduler config
+    if callable(more):
+        out.update(more())
+    return out
 
 
 class DiscreteVPDenoiser(TunableDenoiser):

@@ -136,7 +136,8 @@ def choose_schedule(model: Any, spec: SamplerSpec, nfe: int, candidates: list[st
     if candidates is None:  # one name per schedule function ('exponential' is ComfyUI's name for 'logsnr')
         unique: dict[Any, str] = {}
         for name, schedule in sorted(registry.schedules().items()):
-            unique.setdefault(schedule.fn, name)
+            if getattr(schedule, "auto", True):
+                unique.setdefault(schedule.fn, name)
         candidates = sorted(unique.values())
     noise = eval_noise(n, tuple(model.sample_shape), SCHEDULE_SEED)
     fd = fd_metric(model)
