@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,8 @@ from .metrics import fd_metric, trajectory_error
 from .run import make_sigmas, steps_for_nfe
 from .tau import TauLookup
 from .time_shift import TimeShift
-from .tuner import TuneConfig, Tuner
+from .pipeline import tune_set
+from .tuner import TuneConfig, derive_seed
 
 METHODS: dict[str, Callable[[int], TuneConfig | TimeShift | None]] = {
     "untuned": lambda seed: None,
@@ -113,12 +114,9 @@ def quick_plan() -> Plan:
 
 def _tune(model: Any, spec: Any, sigmas: torch.Tensor, schedule: str, config: TuneConfig,
           overrides: dict[str, Any]) -> tuple[Any, float]:
-    for key, value in overrides.items():
-        if key == "batch" and config.objective == "paper":
-            continue
-        setattr(config, key, value)
+    keep = {k: v for k, v in overrides.items() if not (k == "batch" and config.objective == "paper")}
     started = time.perf_counter()
-    result = Tuner(model, spec, sigmas, schedule, config).tune()
+    result = tune_set(model, spec, sigmas, schedule, replace(config, **keep), eval_n=0).result
     return result, time.perf_counter() - started
 
 
@@ -130,7 +128,7 @@ def _held_out_check(model: Any, spec: Any, sigmas: torch.Tensor, lookup: TauLook
     out = {}
     for label, noise in (("train", torch.cat([torch.randn((config.batch, *model.sample_shape),
                                                           generator=torch.Generator().manual_seed(
-                                                              config.seed * 1_000_003 + c))
+                                                              derive_seed(config.seed, c)))
                                               for c in range(max(1, math.ceil(config.pool / config.batch)))])[:n]),
                          ("fresh", eval_noise(n, tuple(model.sample_shape), EVAL_SEED + 7))):
         target = generate(model, solver, fine, noise)

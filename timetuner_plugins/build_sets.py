@@ -14,9 +14,9 @@ from pathlib import Path
 import registry
 
 from . import shipped
-from .evaluate import choose_schedule, evaluate
-from .run import make_sigmas, steps_for_nfe
-from .tuner import TuneConfig, Tuner
+from .evaluate import choose_schedule
+from .pipeline import schedule_sigmas, tune_set
+from .tuner import TuneConfig
 
 MODELS = ("digits-ddpm", "digits-edm", "gmm-digits")
 SAMPLERS = ("ddim", "dpmpp_2m", "heun", "dpm_2", "ddpm")
@@ -39,13 +39,11 @@ def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_other
                 print(f"{model_name:<12} {sampler:<9} schedule {schedule} (untuned at NFE {max(nfes)}: "
                       + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + ")", flush=True)
             for nfe in nfes:
-                steps = steps_for_nfe(spec, model, schedule, nfe)
-                sigmas = make_sigmas(model, schedule, steps)
+                sigmas, _ = schedule_sigmas(model, spec, schedule, nfe=nfe)
+                steps = len(sigmas) - 1
                 started = time.perf_counter()
-                result = Tuner(model, spec, sigmas, schedule, TuneConfig(show_progress=False)).tune()
-                before = evaluate(model, spec, sigmas, schedule, n=n)
-                after = evaluate(model, spec, sigmas, schedule, n=n, lookup=result.tuned_set(model).lookup())
-                ts = result.tuned_set(model, before, after)
+                tuned = tune_set(model, spec, sigmas, schedule, TuneConfig(show_progress=False), eval_n=n)
+                result, ts, before, after = tuned.result, tuned.tuned_set, tuned.before, tuned.after
                 rel = f"{model_name}/{sampler}_{schedule}_nfe{ts.nfe}.safetensors"
                 ts.save(shipped.ROOT / rel, overwrite=True)
                 entries[(model_name, sampler, schedule, ts.nfe)] = shipped.Entry(

@@ -14,9 +14,9 @@ import registry
 
 from . import plots, shipped
 from .evaluate import EVAL_SEED, cache_dir, eval_noise, evaluate, generate, reference
-from .run import make_sigmas, steps_for_nfe
+from .pipeline import schedule_sigmas, tune_set
+from .run import make_sigmas
 from .tuned_set import TunedSet
-from .tuner import Tuner
 
 MODEL = "digits-ddpm"
 CASES = [("ddim", 5), ("ddim", 10), ("dpmpp_2m", 5), ("dpmpp_2m", 10)]
@@ -26,9 +26,8 @@ CURVE_NFE = [4, 5, 6, 8, 10, 15, 20]
 def _tuned_set(model: Any, sampler: str, nfe: int, schedule: str, retune: bool) -> TunedSet:
     if not retune:
         return shipped.load(shipped.find(MODEL, sampler, nfe=nfe))
-    spec = registry.get_sampler(sampler)
-    sigmas = make_sigmas(model, schedule, steps_for_nfe(spec, model, schedule, nfe))
-    return Tuner(model, spec, sigmas, schedule).tune().tuned_set(model)
+    sigmas, schedule = schedule_sigmas(model, sampler, schedule, nfe=nfe)
+    return tune_set(model, sampler, sigmas, schedule, eval_n=0).tuned_set
 
 
 def _gap(untuned: dict, tuned: dict) -> float | None:

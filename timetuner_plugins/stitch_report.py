@@ -19,7 +19,8 @@ from .metrics import fd_metric
 from .run import make_sigmas, model_device
 from .t_stitch import StitchedDenoiser, check_fraction, stitch
 from .tau import TauLookup
-from .tuner import TuneConfig, Tuner
+from .pipeline import tune_set
+from .tuner import TuneConfig
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _tuned(model: Any, spec: Any, sigmas: torch.Tensor, schedule: str, noise: to
            fd: Callable[[torch.Tensor], float]) -> dict[str, Any]:
     """τ tuned by the generic tuner with the stitched pair as the model, evaluated on the report's noise."""
     config = TuneConfig(iters=plan.tune_iters, show_progress=False)
-    result = Tuner(model, spec, sigmas, schedule, config).tune()
+    result = tune_set(model, spec, sigmas, schedule, config, eval_n=0).result
     lookup = TauLookup(result.eval_sigmas, result.tau, dode_lambda=result.dode_lambda)
     samples = generate(model, spec, sigmas, noise, lookup=lookup, seed=plan.seed)
     sel = result.selection

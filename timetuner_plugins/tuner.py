@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -72,9 +72,10 @@ class TuneError(ValueError):
     """Settings that cannot work, named with the fix."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuneConfig:
-    """Settings of one tuning run; ``TuneConfig.paper()`` gives the paper's procedure."""
+    """Settings of one tuning run (immutable: change one with ``dataclasses.replace``); ``TuneConfig.paper()``
+    gives the paper's procedure."""
 
     objective: str = "energy"
     mode: str = "sequential"
@@ -310,6 +311,8 @@ class Tuner:
         self.model, self.spec = model, sampler_spec(sampler)
         self.config = config or TuneConfig()
         self.config.validate()
+        if isinstance(self.config.families, list):
+            self.config = replace(self.config, families=tuple(self.config.families))
         if not self.spec.tunable:
             raise TuneError(f"sampler {self.spec.name!r} cannot be tuned: {self.spec.untunable_reason}")
         cfg = self.config

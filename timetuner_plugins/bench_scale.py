@@ -1,0 +1,222 @@
+"""``timetuner bench-scale``: peak memory and seconds per tuning iteration of real architectures, against NFE,
+batch, resolution and recompute.
+
+Each point runs in a fresh process, so its peak memory is its own: the network is built from a published
+config with random weights (diffusers' classes; weights do not change memory or time), wrapped with
+classifier-free guidance, its teacher computed, and then ``iters`` tuning iterations are timed. Memory is the
+peak during those iterations above what the process held before them (weights, teacher, inputs): on CPU the
+resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs), on CUDA the allocator's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+MODELS = {  # name: (diffusers_configs name, size, block widths or None for the published ones)
+    "sd15": ("sd15", "full", None),
+    "sd15-narrow": ("sd15", "full", [64, 128, 256, 256]),  # SD1.5's layout at a fifth of its widths
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement: ``model`` at a ``latent`` × ``latent`` latent, ``nfe`` DDIM evaluations, ``batch``
+    samples per iteration in micro-batches of ``micro_batch``, CFG ``guidance`` (two network rows per sample)."""
+
+    model: str = "sd15-narrow"
+    nfe: int = 8
+    batch: int = 2
+    micro_batch: int | None = None
+    latent: int = 32
+    recompute: bool = True
+    guidance: float = 7.5
+    dtype: str = "float32"
+    iters: int = 2
+    device: str = "cpu"
+
+
+@dataclass
+class Result:
+    point: Point
+    parameters: int
+    peak_gb: float
+    seconds_per_iter: float
+    baseline_gb: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _hwm_gb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2 ** 20
+
+
+def _rss_gb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 2 ** 20
+
+
+def _reset_peak(device: torch.device) -> float:
+    """Reset the peak and return the memory held now (GB)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2 ** 30
+    Path("/proc/self/clear_refs").write_text("5")
+    return _rss_gb()
+
+
+def _peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return _hwm_gb()
+
+
+def build(point: Point) -> Any:
+    """The point's model as a tunable denoiser with CFG over random text embeddings."""
+    from . import diffusers_configs as dc
+    from .denoisers import DTYPES
+    from .diffusers_adapters import DiffusersCFGDenoiser, DiffusersVPDenoiser
+
+    name, size, widths = MODELS[point.model]
+    config = dc.config(name, size)
+    if widths is not None:
+        config["block_out_channels"] = widths
+    device = torch.device(point.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        with torch.device(device):
+            net = dc.model_class(name)(**config)
+    if point.dtype != "float32":
+        net = net.to(DTYPES[point.dtype])
+    net = net.eval().requires_grad_(False)
+    inner = DiffusersVPDenoiser(net, dc.SCHEDULERS[name], sample_shape=(4, point.latent, point.latent),
+                                model_id=point.model)
+    cond = {k: v.to(device) for k, v in dc.conditioning(name, size, batch=1, seed=1).items()}
+    negative = {"encoder_hidden_states": torch.zeros_like(cond["encoder_hidden_states"])}
+    return DiffusersCFGDenoiser(inner, point.guidance, cond=cond, negative=negative)
+
+
+def measure(point: Point) -> Result:
+    """Measure one point in this process (see the module docstring)."""
+    from .denoisers import network_parameters
+    from .run import make_sigmas
+    from .tuner import TuneConfig, Tuner
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = torch.device(point.device)
+    model = build(point)
+    sigmas = make_sigmas(model, "karras", point.nfe)
+    config = TuneConfig(iters=point.iters, batch=point.batch, pool=point.batch, val_size=2, select=False,
+                        teacher_substeps=1, features="pixel", micro_batch=point.micro_batch,
+                        recompute="on" if point.recompute else "off", show_progress=False, checkpoint_every=10 ** 6)
+    tuner = Tuner(model, "ddim", sigmas, "karras", config)
+    started = time.perf_counter()
+    tuner.teacher()
+    teacher_seconds = time.perf_counter() - started
+    baseline = _reset_peak(device)
+    started = time.perf_counter()
+    tuner.tune()
+    seconds = (time.perf_counter() - started) / point.iters
+    peak = _peak(device)
+    return Result(point, network_parameters(model), round(peak - baseline, 3), round(seconds, 2), round(baseline, 3),
+                  {"teacher_seconds": round(teacher_seconds, 1), "threads": torch.get_num_threads()})
+
+
+def run(points: list[Point], out: Path, log: Callable[[str], None] = print, timeout: float = 3600) -> list[dict]:
+    """Measure each point in a fresh process; write ``results.json`` and ``results.md`` after each."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else []
+    done = {json.dumps(r["point"], sort_keys=True) for r in results}
+    for point in points:
+        key = json.dumps(asdict(point), sort_keys=True)
+        if key in done:
+            continue
+        proc = subprocess.run([sys.executable, "-m", "timetuner_plugins.bench_scale", key], capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if proc.returncode != 0:
+            row = {"point": asdict(point), "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+        else:
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(row)
+        log(_line(row))
+        path.write_text(json.dumps(results, indent=1))
+        (out / "results.md").write_text(markdown(results) + "\n")
+    return results
+
+
+def _line(row: dict) -> str:
+    p = row["point"]
+    head = (f"{p['model']:<13} NFE {p['nfe']:>2} batch {p['batch']}/{p['micro_batch'] or p['batch']} latent "
+            f"{p['latent']:>3} recompute {'on ' if p['recompute'] else 'off'} {p['dtype']}: ")
+    if "error" in row:
+        return head + "error: " + row["error"]
+    return head + f"peak {row['peak_gb']:.2f} GB above {row['baseline_gb']:.2f} GB, {row['seconds_per_iter']:.1f} s/iter"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| model | NFE | batch (micro) | latent | recompute | dtype | peak above baseline | s / iteration |",
+             "|---|---:|---|---:|---|---|---:|---:|"]
+    for row in results:
+        p = row["point"]
+        cells = (f"| {p['model']} | {p['nfe']} | {p['batch']} ({p['micro_batch'] or p['batch']}) | {p['latent']}² | "
+                 f"{'on' if p['recompute'] else 'off'} | {p['dtype']} | ")
+        if "error" in row:
+            lines.append(cells + f"error: {row['error'][:60]} | |")
+        else:
+            lines.append(cells + f"{row['peak_gb']:.2f} GB | {row['seconds_per_iter']:.1f} |")
+    return "\n".join(lines)
+
+
+def curve_points(model: str = "sd15-narrow", device: str = "cpu") -> list[Point]:
+    """The curves: NFE 4, 8, 16 with and without recompute; then batch and resolution at NFE 8."""
+    points = [Point(model, nfe, recompute=r, device=device) for nfe in (4, 8, 16) for r in (False, True)]
+    points += [Point(model, 8, batch=4, recompute=r, device=device) for r in (False, True)]
+    points += [Point(model, 8, batch=4, micro_batch=1, recompute=True, device=device)]
+    points += [Point(model, 8, latent=48, recompute=r, device=device) for r in (False, True)]
+    return points
+
+
+def plot(results: list[dict], path: Path) -> Path:
+    """Peak memory and seconds per iteration against NFE, with and without recompute (batch 2, latent 32)."""
+    from . import plots  # noqa: F401  (headless backend)
+    import matplotlib.pyplot as plt
+
+    fig, (mem, sec) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for recompute in (False, True):
+        rows = sorted((r for r in results if "error" not in r and r["point"]["recompute"] == recompute
+                       and r["point"]["batch"] == 2 and r["point"]["latent"] == 32 and not r["point"]["micro_batch"]
+                       and r["point"]["model"] == "sd15-narrow"), key=lambda r: r["point"]["nfe"])
+        if not rows:
+            continue
+        nfes = [r["point"]["nfe"] for r in rows]
+        label = "recompute" if recompute else "store activations"
+        mem.plot(nfes, [r["peak_gb"] for r in rows], marker="o", label=label)
+        sec.plot(nfes, [r["seconds_per_iter"] for r in rows], marker="o", label=label)
+    mem.set(xlabel="NFE", ylabel="peak memory above baseline (GB)", title="memory per tuning iteration")
+    sec.set(xlabel="NFE", ylabel="seconds per iteration", title="time per tuning iteration")
+    for ax in (mem, sec):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_xticks([4, 8, 16])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    result = measure(Point(**json.loads(sys.argv[1])))
+    print(json.dumps({**asdict(result), "point": asdict(result.point)}))
