@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "timetuner_plugins.builtin.time_shift",
     "timetuner_plugins.builtin.t_stitch",
     "timetuner_plugins.builtin.kdiffusion",
+    "timetuner_plugins.builtin.comfyui",
 )
 
 
