@@ -112,3 +112,97 @@ def test_identity_tau_through_every_comfy_sampler_is_bit_exact_and_tau_has_gradi
     out = run_sampler(model, spec, noise, sigmas, lookup=TauLookup(ev, tau), seed=3)
     out.square().mean().backward()
     assert tau.grad is not None and bool(tau.grad.abs().sum() > 0), name
+
+
+# ----- Apply Tuned Set under ComfyUI's stock KSampler, with every comfy sampler ------------------------------
+
+from comfyui_nodes.model_patch import apply_tuned_set  # noqa: E402
+from comfyui_nodes.sampling import sampler_function  # noqa: E402
+from timetuner_plugins.tuned_set import TunedSet  # noqa: E402
+
+TUNABLE = sorted(n[len(cs.PREFIX):] for n in comfy_specs(tunable=True))
+COND, UNCOND = [[torch.zeros(1, 1, 4), {}]], [[torch.ones(1, 1, 4), {}]]
+
+
+def _set_for(model, kind: str, name: str, steps: int, ratio=None, lam=None) -> TunedSet:
+    """A set for ComfyUI's KSampler run of ``name``: its σ's and the dry run's evaluation σ's (as the Tune node
+    records them), τ = σ·ratio."""
+    ms = model.get_model_object("model_sampling")
+    scheduler = "simple" if kind == "FLOW" else "karras"
+    sigmas = _ksampler_sigmas(model, name, steps, scheduler)
+    ev = torch.tensor(cs.dry_run(registry.get_sampler(cs.PREFIX + name).nfe.fn, name, sigmas,
+                                 model=types.SimpleNamespace(comfy_guider=cs._Guider(ms))).sigmas)
+    r = torch.ones(len(ev)) if ratio is None else ratio(len(ev))
+    extra = {"model": {"space": "flow", "shift": 1.0, "multiplier": 1000.0}} if kind == "FLOW" else {}
+    return TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * r, model_id="tiny", model_fingerprint="0" * 64,
+                    sampler=cs.PREFIX + name, schedule=scheduler, objective="energy", extra=extra,
+                    dode_lambda=None if lam is None else lam(len(ev)))
+
+
+def _sample(model, name: str, steps: int, kind: str, cfg: float = 1.0) -> torch.Tensor:
+    noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, name, "simple" if kind == "FLOW" else "karras", COND,
+                                   UNCOND, torch.zeros(2, 1, 4, 4), seed=5, disable_pbar=True)
+
+
+@pytest.mark.parametrize("kind", ["EPS", "FLOW"])
+def test_each_network_call_gets_its_own_evaluations_tau_under_the_stock_ksampler(kind):
+    """Every tunable comfy sampler under ComfyUI's own KSampler (cfg 1 and 3): the k-th network call is conditioned
+    on the k-th evaluation's τ of a set whose evaluations come from the sampler's dry run."""
+    model, steps, bad = make(MODEL_TYPES[kind]), 5, []
+    net = model.model.diffusion_model
+    for name in TUNABLE:
+        for cfg in (1.0, 3.0):
+            ts = _set_for(model, kind, name, steps, ratio=lambda n: torch.linspace(0.8, 1.25, n))  # never exactly 1
+            patched = apply_tuned_set(model, ts, strict=True)
+            stand_in = patched.get_model_object("model_sampling").timestep
+            net.calls.clear()
+            _sample(patched, name, steps, kind, cfg)
+            got = [t for _, t in net.calls]
+            if len(got) != len(ts.tau):
+                bad.append((name, cfg, "calls", len(got), len(ts.tau)))
+                continue
+            for k, t in enumerate(got):
+                moved = ts.tau[k:k + 1].double()
+                expected = (moved.clamp(max=1.0) * 1000).float() if kind == "FLOW" else stand_in.fractional(moved).float()
+                if not torch.allclose(t, expected.expand_as(t), rtol=1e-4, atol=1e-3):
+                    bad.append((name, cfg, k, float(t.reshape(-1)[0]), float(expected)))
+                    break
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("kind", ["EPS", "FLOW"])
+def test_identity_sets_are_bit_exact_against_the_unpatched_model(kind):
+    model, steps, bad = make(MODEL_TYPES[kind]), 6, []
+    for name in TUNABLE:
+        plain = _sample(model, name, steps, kind, cfg=2.0)
+        with_set = _sample(apply_tuned_set(model, _set_for(model, kind, name, steps), strict=True), name, steps, kind,
+                           cfg=2.0)
+        if not torch.equal(plain, with_set):
+            bad.append((name, float((plain - with_set).abs().max())))
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "res_multistep", "deis", "uni_pc"])
+def test_a_dode_set_under_the_stock_ksampler_equals_the_counted_run(name, cfg):
+    """D-ODE λ through Apply Tuned Set (σ-keyed, previous output per cond/uncond chunk) gives what the Registry
+    Sampler's counted run gives: CFG mixes the chunks linearly."""
+    model, kind, steps = make(MODEL_TYPES["EPS"]), "EPS", 5
+    ts = _set_for(model, kind, name, steps, ratio=lambda n: torch.linspace(0.9, 1.1, n),
+                  lam=lambda n: torch.cat([torch.zeros(1), torch.linspace(0.2, -0.1, n - 1)]))
+    sigmas = ts.sigmas
+    noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    latent = torch.zeros(2, 1, 4, 4)
+    counted = comfy.samplers.KSAMPLER(sampler_function(registry.get_sampler(cs.PREFIX + name), ts, True))
+    with torch.inference_mode():
+        applied = comfy.sample.sample_custom(apply_tuned_set(model, ts, strict=True), noise, cfg,
+                                             comfy.samplers.sampler_object(name), sigmas.clone(), COND, UNCOND, latent,
+                                             seed=0, disable_pbar=True)
+        ours = comfy.sample.sample_custom(model, noise, cfg, counted, sigmas.clone(), COND, UNCOND, latent, seed=0,
+                                          disable_pbar=True)
+        plain = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(name), sigmas.clone(),
+                                           COND, UNCOND, latent, seed=0, disable_pbar=True)
+    assert (applied - plain).abs().max() > 1e-3
+    torch.testing.assert_close(applied, ours, rtol=1e-5, atol=1e-5)

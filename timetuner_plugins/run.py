@@ -53,6 +53,14 @@ def make_sigmas(model: Any, schedule: str, steps: int) -> torch.Tensor:
     return registry.get_schedule(schedule).fn(steps, model)
 
 
+def nfe_of(spec: SamplerSpec, sigmas: torch.Tensor, model: Any = None, options: dict | None = None) -> int:
+    """How many network evaluations a run of ``spec`` on ``sigmas`` makes; samplers counted by a dry run (ComfyUI's)
+    count for ``model``'s σ space and ``options``."""
+    if getattr(spec.nfe, "by_dry_run", False):
+        return spec.nfe(sigmas, options=options, model=model)
+    return spec.nfe(sigmas)
+
+
 def steps_for_nfe(spec: SamplerSpec, model: Any, schedule: str, nfe: int) -> int:
     """The most steps whose run makes at most ``nfe`` network evaluations."""
     best = None
