@@ -315,24 +315,37 @@ def ordinary_weights(module: torch.nn.Module) -> int:
     return changed
 
 
+def network_blocks(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The blocks of the network's block lists (ModuleList / Sequential children, entered while they nest: a U-Net
+    level's TimestepEmbedSequential is walked layer by layer, as ComfyUI's U-Net calls it)."""
+    def leaves(container: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        for block in container:
+            if isinstance(block, (torch.nn.ModuleList, torch.nn.Sequential)):
+                yield from leaves(block)
+            else:
+                yield block
+
+    for child in net.children():
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            yield from leaves(child)
+
+
 @contextlib.contextmanager
 def checkpointed_blocks(net: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """While active, each block of the network's block lists (U-Net levels, transformer blocks) keeps only its
     inputs for the backward pass and recomputes its activations there."""
     patched = []
     if enabled:
-        for child in net.children():
-            if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
-                for block in child:
-                    original = block.forward
+        for block in network_blocks(net):
+            original = block.forward
 
-                    def forward(*args, _original=original, **kwargs):
-                        if not torch.is_grad_enabled():
-                            return _original(*args, **kwargs)
-                        return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+            def forward(*args, _original=original, **kwargs):
+                if not torch.is_grad_enabled():
+                    return _original(*args, **kwargs)
+                return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
 
-                    block.forward = forward
-                    patched.append(block)
+            block.forward = forward
+            patched.append(block)
     try:
         yield
     finally:

@@ -206,3 +206,27 @@ def test_a_dode_set_under_the_stock_ksampler_equals_the_counted_run(name, cfg):
                                            COND, UNCOND, latent, seed=0, disable_pbar=True)
     assert (applied - plain).abs().max() > 1e-3
     torch.testing.assert_close(applied, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_the_memory_bounded_settings_tune_the_same_set_on_a_checkpoint_built_in_inference_mode():
+    """Micro-batches with recompute per evaluation and per network block give the whole-batch result; the model is
+    built (and tuned) inside inference mode, as ComfyUI's executor loads and runs a checkpoint."""
+    from comfyui_nodes import demo_model
+    from comfyui_nodes.nodes_sampling import ksampler_sigmas, tune_model
+    from timetuner_plugins.tuner import TuneConfig
+
+    with torch.inference_mode():
+        model = demo_model.load("digits-ddpm")
+        cond = demo_model.conditioning(None)
+    assert next(model.model.diffusion_model.parameters()).is_inference()
+    spec = registry.get_sampler(cs.PREFIX + "dpmpp_2m")
+    sigmas = ksampler_sigmas(model, spec.name, "karras", 4, 1.0)
+    taus = []
+    for micro, recompute, blocks in ((None, "off", False), (2, "on", True)):
+        config = TuneConfig(iters=3, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False,
+                            show_progress=False, micro_batch=micro, recompute=recompute)
+        with torch.inference_mode():
+            ts = tune_model(model, cond, cond, 1.0, spec, sigmas, torch.zeros(1, 1, 8, 8), config, blocks=blocks)
+        taus.append(ts.tau)
+    assert not torch.allclose(taus[0], ts.eval_sigmas)
+    torch.testing.assert_close(taus[0], taus[1], rtol=1e-5, atol=1e-6)
