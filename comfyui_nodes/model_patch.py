@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from timetuner_plugins.denoisers import fingerprint_tensors
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
+from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
 
 from .tau_patch import DODEOutputs, SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
 

@@ -100,10 +100,10 @@ class ApplyTunedSet(io.ComfyNode):
                         "plain model, or an error with 'strict'.",
             inputs=[io.Model.Input("model"), TunedSetType.Input("tuned_set"),
                     io.Boolean.Input("strict", default=False,
-                                     tooltip="Error when the set doesn't fit (another model or shift, or a run's sigmas); "
-                                             "off: a warning and the plain model"),
+                                     tooltip="Error when the set doesn't fit (another model or shift, or a run's "
+                                             "sigmas); off: a warning and the plain model"),
                     io.Boolean.Input("force", default=False,
-                                     tooltip="Apply a set tuned for a different model or shift anyway (with a warning)")],
+                                     tooltip="Apply a set tuned for a different model or shift anyway (warned)")],
             outputs=[io.Model.Output()])
 
     @classmethod

@@ -158,7 +158,9 @@ def schedule_problem(tuned: TunedSet, run_sigmas: torch.Tensor) -> str | None:
     if len(run) <= len(own) and sigmas_match(own[len(own) - len(run):], run):
         return None
     denoise = tuned.extra.get("denoise")
-    how = f"{tuned.steps}-step {tuned.schedule} schedule" + (f" (denoise {denoise:g})" if denoise not in (None, 1.0) else "")
+    how = f"{tuned.steps}-step {tuned.schedule} schedule"
+    if denoise not in (None, 1.0):
+        how += f" (denoise {denoise:g})"
     return (f"the run's {len(run) - 1}-step schedule does not match the {how} "
             f"'{tuned.path.name if tuned.path else tuned.model_id}' was tuned on (use the Tuned Sigmas node, or the same "
             f"scheduler, step count and denoise)")

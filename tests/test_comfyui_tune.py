@@ -25,8 +25,8 @@ SAMPLERS = ["euler", "res_multistep", "ipndm", "deis", "uni_pc", "euler_ancestra
 def tune_prompt(model: str, sampler: str, scheduler: str, steps: int, filename: str, iterations: int = 6) -> dict:
     prompt = load("tune_ksampler.json")
     prompt["1"]["inputs"]["model_name"] = model
-    prompt["5"]["inputs"].update(sampler_name=f"comfy.{sampler}", scheduler=scheduler, steps=steps, iterations=iterations,
-                                 batch=8, pool=16, filename=filename)
+    prompt["5"]["inputs"].update(sampler_name=f"comfy.{sampler}", scheduler=scheduler, steps=steps,
+                                 iterations=iterations, batch=8, pool=16, filename=filename)
     prompt["8"]["inputs"].update(sampler_name=sampler, scheduler=scheduler, steps=steps)
     prompt["10"]["inputs"]["filename_prefix"] = f"timetuner/{filename}"
     return prompt
