@@ -26,14 +26,14 @@ async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
 
     from .nodes_demo import DemoDecode, DemoDigitConditioning, DemoModelLoader
-    from .nodes_sampling import RegistrySampler, Tune
+    from .nodes_sampling import RegistrySampler, Tune, TuneWithSigmas
     from .nodes_sets import ApplyTunedSet, LoadTunedSet, TunedSigmas
 
     _register_folder()
 
     class TimeTunerExtension(ComfyExtension):
         async def get_node_list(self):
-            return [LoadTunedSet, ApplyTunedSet, TunedSigmas, RegistrySampler, Tune, DemoModelLoader,
+            return [LoadTunedSet, ApplyTunedSet, TunedSigmas, RegistrySampler, Tune, TuneWithSigmas, DemoModelLoader,
                     DemoDigitConditioning, DemoDecode]
 
     return TimeTunerExtension()

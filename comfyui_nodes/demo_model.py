@@ -79,9 +79,10 @@ class DigitsModel(comfy.model_base.BaseModel):
         kind = metadata["kind"]
         model_type = getattr(comfy.model_base.ModelType, MODEL_TYPES[kind])
         super().__init__(_config(kind, metadata), model_type=model_type, device=device)
-        with torch.inference_mode(False):  # ordinary tensors: the Tune node differentiates through them
-            net = DigitsNet(**json.loads(metadata["config"]))
-            net.load_state_dict({k[len("net."):]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
+        # Built as ComfyUI's own loaders build a checkpoint's model: inside the executor's inference mode, so the Tune
+        # node meets inference tensors here as it does on a real checkpoint (and makes them ordinary itself).
+        net = DigitsNet(**json.loads(metadata["config"]))
+        net.load_state_dict({k[len("net."):]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
         self.diffusion_model = net.eval().requires_grad_(False)
         if kind == "vp_discrete":
             abar = DiscreteVPDenoiser.linear_betas(**json.loads(metadata["betas"]))

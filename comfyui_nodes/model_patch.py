@@ -5,15 +5,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 import weakref
 from typing import Any
 
 import torch
 
 from timetuner_plugins.denoisers import fingerprint_tensors
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
+from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
 
-from .tau_patch import SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
+from .tau_patch import DODEOutputs, SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
 
 log = logging.getLogger("timetuner")
 WRAPPER_KEY = "timetuner"
@@ -70,10 +71,24 @@ def sampling_parameters(model_sampling: Any) -> dict[str, Any]:
             "multiplier": float(getattr(model_sampling, "multiplier", 1.0 if flux else 1000.0))}
 
 
-def check_model(tuned: TunedSet, model: Any, force: bool) -> None:
-    """Refuse a set tuned for another model (or σ space, or shift) unless ``force``; another σ space always."""
+def check_model(tuned: TunedSet, model: Any, force: bool, strict: bool = False) -> str | None:
+    """Compare a set with the connected model. A set for another σ space is always an error. Another model or flow
+    shift is an error with ``strict``, applied anyway (with a warning) with ``force``, and otherwise returned as the
+    problem: the caller warns and leaves the model as it is (identity), never applying it silently."""
     identity = _Identity(model_fingerprint(model), sampling_parameters(model.get_model_object("model_sampling")))
-    tuned.check(model=identity, force=force, force_hint="turn on the node's 'force' input to apply it anyway")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problems = tuned.check(model=identity, force=True)  # another σ space raises here, whatever the switches
+    if not problems:
+        return None
+    problem = "; ".join(problems)
+    if strict:
+        raise TunedSetMismatch(tuned.path, problem, "Use a set tuned for this model, or turn on the node's 'force' "
+                               "input to apply it anyway ('strict' off: sample without it, with a warning)")
+    if force:
+        warn(f"{problem}; applied anyway ('force' is on).")
+        return None
+    return problem
 
 
 class _Identity:
@@ -87,21 +102,20 @@ class _Identity:
 
 
 def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
-    """A clone of ``model`` whose network is conditioned on the set's τ during sampling.
+    """A clone of ``model`` whose network is conditioned on the set's τ during sampling (and, for a set with
+    D-ODE parameters, whose outputs become D_k + λ_k·(D_k − D_{k−1}) per run and cond/uncond chunk).
 
     Runs whose σ's do not fit the set log a warning and sample plainly, or raise with ``strict``.
     """
     import comfy.patcher_extension as ext
 
-    if tuned.dode_lambda is not None:
-        raise TunedSetError(tuned.path, "carries D-ODE parameters, which need the sampler's own count of "
-                            "evaluations, not ComfyUI's σ-keyed model patch",
-                            "Use this set through the Registry Sampler node with SamplerCustomAdvanced")
     patched = model.clone()
     sampling = copy.deepcopy(patched.get_model_object("model_sampling"))
     stand_in = install_timestep(sampling)
     patched.add_object_patch("model_sampling", sampling)
     matcher = SigmaMatcher(tuned.lookup())
+    lam = tuned.dode_lambda
+    dode = DODEOutputs(lam) if lam is not None and bool(lam.any()) else None
     state = {"active": False}
 
     def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
@@ -115,6 +129,8 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
         if problem:
             warn(f"{problem}; sampling WITHOUT the tuned set.")
         matcher.reset()
+        if dode is not None:
+            dode.reset()
         state["active"] = problem is None
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
@@ -123,12 +139,17 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
 
     def apply_model(executor, x, t, *args, **kwargs):
         transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options", {})
+        chunks = transformer_options.get("cond_or_uncond")
+        index = None
         if state["active"] and stand_in.forced is None:
-            stand_in.ratio = matcher.ratio(t, transformer_options.get("cond_or_uncond"))
+            stand_in.ratio, index = matcher.match(t, chunks)
         try:
-            return executor(x, t, *args, **kwargs)
+            out = executor(x, t, *args, **kwargs)
         finally:
             stand_in.ratio = None
+        if dode is not None and index is not None:
+            out = dode.apply(out, index, chunks)
+        return out
 
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model)

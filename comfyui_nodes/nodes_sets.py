@@ -12,7 +12,7 @@ from timetuner_plugins import shipped
 from timetuner_plugins.tuned_set import TunedSet
 
 from . import paths
-from .model_patch import apply_tuned_set, check_model
+from .model_patch import apply_tuned_set, check_model, warn
 
 CATEGORY = "sampling/timetuner"
 TunedSetType = io.Custom("TUNED_SET")
@@ -23,16 +23,31 @@ def user_folders() -> list[Path]:
 
 
 def describe(ts: TunedSet) -> str:
-    after, before = ts.metrics_after, ts.metrics_before
-    lines = [f"{ts.sampler} on {ts.model_id}, {ts.schedule} schedule, {ts.steps} steps, NFE {ts.nfe}",
-             f"objective {ts.objective} ({ts.mode}), {ts.iterations} iterations, seed {ts.seed}, "
-             f"timetuner {ts.library_version}",
+    """The set's provenance: model, sampler, scheduler, steps, how it was tuned and what it gained."""
+    after, before, extra = ts.metrics_after, ts.metrics_before, ts.extra
+    space = extra.get("model") or {"space": "ve"}
+    where = f"flow, shift {space['shift']:g}" if space.get("space") == "flow" and "shift" in space else \
+        space.get("space", "ve").upper()
+    denoise = extra.get("denoise")
+    lines = [f"model: {ts.model_id} ({where}; fingerprint {ts.model_fingerprint[:12]}…)",
+             f"sampler: {ts.sampler}" + (f" {ts.sampler_options}" if ts.sampler_options else ""),
+             f"scheduler: {ts.schedule}, {ts.steps} steps" + (f", denoise {denoise:g}" if denoise not in (None, 1.0)
+                                                              else "") + f", NFE {ts.nfe}"
+             + (f", cfg {extra['cfg']:g}" if isinstance(extra.get("cfg"), (int, float)) else ""),
+             f"tuned: objective {ts.objective} ({ts.mode}), {ts.iterations} iterations, seed {ts.seed}, "
+             f"{'in ComfyUI' if extra.get('host') == 'comfyui' else 'timetuner'} {ts.library_version}, {ts.created}",
              "sigmas: " + ", ".join(f"{s:.4g}" for s in ts.sigmas.tolist()),
              "tau/sigma: " + ", ".join(f"{r:.3f}" for r in (ts.tau / ts.eval_sigmas).tolist())]
+    if ts.dode_lambda is not None:
+        lines.append("D-ODE lambda: " + ", ".join(f"{v:.3f}" for v in ts.dode_lambda.tolist()))
     for key in ("fd", "traj_err"):
         if isinstance(before.get(key), (int, float)) and isinstance(after.get(key), (int, float)):
             lines.append(f"{key} {before[key]:.4g} -> {after[key]:.4g} (untuned -> tuned)")
-    if (ts.extra.get("selection") or {}).get("fallback_identity"):
+    selection = extra.get("selection") or {}
+    if isinstance(selection.get("untuned"), (int, float)) and isinstance(selection.get("best"), (int, float)):
+        lines.append(f"validation {selection.get('metric', 'score')}: {selection['untuned']:.4g} -> "
+                     f"{selection['best']:.4g} (untuned -> best tuned)")
+    if selection.get("fallback_identity"):
         lines.append("identity: tuning did not validate better than the plain sampler")
     return "\n".join(lines)
 
@@ -79,17 +94,24 @@ class ApplyTunedSet(io.ComfyNode):
         return io.Schema(
             node_id="TimeTunerApplyTunedSet", display_name="Apply Tuned Set", category=CATEGORY,
             description="Condition the model's network on the set's τ at each matching σ (only the noise "
-                        "conditioning moves). Works under KSampler, KSamplerAdvanced and SamplerCustomAdvanced.",
+                        "conditioning moves; a set with D-ODE λ also extrapolates each output from the run's "
+                        "previous one). Works under KSampler, KSamplerAdvanced and SamplerCustomAdvanced with every "
+                        "sampler the set's σ's fit. A set for another model, shift or schedule is a warning and the "
+                        "plain model, or an error with 'strict'.",
             inputs=[io.Model.Input("model"), TunedSetType.Input("tuned_set"),
                     io.Boolean.Input("strict", default=False,
-                                     tooltip="Error when a run's sigmas don't match the set (else: warn, sample plainly)"),
+                                     tooltip="Error when the set doesn't fit (another model or shift, or a run's "
+                                             "sigmas); off: a warning and the plain model"),
                     io.Boolean.Input("force", default=False,
-                                     tooltip="Apply a set tuned for a different model")],
+                                     tooltip="Apply a set tuned for a different model or shift anyway (warned)")],
             outputs=[io.Model.Output()])
 
     @classmethod
     def execute(cls, model, tuned_set: TunedSet, strict: bool, force: bool) -> io.NodeOutput:
-        check_model(tuned_set, model, force)
+        problem = check_model(tuned_set, model, force, strict)
+        if problem:
+            warn(f"{problem}; the model is left WITHOUT the tuned set (turn on 'force' to apply it anyway).")
+            return io.NodeOutput(model)
         return io.NodeOutput(apply_tuned_set(model, tuned_set, strict=strict))
 
 

@@ -10,6 +10,7 @@ from registry import SamplerSpec
 from timetuner_plugins.denoisers import TunableDenoiser
 from timetuner_plugins.multistep import UNIPC_LAST_SIGMA, sample_unipc, sample_unipc_bh2
 from timetuner_plugins.noise import SeededNoise
+from timetuner_plugins.run import nfe_of
 from timetuner_plugins.samplers import run_options
 from timetuner_plugins.tau import TauLookupError
 from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
@@ -71,7 +72,7 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
                 ms = sampling_of(model)
                 installed = not isinstance(ms.timestep, TauTimestep)
                 stand_in = install_timestep(ms)
-                offset = len(tuned.tau) - spec.nfe(sigmas)
+                offset = len(tuned.tau) - nfe_of(spec, sigmas, model, options)
                 lookup = tuned.lookup().to(x.device, x.dtype)
                 call = _Counted(model, stand_in, lookup.ratio, offset, lookup.dode_lambda)
         try:
@@ -88,15 +89,20 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
 
 
 class ComfyDenoiser(TunableDenoiser):
-    """A ComfyUI model (as a sampler function receives it, with its conditioning bound) as a tunable
-    denoiser: τ reaches the network through the timestep stand-in."""
+    """A ComfyUI model (as a sampler function receives it) as a tunable denoiser: τ reaches the network through
+    the timestep stand-in; the extra arguments a run passes (ComfyUI's model_options, seed, denoise_mask, which
+    CFG++ samplers extend with their post-CFG hook) go to ComfyUI's model. ``comfy_guider`` is what ComfyUI's own
+    sampler functions read from their model; ``check`` runs before every evaluation (ComfyUI's Cancel)."""
 
-    def __init__(self, model: Callable, extra_args: dict, stand_in: TauTimestep, sample_shape: tuple[int, ...],
-                 fingerprint: str, model_id: str, device: torch.device):
+    def __init__(self, model: Callable, stand_in: TauTimestep, sample_shape: tuple[int, ...], fingerprint: str,
+                 model_id: str, device: torch.device, network_parameters: int = 0,
+                 check: Callable[[], None] | None = None):
         super().__init__()
         ms = sampling_of(model)
-        self.comfy_model, self.extra_args, self.stand_in, self.device = model, extra_args, stand_in, device
+        self.comfy_model, self.stand_in, self.device, self.check = model, stand_in, device, check
+        self.comfy_guider = model.inner_model
         self.sample_shape, self._fingerprint, self.model_id = sample_shape, fingerprint, model_id
+        self.network_parameters = network_parameters
         self.sigma_min, self.sigma_max = float(ms.sigma_min), float(ms.sigma_max)
         self.default_schedule = "karras"
         parameters = sampling_parameters(ms)
@@ -105,8 +111,10 @@ class ComfyDenoiser(TunableDenoiser):
             self.shift, self.multiplier, self.tau_max = parameters["shift"], parameters["multiplier"], self.sigma_max
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        if self.check is not None:
+            self.check()
         self.stand_in.forced = (cond_sigma / sigma).reshape(-1)
         try:
-            return self.comfy_model(x, sigma, **self.extra_args)
+            return self.comfy_model(x, sigma, **extra)
         finally:
             self.stand_in.forced = None

@@ -38,11 +38,16 @@ class TauTimestep:
         ratio = self.forced if self.forced is not None else self.ratio
         if ratio is None:
             return self.original(sigma, *args, **kwargs)
-        moved = sigma * ratio.to(sigma.device, sigma.dtype)
+        ratio = ratio.to(sigma.device, sigma.dtype)
+        moved = sigma * ratio
         if self.tau_max is not None:
             moved = moved.clamp(max=self.tau_max)
         if self.fractional is not None:
-            return self.fractional(moved).to(sigma.dtype)
+            moved_t = self.fractional(moved).to(sigma.dtype)
+            if ratio.requires_grad:  # tuning: the gradient goes through the fractional timestep
+                return moved_t
+            # τ = σ (ratio exactly 1) keeps the model's own timestep, so an identity set is bit-exact on any model
+            return torch.where(ratio == 1, self.original(sigma, *args, **kwargs).to(sigma.dtype), moved_t)
         return self.original(moved, *args, **kwargs)
 
 
@@ -93,6 +98,10 @@ class SigmaMatcher:
     def ratio(self, sigma: torch.Tensor, chunks: Sequence[int] | None = None) -> torch.Tensor:
         """Ratios (one per row of ``sigma``) for one model call; ``chunks`` is ComfyUI's
         ``cond_or_uncond`` for the call, if known."""
+        return self.match(sigma, chunks)[0]
+
+    def match(self, sigma: torch.Tensor, chunks: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ratios, the matched evaluation's index or −1) per row of ``sigma`` for one model call."""
         ev, ratio, idx = self._tables(sigma)
         flat = sigma.reshape(-1).to(ev.dtype)
         close = (flat[:, None] - ev[None]).abs() <= self.rtol * ev[None]
@@ -107,7 +116,38 @@ class SigmaMatcher:
         self._cursor = torch.where(matched[0], pick[0], self._cursor)
         self._seen = (chunk_set or set()) if new_eval else self._seen | chunk_set
         out = torch.where(matched, ratio[pick], torch.ones_like(ratio[pick]))
-        return out.reshape(sigma.shape)
+        return out.reshape(sigma.shape), torch.where(matched, pick, torch.full_like(pick, -1)).reshape(sigma.shape)
+
+
+class DODEOutputs:
+    """D-ODE (Kim et al. 2024) on a σ-keyed host: D̃_k = D_k + λ_k·(D_k − D_{k−1}) per network call, D_{k−1} being
+    the previous evaluation's output for the same rows. A host that batches cond and uncond rows (ComfyUI's
+    ``cond_or_uncond`` chunks) keeps one previous output per chunk; CFG mixes the chunks linearly, so the guided
+    result is the guided D̃ a counted run computes."""
+
+    def __init__(self, lambdas: torch.Tensor):
+        self.lambdas = lambdas
+        self.reset()
+
+    def reset(self) -> None:
+        self.previous: dict[int, torch.Tensor] = {}
+
+    def apply(self, out: torch.Tensor, index: torch.Tensor, chunks: Sequence[int] | None) -> torch.Tensor:
+        chunks = list(chunks) if chunks else [0]
+        lam_table = self.lambdas.to(out.device, out.dtype)
+        index = index.reshape(-1)
+        lam = torch.where(index >= 0, lam_table[index.clamp_min(0)], torch.zeros_like(index, dtype=out.dtype))
+        lam = lam.expand(out.shape[0]) if lam.numel() == 1 else lam
+        rows = out.shape[0] // len(chunks)
+        parts = []
+        for j, (c, part) in enumerate(zip(chunks, out.split(rows))):
+            previous, self.previous[c] = self.previous.get(c), part
+            if previous is None or previous.shape != part.shape:
+                parts.append(part)
+                continue
+            row_lam = lam[j * rows:(j + 1) * rows].reshape((-1,) + (1,) * (part.ndim - 1))
+            parts.append(torch.where(row_lam != 0, part + row_lam * (part - previous), part))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def schedule_problem(tuned: TunedSet, run_sigmas: torch.Tensor) -> str | None:
@@ -117,6 +157,10 @@ def schedule_problem(tuned: TunedSet, run_sigmas: torch.Tensor) -> str | None:
     own = tuned.sigmas
     if len(run) <= len(own) and sigmas_match(own[len(own) - len(run):], run):
         return None
-    return (f"the run's {len(run) - 1}-step schedule does not match the {tuned.steps}-step {tuned.schedule} schedule "
+    denoise = tuned.extra.get("denoise")
+    how = f"{tuned.steps}-step {tuned.schedule} schedule"
+    if denoise not in (None, 1.0):
+        how += f" (denoise {denoise:g})"
+    return (f"the run's {len(run) - 1}-step schedule does not match the {how} "
             f"'{tuned.path.name if tuned.path else tuned.model_id}' was tuned on (use the Tuned Sigmas node, or the same "
-            f"scheduler and step count)")
+            f"scheduler, step count and denoise)")

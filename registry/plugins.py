@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "timetuner_plugins.builtin.t_stitch",
     "timetuner_plugins.builtin.kdiffusion",
     "timetuner_plugins.builtin.diffusers",
+    "timetuner_plugins.builtin.comfyui",
 )
 
 

@@ -9,7 +9,7 @@ import torch
 
 import registry
 from comfyui_nodes import paths
-from comfyui_nodes.tau_patch import SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
+from comfyui_nodes.tau_patch import DODEOutputs, SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
 from timetuner_plugins.denoisers import DiscreteVPDenoiser
 from timetuner_plugins.run import eval_sigmas, make_sigmas, sample
 from timetuner_plugins.tau import TauLookup, TauModel
@@ -70,8 +70,10 @@ def test_timestep_stand_in_moves_only_while_a_ratio_is_set():
     stand_in.ratio = torch.tensor([1.1, 0.9])
     torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double() * torch.tensor([1.1, 0.9])),
                                rtol=1e-6, atol=1e-4)
-    stand_in.forced = torch.tensor(1.0)  # an evaluation counter wins over σ matching
-    torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double()), rtol=1e-6, atol=1e-4)
+    stand_in.forced = torch.tensor(0.5)  # an evaluation counter wins over σ matching
+    torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double() * 0.5), rtol=1e-6, atol=1e-4)
+    stand_in.forced = torch.tensor(1.0)  # exactly 1: the model's own timestep
+    torch.testing.assert_close(stand_in(sigma), sigma.log())
 
 
 def test_schedule_problem_accepts_the_schedule_or_a_denoise_suffix():
@@ -100,3 +102,55 @@ def test_paths_stay_inside_their_folders(tmp_path):
         with pytest.raises(paths.UnsafePath):
             paths.output_path(user, bad)
     assert paths.output_path(user, "my set.safetensors") == user / "my set.safetensors"
+
+
+def test_dode_on_a_sigma_keyed_host_equals_the_counted_run_with_cfg(gmm):
+    """D-ODE λ applied per call and cond/uncond chunk (as Apply Tuned Set does) and then mixed by CFG equals D-ODE on
+    the guided output (as a counted run does): CFG is linear."""
+    spec = registry.get_sampler("heun")
+    sigmas = make_sigmas(gmm, "karras", 4)
+    ev = eval_sigmas(spec, sigmas, gmm.sample_shape)
+    lam = torch.cat([torch.zeros(1), torch.linspace(0.3, -0.2, len(ev) - 1)])
+    lookup = TauLookup(ev, ev * torch.linspace(0.9, 1.1, len(ev)), dode_lambda=lam)
+    scale = 2.5
+
+    def guided(model):  # uncond: a shifted copy of the model, so the chunks differ
+        return lambda x, s, **kw: model(x + 0.1, s, **kw) + scale * (model(x, s, **kw) - model(x + 0.1, s, **kw))
+
+    with torch.no_grad():
+        counted = spec.fn(TauModel(_Guided(gmm, scale), lookup), noise(3) * sigmas[0], sigmas, disable=True)
+        matcher, dode = SigmaMatcher(lookup), DODEOutputs(lam)
+
+        def host(x, sigma, **_):
+            both, s2 = torch.cat([x, x + 0.1]), torch.cat([sigma, sigma])
+            ratio, index = matcher.match(s2, [0, 1])
+            out = dode.apply(gmm(both, s2, cond_sigma=s2 * ratio), index, [0, 1])
+            cond, uncond = out.chunk(2)
+            return uncond + scale * (cond - uncond)
+
+        keyed = spec.fn(host, noise(3) * sigmas[0], sigmas, disable=True)
+    torch.testing.assert_close(keyed, counted, rtol=1e-5, atol=1e-5)
+
+
+class _Guided:
+    """CFG over a tunable denoiser whose uncond branch sees x + 0.1; both branches conditioned on τ."""
+
+    def __init__(self, model, scale):
+        self.model, self.scale = model, scale
+
+    def __call__(self, x, sigma, cond_sigma=None, **kw):
+        c = self.model(x, sigma, cond_sigma=cond_sigma)
+        u = self.model(x + 0.1, sigma, cond_sigma=cond_sigma)
+        return u + self.scale * (c - u)
+
+
+def test_an_exact_ratio_of_one_keeps_the_models_own_timestep():
+    nearest = lambda s: torch.round(s * 10)  # noqa: E731  (a model whose own timestep is not the fractional one)
+    stand_in = TauTimestep(nearest, lambda s: s * 10)
+    sigma = torch.tensor([1.234, 1.234])
+    stand_in.ratio = torch.tensor([1.0, 1.1])
+    out = stand_in(sigma)
+    assert out[0] == nearest(sigma[:1])[0] and torch.isclose(out[1], sigma[1] * 1.1 * 10)
+    stand_in.ratio = None
+    stand_in.forced = torch.tensor(1.0, requires_grad=True)  # tuning: the gradient goes through the moved timestep
+    assert stand_in(sigma).requires_grad

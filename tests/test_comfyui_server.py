@@ -180,13 +180,21 @@ def test_paths_outside_the_allowed_folders_are_refused(server, name):
     assert ok(server.run(load("apply_tuned_set_ksampler.json")))
 
 
-def test_mismatched_set_is_a_node_error_unless_forced(server):
+def test_a_set_for_another_model_is_a_warning_and_the_plain_model_an_error_with_strict_applied_with_force(server):
     prompt = load("apply_tuned_set_ksampler.json")
     prompt["2"]["inputs"]["tuned_set"] = "valid.safetensors"  # tuned for another model
+    plain = load("apply_tuned_set_ksampler.json")
+    plain["6"]["inputs"]["model"] = ["1", 0]
+    plain["8"]["inputs"]["filename_prefix"] = "timetuner/mismatch_plain"
+    entry = server.run(prompt)
+    assert ok(entry), error_message(entry)  # never silent: a warning toast, and the model as it was
+    assert "left WITHOUT the tuned set" in (server.base / "server.log").read_text()
+    assert np.array_equal(np.stack(server.images(entry)), np.stack(server.images(server.run(plain))))
+    prompt["3"]["inputs"]["strict"] = True
     entry = server.run(prompt)
     assert not ok(entry) and "tuned for model" in error_message(entry)
     assert "node's 'force' input" in error_message(entry) and "--force" not in error_message(entry)
-    prompt["3"]["inputs"]["force"] = True
+    prompt["3"]["inputs"].update(strict=False, force=True)
     entry = server.run(prompt)
     assert ok(entry), error_message(entry)  # applied, but its σ's don't match: warned, sampled plainly
     assert "WITHOUT the tuned set" in (server.base / "server.log").read_text()

@@ -53,6 +53,14 @@ def make_sigmas(model: Any, schedule: str, steps: int) -> torch.Tensor:
     return registry.get_schedule(schedule).fn(steps, model)
 
 
+def nfe_of(spec: SamplerSpec, sigmas: torch.Tensor, model: Any = None, options: dict | None = None) -> int:
+    """How many network evaluations a run of ``spec`` on ``sigmas`` makes; samplers counted by a dry run (ComfyUI's)
+    count for ``model``'s σ space and ``options``."""
+    if getattr(spec.nfe, "by_dry_run", False):
+        return spec.nfe(sigmas, options=options, model=model)
+    return spec.nfe(sigmas)
+
+
 def steps_for_nfe(spec: SamplerSpec, model: Any, schedule: str, nfe: int) -> int:
     """The most steps whose run makes at most ``nfe`` network evaluations."""
     best = None
@@ -115,15 +123,32 @@ def sample(model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, noise: 
     return run_sampler(model, spec, noise * sigmas[0], sigmas, lookup=lookup, **kwargs)
 
 
+class _Zero:
+    """A stand-in denoiser that returns zeros, with the σ space of the model it stands for (samplers that read
+    the model's kind, such as ComfyUI's on flow models, evaluate where they would on the real model)."""
+
+    def __init__(self, like: Any = None):
+        self.inner_model = None
+        for attr in ("space", "shift", "multiplier", "sigma_table", "comfy_guider", "sigma_min", "sigma_max"):
+            if like is not None and hasattr(like, attr):
+                setattr(self, attr, getattr(like, attr))
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
 def eval_sigmas(spec: SamplerSpec, sigmas: torch.Tensor, sample_shape: tuple[int, ...],
-                options: dict | None = None) -> torch.Tensor:
+                options: dict | None = None, model: Any = None) -> torch.Tensor:
     """The σ of each network evaluation a run on ``sigmas`` makes (found by running it on a stand-in
-    denoiser that returns zeros; samplers whose σ's depend on the model are not tunable)."""
-    recorder = RecordingModel(lambda x, sigma, **_: torch.zeros_like(x))
+    denoiser that returns zeros, of ``model``'s σ space; samplers whose σ's depend on the model's output are
+    not tunable)."""
+    recorder = RecordingModel(_Zero(model))
     x = torch.randn((1, *sample_shape), generator=torch.Generator().manual_seed(0)) * sigmas[0]
     with torch.no_grad():
         run_sampler(recorder, spec, x, sigmas, options=options)
     recorded = torch.tensor(recorder.sigmas, dtype=torch.float32)
+    if getattr(spec.nfe, "by_dry_run", False):  # the count is this very run's
+        return recorded
     expected = spec.nfe(sigmas)
     if len(recorded) != expected:
         raise RuntimeError(f"sampler {spec.name!r} made {len(recorded)} evaluations on {len(sigmas) - 1} steps but "

@@ -323,7 +323,7 @@ class Tuner:
         self.options.pop("noise_sampler", None)
         self.stochastic = self.spec.is_stochastic(self.options)
         self.shape = tuple(model.sample_shape)
-        self.ev = eval_sigmas(self.spec, self.sigmas, self.shape, self.options)
+        self.ev = eval_sigmas(self.spec, self.sigmas, self.shape, self.options, model)
         self.param = TauParam(self.ev.to(self.device), model, cfg.param, self.sigmas.to(self.device),
                               tuple(cfg.families), self._eval_sigmas)
         self.checkpoint = Path(checkpoint) if checkpoint else None
@@ -346,7 +346,7 @@ class Tuner:
 
     # ----- runs -----------------------------------------------------------------------------------------
     def _eval_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
-        return eval_sigmas(self.spec, sigmas.cpu(), self.shape, self.options).to(self.device)
+        return eval_sigmas(self.spec, sigmas.cpu(), self.shape, self.options, self.model).to(self.device)
 
     @property
     def untuned(self) -> RunValues:
@@ -523,7 +523,7 @@ class Tuner:
         """counts[i]: evaluations made by steps 0..i (runs on prefixes of the schedule)."""
         counts = []
         for i in range(len(self.sigmas) - 2):
-            prefix = eval_sigmas(self.spec, self.sigmas[:i + 2], self.shape, self.options)
+            prefix = eval_sigmas(self.spec, self.sigmas[:i + 2], self.shape, self.options, self.model)
             if not torch.allclose(prefix, self.ev[:len(prefix)], rtol=1e-6):
                 raise TuneError(f"sampler {self.spec.name!r} evaluates at other σ's on a prefix of the schedule, so "
                                 f"the paper's per-interval objective does not apply; use objective 'energy'")
