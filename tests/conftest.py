@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +34,21 @@ def ddpm():
 def edm():
     return registry.load_model("digits-edm")
 
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def doc_block():
+    """The body of the fenced code block after ``<!-- marker -->`` in the README or a page of docs/ (each marker
+    appears once), so documented examples are the tested ones."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+    def find(marker: str) -> str:
+        found = [m.group(1) for page in pages for m in
+                 re.finditer(re.escape(f"<!-- {marker} -->") + r"\n```\w*\n(.*?)```", page.read_text(), re.S)]
+        assert len(found) == 1, f"<!-- {marker} --> should precede exactly one code block, found {len(found)}"
+        return found[0]
+
+    return find

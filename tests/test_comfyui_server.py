@@ -275,14 +275,20 @@ def _with_shift(prompt: dict, after_apply: bool, shift: float = 3.0) -> dict:
     return prompt
 
 
-def test_a_flow_set_for_another_shift_is_refused_unless_forced(server):
-    entry = server.run(_with_shift(load("apply_tuned_set_flow.json"), after_apply=False))
+def test_a_flow_set_for_another_shift_is_warned_and_not_applied_or_an_error_with_strict(server):
+    strict = _with_shift(load("apply_tuned_set_flow.json"), after_apply=False)
+    strict["3"]["inputs"]["strict"] = True
+    entry = server.run(strict)
     assert not ok(entry) and "flow shift 1 but the run's model has shift 3" in error_message(entry)
-    forced = _with_shift(load("apply_tuned_set_flow.json"), after_apply=False)
-    forced["3"]["inputs"]["force"] = True
-    entry = server.run(forced)
-    assert ok(entry), error_message(entry)  # applied by force, but shift 3 moves the σ's: warned, sampled plainly
-    assert "WITHOUT the tuned set" in (server.base / "server.log").read_text()
+    warned = _with_shift(load("apply_tuned_set_flow.json"), after_apply=False)
+    warned["8"]["inputs"]["filename_prefix"] = "timetuner/flow_shift_warned"
+    entry = server.run(warned)
+    assert ok(entry), error_message(entry)  # the model as it is, with a warning
+    assert "flow shift 1 but the run's model has shift 3" in (server.base / "server.log").read_text()
+    plain = _with_shift(load("apply_tuned_set_flow.json"), after_apply=False)
+    plain["6"]["inputs"]["model"] = ["9", 0]  # the shifted model without Apply
+    plain["8"]["inputs"]["filename_prefix"] = "timetuner/flow_shift_plain"
+    assert np.array_equal(np.stack(server.images(entry)), np.stack(server.images(server.run(plain))))
 
 
 def test_a_shift_node_after_apply_is_caught_not_silently_ignored(server):

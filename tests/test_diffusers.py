@@ -475,17 +475,14 @@ def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path, monkeypatch):
     assert wrong.exit_code == 1 and "--schedule diffusers.DDIMScheduler" in wrong.output
 
 
-def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
-    """The README's diffusers blocks: tuning a saved folder (with a smaller pool than the default 512), then the
-    three-line quick start on the pipeline, in a folder where both files are."""
+def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, doc_block):
+    """The documented diffusers blocks: tuning a saved folder (with a smaller pool than the default 512), then the
+    README's three-line quick start on the pipeline, in a folder where both files are."""
     import functools
-    import re
-    from pathlib import Path
 
     import timetuner_plugins.tuner as tuner_module
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = lambda name: re.search(rf"<!-- tested: {name} -->\n```\w*\n(.*?)```", readme, re.S).group(1)  # noqa: E731
+    block = doc_block
     monkeypatch.chdir(tmp_path)
     dc.tiny_pipeline("sd15", "DDIMScheduler").save_pretrained(tmp_path / "my-sd")
     small = functools.partial(TuneConfig, pool=8, batch=8, val_size=8, teacher_substeps=2, show_progress=False)

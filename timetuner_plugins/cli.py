@@ -485,7 +485,7 @@ def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | Non
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Tuning seeds per method (default 3).")
 @click.option("--n", "n", type=click.IntRange(50), default=None, help="Evaluation samples (default 1000).")
 @click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Rewrite this README's generated results section.")
+              help="Rewrite the generated results section (<!-- bench:start/end -->) in this file, e.g. docs/results.md.")
 @click.option("--merge", "merge", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run nothing: combine these results.json files (repeat the option) into one report in --out.")
 @click.option("--resume", is_flag=True, help="Keep the results already in --out and run only what they lack.")
