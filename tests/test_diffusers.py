@@ -487,11 +487,11 @@ def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, doc_block):
     dc.tiny_pipeline("sd15", "DDIMScheduler").save_pretrained(tmp_path / "my-sd")
     small = functools.partial(TuneConfig, pool=8, batch=8, val_size=8, teacher_substeps=2, show_progress=False)
     tune_scope = {}
-    code = block("diffusers-tune").replace("TuneConfig(iters=100)", "TuneConfig(iters=3)")
+    code = block("tested: diffusers-tune").replace("TuneConfig(iters=100)", "TuneConfig(iters=3)")
     with monkeypatch.context() as m:
         m.setattr(tuner_module, "TuneConfig", small)
         exec(compile(code, "README diffusers-tune", "exec"), tune_scope)
     assert (tmp_path / "my-sd_ddim10.safetensors").is_file()
     scope = {"pipe": _pipe(tmp_path / "my-sd")}
-    exec(compile(block("diffusers-apply"), "README diffusers-apply", "exec"), scope)
+    exec(compile(block("tested: diffusers-apply"), "README diffusers-apply", "exec"), scope)
     assert scope["image"].size == (16, 16) and len(scope["pipe"]._timetuner.calls) == 10

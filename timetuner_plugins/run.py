@@ -125,11 +125,13 @@ def sample(model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, noise: 
 
 class _Zero:
     """A stand-in denoiser that returns zeros, with the σ space of the model it stands for (samplers that read
-    the model's kind, such as ComfyUI's on flow models, evaluate where they would on the real model)."""
+    the model's kind, such as ComfyUI's on flow models or diffusers' schedulers on the model's own config, evaluate
+    where they would on the real model)."""
 
     def __init__(self, like: Any = None):
         self.inner_model = None
-        for attr in ("space", "shift", "multiplier", "sigma_table", "comfy_guider", "sigma_min", "sigma_max"):
+        for attr in ("space", "shift", "multiplier", "sigma_table", "comfy_guider", "sigma_min", "sigma_max",
+                     "log_sigmas", "timesteps", "scheduler_config", "set_timesteps_kwargs"):
             if like is not None and hasattr(like, attr):
                 setattr(self, attr, getattr(like, attr))
 
