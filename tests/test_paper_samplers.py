@@ -192,7 +192,8 @@ def test_the_generic_tuner_tunes_each(gmm, name):
 
 
 @pytest.mark.parametrize("name,options,tol32", [
-    ("bdia_ddim", {"gamma": 1.0}, 1e-4), ("bdia_ddim", {"gamma": 0.5}, 1e-4), ("bdia_ddim", {"gamma": 0.8, "frame": "ve"}, 1e-4),
+    ("bdia_ddim", {"gamma": 1.0}, 1e-4), ("bdia_ddim", {"gamma": 0.5}, 1e-4),
+    ("bdia_ddim", {"gamma": 0.8, "frame": "ve"}, 1e-4),
     ("bdia_edm", {"gamma": 0.5}, 1e-3), ("bdia_edm", {"gamma": 0.5, "backward": "extrapolate"}, None)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_bdia_round_trip_gives_back_the_noise(gmm, name, options, tol32, dtype):

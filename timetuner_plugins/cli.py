@@ -639,10 +639,11 @@ def invert(input_path: Path | None, generate_n: int | None, out: Path, model: st
     lines = [f"wrote {out}: the noise of {len(result['noise'])} samples ({sampler}, {schedule}, {steps} steps, "
              f"{', '.join(f'{k}={v}' for k, v in opts.items())}, {dtype}); previous state {report['previous']}"]
     if check:
-        lines.append(f"  round trip from (noise, next), max abs error: sample {report['round_trip_sample_max_abs']:.3g}, "
-                     f"previous {report['round_trip_previous_max_abs']:.3g} (samples up to {report['sample_max_abs']:.3g})")
-        lines.append(f"  from the noise alone: sample {report['noise_alone_sample_max_abs']:.3g} (exact only for samples "
-                     f"a BDIA run made; otherwise keep 'next')")
+        lines.append(f"  round trip from (noise, next), max abs error: sample "
+                     f"{report['round_trip_sample_max_abs']:.3g}, previous {report['round_trip_previous_max_abs']:.3g} "
+                     f"(samples up to {report['sample_max_abs']:.3g})")
+        lines.append(f"  from the noise alone: sample {report['noise_alone_sample_max_abs']:.3g} (exact only for "
+                     f"samples a BDIA run made; otherwise keep 'next')")
         if "noise_max_abs_error" in report:
             lines.append(f"  recovered noise vs the file's noise, max abs error: {report['noise_max_abs_error']:.3g}")
     _emit(report, as_json, "\n".join(lines))

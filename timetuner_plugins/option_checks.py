@@ -22,8 +22,9 @@ def check_range(sampler: str, name: str, value: Any, low: float, high: float, wh
     ok = math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
     if not ok:
         lo = "(" if low_open else "["
-        raise SamplerOptionError(f"{sampler}: {name} must be in {lo}{low:g}, {high:g}]{' (' + why + ')' if why else ''}, "
-                                 f"got {value!r}; pass e.g. --option {name}={high:g}")
+        note = f" ({why})" if why else ""
+        raise SamplerOptionError(f"{sampler}: {name} must be in {lo}{low:g}, {high:g}]{note}, got {value!r}; "
+                                 f"pass e.g. --option {name}={high:g}")
     return v
 
 
