@@ -200,7 +200,7 @@ def test_bdia_round_trip_gives_back_the_noise(gmm, name, options, tol32, dtype):
     """Max error relative to the noise's scale σ_0. float32 is looser than float64 because each backward step
     divides by c_i ≤ 1 (and bdia_edm's extrapolated backward integral is ill-conditioned: float64 only)."""
     if dtype == torch.float32 and tol32 is None:
-        pytest.skip("extrapolate's float32 round trip loses ~1e-2 of σ_0 on the GMM (README)")
+        pytest.skip("extrapolate's float32 round trip is ill-conditioned: 1e-4 to 1e+2 of σ_0 (README table)")
     sigmas = make_sigmas(gmm, "quadratic_t", 8)
     x0 = noise(8, seed=4).to(dtype) * sigmas[0]
     with torch.no_grad():
