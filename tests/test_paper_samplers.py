@@ -27,6 +27,12 @@ from helpers import noise
 PAPER = ["bdia_ddim", "bdia_edm", "accel_ddim", "accel_ddpm", "conjugate_ddim"]
 
 
+@pytest.fixture(scope="module")
+def gmm_flow():
+    """The mixture under the rectified-flow path (σ is the flow time, x = (1 − σ)·x₀ + σ·ε)."""
+    return registry.load_model("gmm-digits-flow")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These runs are many tiny evaluations, which a second intra-op thread slows down several-fold on a
@@ -60,7 +66,7 @@ class BrownianPath:
     ("bdia_edm", {"gamma": 0.0}, "heun"),
     ("conjugate_ddim", {"lam": 0.0}, "ddim"),
 ])
-@pytest.mark.parametrize("model_name", ["gmm", "edm"])
+@pytest.mark.parametrize("model_name", ["gmm", "edm", "gmm_flow"])
 def test_special_cases_are_the_known_samplers_bit_for_bit(name, options, base, model_name, request):
     model = request.getfixturevalue(model_name)
     sigmas = make_sigmas(model, model.default_schedule, 6)
@@ -70,7 +76,7 @@ def test_special_cases_are_the_known_samplers_bit_for_bit(name, options, base, m
     assert torch.equal(ours, known)
 
 
-@pytest.mark.parametrize("name,options", [("bdia_ddim", {"gamma": 1.0}), ("bdia_ddim", {"gamma": 0.7, "frame": "flow"}),
+@pytest.mark.parametrize("name,options", [("bdia_ddim", {"gamma": 1.0}), ("bdia_ddim", {"gamma": 0.7, "frame": "ve"}),
                                           ("accel_ddim", {}), ("conjugate_ddim", {"lam": 0.5})])
 def test_first_step_is_ddim(gmm, name, options):
     """BDIA and the accelerated sampler have no previous state on their first step: one step is DDIM;
@@ -111,8 +117,10 @@ def test_exact_when_eps_is_constant(name, options):
 
 
 @pytest.mark.parametrize("name", PAPER)
-@pytest.mark.parametrize("model_name", ["gmm", "ddpm", "edm"])
+@pytest.mark.parametrize("model_name", ["gmm", "ddpm", "edm", "gmm_flow"])
 def test_identity_tau_is_bit_exact(name, model_name, request):
+    if name == "accel_ddpm" and model_name == "gmm_flow":
+        pytest.skip("accel_ddpm refuses flow models (test_accel_ddpm_refuses_flow_models)")
     model = request.getfixturevalue(model_name)
     spec = registry.get_sampler(name)
     sigmas = make_sigmas(model, model.default_schedule, 7)
@@ -210,12 +218,33 @@ def test_bdia_round_trip_gives_back_the_noise(gmm, name, options, tol32, dtype):
     assert float((back - x0).abs().max()) / float(sigmas[0]) < (1e-9 if dtype == torch.float64 else tol32)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_bdia_round_trip_on_a_flow_model(gmm_flow, gamma, dtype, tol):
+    """On a flow model frame=auto is the flow's own state (α = 1): the paper's update for z = (1 − σ)x₀ + σε."""
+    from timetuner_plugins.bdia import resolve_frame
+
+    assert resolve_frame(gmm_flow, "auto") == "ve" and resolve_frame(registry.load_model("gmm-digits"), "auto") == "vp"
+    sigmas = make_sigmas(gmm_flow, gmm_flow.default_schedule, 8)
+    x0 = noise(8, seed=4).to(dtype) * sigmas[0]
+    with torch.no_grad():
+        out, previous = bdia_sample(gmm_flow, x0, sigmas, "bdia_ddim", gamma=gamma)
+        back = bdia_invert(gmm_flow, out, previous, sigmas, "bdia_ddim", gamma=gamma)
+    assert float((back - x0).abs().max()) / float(sigmas[0]) < tol
+
+
+def test_accel_ddpm_refuses_flow_models(gmm_flow):
+    sigmas = make_sigmas(gmm_flow, gmm_flow.default_schedule, 4)
+    with pytest.raises(SamplerOptionError, match="not a flow model's; on a flow model use ddpm"):
+        run_sampler(gmm_flow, registry.get_sampler("accel_ddpm"), noise(2) * sigmas[0], sigmas)
+
+
 def test_bad_options_name_the_fix(gmm):
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
     x = noise(2) * sigmas[0]
     for name, options, needle in [
         ("bdia_ddim", {"gamma": 1.5}, r"gamma must be in \[0, 1\].*--option gamma=1"),
-        ("bdia_ddim", {"frame": "vpsde"}, "frame must be one of vp, ve, flow"),
+        ("bdia_ddim", {"frame": "vpsde"}, "frame must be one of auto, vp, ve"),
         ("bdia_edm", {"backward": "heun"}, "backward must be one of euler, extrapolate"),
         ("conjugate_ddim", {"lam": float("nan")}, "lam must be a finite number"),
         ("conjugate_ddim", {"lam": 20.0}, r"lam=20 is too large for step 0 .* use \|lam\| <"),
@@ -240,7 +269,7 @@ def test_invert_command(tmp_path):
     out = runner.invoke(cli, ["invert", "--input", str(made), "--out", str(recovered), "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert report["previous"] == "from the file" and report["options"] == {"gamma": 1.0, "frame": "vp"}
+    assert report["previous"] == "from the file" and report["options"] == {"gamma": 1.0, "frame": "auto"}
     assert report["noise_max_abs_error"] < 1e-4 and report["round_trip_sample_max_abs"] < 1e-3
     assert report["noise_alone_sample_max_abs"] < 1e-3
     tensors, meta = read_states(recovered)

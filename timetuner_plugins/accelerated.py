@@ -28,9 +28,12 @@ Written here in k-diffusion's σ space (x = z/√ᾱ, σ² = (1 − ᾱ)/ᾱ, so
   noise sampler's draws over the two halves of [σ_{i+1}, σ_i], so a Brownian noise sampler makes
   runs with different step counts follow one path.
 
-Both use only D(x, σ) and the σ's, so they run on any model in σ space; the formulas (the ᾱ used to
-interpolate ε̂, the β noise of the stochastic step) come from the VP process, which for an EDM or a
-flow model is the VP process with the same σ(t) path, a valid but not the model's native parametrisation.
+Both use only D(x, σ) and the σ's. The formulas (the ᾱ used to interpolate ε̂, the β noise of the
+stochastic step) come from the VP process; for an EDM model, whose σ space is the same, that is the VP
+process with the same σ path. A flow model's σ is its time (x = (1 − σ)·x₀ + σ·ε): ``accel_ddim`` still
+runs there, as a second-order two-step method on dx/dσ = (x − D)/σ whose ε̂ is interpolated in
+1/(1 + σ²), a reparametrisation of the flow time rather than the paper's ᾱ; ``accel_ddpm``, whose noise is
+the VE/VP process's, refuses flow models.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import trange
 
-from .option_checks import work_dtype
-from .samplers import NoiseSampler, _randn_sampler, _report, to_d
+from .option_checks import SamplerOptionError, work_dtype
+from .samplers import NoiseSampler, _randn_sampler, _report, is_flow, to_d
 
 
 def _accel_coefficients(sigmas: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -73,6 +76,10 @@ def sample_accel_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=
                       noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
     """Li et al.'s accelerated stochastic sampler (ICML 2024): half the step's noise before the
     evaluation at the perturbed point (still at σ_i), half after; no noise after the last step."""
+    if is_flow(model):
+        raise SamplerOptionError("accel_ddpm adds the noise of the VP/VE process (x = x₀ + σ·ε in σ space), not a "
+                                 "flow model's; on a flow model use ddpm (which has a flow form) or a deterministic "
+                                 "sampler such as accel_ddim")
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or _randn_sampler(x)
     ones = x.new_ones([x.shape[0]])

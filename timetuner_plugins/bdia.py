@@ -26,10 +26,12 @@ Two variants, as in the paper:
 
 - ``bdia_ddim``: P and Q are DDIM steps (Euler on the probability-flow ODE in σ: x + (σ' − σ)·ε̂).
   ``frame`` picks the scale α(σ) of the space the paper's update is written in: ``vp``
-  (α = 1/√(1+σ²), the paper's DDIM setting), ``ve`` (α = 1, the update in σ space itself) or ``flow``
-  (α = 1/(1+σ), rectified-flow models' x_t = (1−t)x₀ + tε with σ = t/(1−t)).
+  (α = 1/√(1+σ²): z is the VP state of the paper's DDIM setting) or ``ve`` (α = 1: the update on the
+  sampler's own state, x₀ + σ·ε for VP/EDM models, (1 − σ)·x₀ + σ·ε for flow models, whose σ is their
+  time). ``auto`` (default) is ``ve`` on flow models (their own state is the paper's z for a flow) and
+  ``vp`` otherwise.
 - ``bdia_edm``: P is EDM's Heun step (Karras et al. 2022, Alg. 1; the step to σ = 0 is Euler), by default
-  in EDM's own frame (α = 1; ``frame`` as above). The paper does not fix, in anything we could consult
+  in EDM's own frame (``ve``, α = 1; ``frame`` as above). The paper does not fix, in anything we could consult
   here, how the backward integral is approximated for EDM; it must depend on x_i alone to keep the update
   invertible, and must not cost another evaluation to keep EDM's count. ``backward="euler"`` (default)
   takes the Euler/DDIM step with the derivative at x_i: first order, like the last step; the
@@ -45,8 +47,8 @@ consecutive intervals are of similar length (γ·Δ_{i−1}² ≈ Δ_i²). Sched
 at 5 steps) therefore do worse with BDIA than without; the VP frame damps the root at σ ≫ 1
 (α(σ_{i−1})/α(σ_{i+1}) ≈ σ_{i+1}/σ_{i−1}), which is why γ = 1 stays usable there and not in σ space.
 
-Only D(x, σ) and the σ's are used, so any model in σ space (VP, EDM, flow) runs; ``frame`` is the
-only place a model family enters.
+Only D(x, σ) and the σ's are used (the probability-flow ODE is dx/dσ = (x − D)/σ in the VE and in the
+flow σ alike), so any model runs; ``frame`` is the only place a model family enters.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ import torch
 from tqdm.auto import trange
 
 from .option_checks import SamplerOptionError, check_choice, check_range, work_dtype
-from .samplers import _report, to_d
+from .samplers import _report, is_flow, to_d
 
-FRAMES = ("vp", "ve", "flow")
+FRAMES = ("auto", "vp", "ve")
 BACKWARDS = ("euler", "extrapolate")
 DEFAULT_GAMMA = 0.5  # the authors' recommendation for ~10 steps (1.0 for ~40 and for inversion)
 
@@ -68,9 +70,14 @@ def frame_scale(sigma: torch.Tensor, frame: str) -> torch.Tensor:
     """α(σ): the scale of the space z = α·x the BDIA update is written in."""
     if frame == "vp":
         return (1 + sigma ** 2).rsqrt()
-    if frame == "flow":
-        return 1 / (1 + sigma)
     return torch.ones_like(sigma)
+
+
+def resolve_frame(model: Callable, frame: str) -> str:
+    """``auto``: ``ve`` (the sampler's own state) on a flow model, ``vp`` otherwise."""
+    if frame != "auto":
+        return frame
+    return "ve" if is_flow(model) else "vp"
 
 
 class _Steps:
@@ -120,7 +127,7 @@ def _options(sampler: str, gamma: Any, frame: str = "ve", backward: str = "euler
 
 def _run(model, x, sigmas, extra_args, callback, disable, variant: str, gamma: float, frame: str,
          backward: str, x_next: torch.Tensor | None = None) -> torch.Tensor:
-    steps = _Steps(model, sigmas, variant, gamma, frame, backward, extra_args, x)
+    steps = _Steps(model, sigmas, variant, gamma, resolve_frame(model, frame), backward, extra_args, x)
     previous, first = None, 0
     if x_next is not None:  # start from a given pair (x_0, x_1): no first plain step
         previous, x, first = x, x_next, 1
@@ -133,7 +140,7 @@ def _run(model, x, sigmas, extra_args, callback, disable, variant: str, gamma: f
 
 
 def sample_bdia_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = DEFAULT_GAMMA,
-                     frame: str = "vp") -> torch.Tensor:
+                     frame: str = "auto") -> torch.Tensor:
     """BDIA-DDIM (Zhang et al., ECCV 2024): x_{i+1} = DDIM_{i→i+1}(x_i) + c_i·(x_{i−1} − DDIM_{i→i−1}(x_i)),
     c_i = γ·α(σ_{i−1})/α(σ_{i+1}); the first step is DDIM. γ = 0 is DDIM bit for bit."""
     gamma = _options("bdia_ddim", gamma, frame)
@@ -162,7 +169,7 @@ def _variant(sampler: str) -> str:
 
 def _resolve(sampler: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
     variant = _variant(sampler)
-    defaults = {"ddim": {"gamma": DEFAULT_GAMMA, "frame": "vp"},
+    defaults = {"ddim": {"gamma": DEFAULT_GAMMA, "frame": "auto"},
                 "edm": {"gamma": DEFAULT_GAMMA, "backward": "euler", "frame": "ve"}}[variant]
     unknown = set(options) - set(defaults)
     if unknown:
@@ -210,8 +217,8 @@ def bdia_invert(model: Callable, sample: torch.Tensor, previous: torch.Tensor, s
                                  f"{tuple(previous.shape)}")
     if len(sigmas) < 2:
         raise SamplerOptionError("sigmas must hold at least two values (one step)")
-    steps = _Steps(model, sigmas.to(sample.device), variant, gamma, opts["frame"], opts["backward"], extra_args,
-                   sample)
+    steps = _Steps(model, sigmas.to(sample.device), variant, gamma, resolve_frame(model, opts["frame"]),
+                   opts["backward"], extra_args, sample)
     later, x = sample, previous
     for i in trange(len(sigmas) - 2, 0, -1, disable=disable):
         forward, back, _ = steps(x, i)

@@ -16,8 +16,10 @@ bit). It stays a first-order method: λ trades the Euler error of the linear par
 which the paper chooses per model for few-step quality. The time t is the VP-SDE clock of Song et al.
 (2021) that the paper's VP-SDE uses — ᾱ(t) = exp(−β_min·t − (β_max − β_min)·t²/2), β from 0.1 to 20 —
 found from σ by ᾱ = 1/(1 + σ²); for DDPM's linear-β models (β 1e-4 → 0.02 over 1000 steps) it is about
-their step index / 1000. The derivation assumes this VP process; for EDM or flow models the sampler runs
-the same σ-space update (it only calls D(x, σ)), with λ measured on that VP clock, not the model's own.
+their step index / 1000. The derivation assumes this VP process; for EDM models (the same σ space) the
+update is the same with λ on that VP clock rather than the model's own; on flow models, whose σ is their
+time, t(σ) is only a monotone reparametrisation of it, so the sampler stays a valid first-order scheme on
+dx/dσ = (x − D)/σ but λ no longer means the paper's λ.
 
 The paper's splitting integrators (and conjugate splitting integrators) need an augmented,
 phase-space model (PSLD: data and momentum diffused jointly); none of our models has that state, so

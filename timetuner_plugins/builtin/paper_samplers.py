@@ -10,7 +10,7 @@ from .. import accelerated, bdia, conjugate
 def register_samplers(register):
     register(SamplerSpec(
         "bdia_ddim", bdia.sample_bdia_ddim, one_eval_per_step,
-        defaults={"gamma": bdia.DEFAULT_GAMMA, "frame": "vp"},
+        defaults={"gamma": bdia.DEFAULT_GAMMA, "frame": "auto"},
         description="BDIA-DDIM (Zhang et al., ECCV 2024): each DDIM step also redoes the previous interval "
                     "backward; exactly invertible (timetuner invert); gamma 0 = DDIM"))
     register(SamplerSpec(
