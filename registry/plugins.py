@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 # Registered exactly like third-party plugins, one module each.
 DEFAULT_PLUGINS = (
     "timetuner_plugins.builtin.samplers",
+    "timetuner_plugins.builtin.paper_samplers",
     "timetuner_plugins.builtin.schedules",
     "timetuner_plugins.builtin.models",
     "timetuner_plugins.builtin.tau_hook",

@@ -580,6 +580,99 @@ def _update_readme(b, readme: Path, data: dict, out: Path) -> None:
     click.echo(f"updated {readme}")
 
 
+@cli.command(short_help="Recover the noise of BDIA samples exactly.")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="States to invert: .safetensors or .pt with 'sample' (and 'previous', the state before it), "
+                   "or a bare sample tensor (.pt).")
+@click.option("--generate", "generate_n", type=click.IntRange(1), default=None, metavar="N",
+              help="Instead of inverting: write N BDIA samples, the state before each and their noise to --out.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output .safetensors or .pt: the recovered noise (or, with --generate, the samples).")
+@click.option("--model", default=None, help="Model (default: the one recorded in --input).")
+@click.option("--sampler", type=click.Choice(["bdia_ddim", "bdia_edm"]), default=None,
+              help="BDIA variant (default: the one recorded in --input, else bdia_ddim).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (default: recorded in --input).")
+@click.option("--schedule", default=None, help="σ schedule (default: recorded in --input, else the model's).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Sampler option, repeatable (gamma, frame, backward); default: recorded in --input.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed for --generate.")
+@click.option("--float64", "use_float64", is_flag=True, help="Run the model and states in float64.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Re-sample from the recovered noise and report the round-trip error.")
+@click.option("--previous-iters", type=click.IntRange(0), default=3, show_default=True,
+              help="Without a 'previous' state: fixed-point iterations of the DDIM inversion that estimates it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_device_option
+def invert(input_path: Path | None, generate_n: int | None, out: Path, model: str | None, sampler: str | None,
+           steps: int | None, schedule: str | None, options: tuple[str, ...], seed: int, use_float64: bool,
+           check: bool, previous_iters: int, overwrite: bool, as_json: bool, device: str) -> None:
+    """Recover the initial noise of BDIA samples exactly (Zhang et al., ECCV 2024), or --generate some."""
+    import torch
+
+    from . import invert as inv
+    from .option_checks import SamplerOptionError
+    from .run import make_sigmas, model_device
+
+    if (input_path is None) == (generate_n is None):
+        raise click.UsageError("give exactly one of --input FILE (to invert) or --generate N (to write samples)")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it or --out to choose another file")
+    try:
+        tensors, meta = inv.read_states(input_path) if input_path else ({}, {})
+        model = model or meta.get("model")
+        if not model:
+            raise click.UsageError("give --model: the input records none")
+        sampler = sampler or meta.get("sampler", "bdia_ddim")
+        if sampler not in inv.SAMPLERS:
+            raise click.UsageError(f"the input was made by {sampler!r}; only {', '.join(inv.SAMPLERS)} invert exactly")
+        steps = steps or (int(meta["steps"]) if "steps" in meta else None)
+        if steps is None:
+            raise click.UsageError("give --steps: the input records no step count")
+        m = _load_model(model, device)
+        schedule = schedule or meta.get("schedule") or m.default_schedule
+        spec = registry.get_sampler(sampler)
+        recorded = json.loads(meta["options"]) if "options" in meta else {}
+        opts = spec.options({**recorded, **_parse_options(options)})
+        torch_dtype = torch.float64 if use_float64 else torch.float32
+        dtype = str(torch_dtype).removeprefix("torch.")
+        if use_float64:
+            m = m.double()
+        where = model_device(m)
+        sigmas = make_sigmas(m, schedule, steps)
+        run = inv.run_meta(model, sampler, schedule, steps, opts)
+        if generate_n is not None:
+            shape = (generate_n, *m.sample_shape)
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            written = inv.generate(m, sampler, sigmas, noise.to(where, torch_dtype), opts)
+            inv.write_states(out, written, {**run, "seed": str(seed), "dtype": dtype}, overwrite=overwrite)
+            _emit({"out": str(out), "n": generate_n, **run}, as_json,
+                  f"wrote {out}: {generate_n} {sampler} samples of {model} ({schedule}, {steps} steps, "
+                  f"{', '.join(f'{k}={v}' for k, v in opts.items())}) with their previous states and noise")
+            return
+        states = {k: v.to(where, torch_dtype) for k, v in tensors.items()}
+        if states["sample"].shape[1:] != tuple(m.sample_shape):
+            raise click.UsageError(f"samples have shape {tuple(states['sample'].shape[1:])} but {model} makes "
+                                   f"{tuple(m.sample_shape)}")
+        result, report = inv.invert(m, sampler, sigmas, states, opts, previous_iters=previous_iters, check=check)
+        report = {"input": str(input_path), "out": str(out), "model": model, "schedule": schedule, **report}
+        inv.write_states(out, result, {**run, "dtype": dtype, **({"round_trip_sample_max_abs":
+                         str(report["round_trip_sample_max_abs"])} if check else {})}, overwrite=overwrite)
+    except (SamplerOptionError, inv.StatesFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    lines = [f"wrote {out}: the noise of {len(result['noise'])} samples ({sampler}, {schedule}, {steps} steps, "
+             f"{', '.join(f'{k}={v}' for k, v in opts.items())}, {dtype}); previous state {report['previous']}"]
+    if check:
+        lines.append(f"  round trip from (noise, next), max abs error: sample "
+                     f"{report['round_trip_sample_max_abs']:.3g}, previous {report['round_trip_previous_max_abs']:.3g} "
+                     f"(samples up to {report['sample_max_abs']:.3g})")
+        lines.append(f"  from the noise alone: sample {report['noise_alone_sample_max_abs']:.3g} (exact only for "
+                     f"samples a BDIA run made; otherwise keep 'next')")
+        if "noise_max_abs_error" in report:
+            lines.append(f"  recovered noise vs the file's noise, max abs error: {report['noise_max_abs_error']:.3g}")
+    _emit(report, as_json, "\n".join(lines))
+
+
 SHIM = '''"""TimeTuner nodes for ComfyUI, written by `timetuner comfyui-install` (the package is pip-installed)."""
 from comfyui_nodes import WEB_DIRECTORY, comfy_entrypoint  # noqa: F401
 '''
