@@ -134,3 +134,19 @@ def test_torchrun_tune_writes_one_set_equal_to_one_process(tmp_path):
     assert proc.stdout.count("wrote") == 1 and sorted(p.name for p in tmp_path.glob("*.safetensors")) == \
         ["one.safetensors", "two.safetensors"]
     torch.testing.assert_close(TunedSet.load(double).tau, TunedSet.load(single).tau, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "sd3", "flux"])
+def test_the_fake_tensor_memory_count_equals_a_real_run(name):
+    """bench-scale --estimate counts SDXL/SD3/Flux on fake tensors; on the tiny configs the same count run on real
+    tensors gives the same bytes, and storing K evaluations costs K times what recompute keeps per evaluation."""
+    pytest.importorskip("diffusers")
+    from timetuner_plugins import bench_scale as bs
+
+    fake = bs.estimate(name, 8, 2, "float32", size="tiny")
+    real = bs.estimate(name, 8, 2, "float32", size="tiny", fake=False)
+    assert fake == pytest.approx(real, rel=1e-6) and real["saved_per_evaluation_gb"] > 0
+    assert fake["forward_backward_peak_gb"] >= fake["saved_per_evaluation_gb"]
+    rounded = {k: round(v, 3) for k, v in bs.estimate("sd15", 32, 2, "float32", size="tiny").items()}
+    low, high = bs.projected(rounded, 4), bs.projected(rounded, 16)
+    assert high["recompute_gb"] == low["recompute_gb"] and high["store_gb"] >= low["store_gb"]

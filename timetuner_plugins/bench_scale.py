@@ -217,6 +217,116 @@ def plot(results: list[dict], path: Path) -> Path:
     return path
 
 
+class _Tracker:
+    """torch's MemTracker without gradient hooks on the (frozen) weights: tuning never computes their gradients."""
+
+    def __new__(cls):
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        class Frozen(MemTracker):
+            def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+                return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+        return Frozen()
+
+
+def estimate(name: str, latent: int, rows: int, dtype: str = "bfloat16", widths: list[int] | None = None,
+             size: str = "full", fake: bool = True) -> dict[str, float]:
+    """One network evaluation of the published ``name`` config at a ``latent`` × ``latent`` latent with ``rows`` rows
+    (CFG doubles a batch), traced on fake tensors (nothing is allocated, so SDXL and Flux can be counted on a CPU;
+    ``fake=False`` runs it for real, which is how the tests check the count): the weights, the activations a forward
+    saves for the backward (what storing costs per evaluation), and the peak of one forward + backward (what
+    recompute costs, once). GB, unrounded."""
+    from contextlib import nullcontext
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import _MemRefType as Ref
+
+    from . import diffusers_configs as dc
+    from .denoisers import DTYPES
+
+    kind = dc.CLASSES[name]
+    half = DTYPES[dtype]
+    with FakeTensorMode() if fake else nullcontext():
+        config = dc.config(name, size)
+        if widths is not None:
+            config["block_out_channels"] = widths
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(half)  # built in the dtype (fake tensors cannot be cast afterwards)
+        try:
+            net = dc.model_class(name)(**config).requires_grad_(False)
+        finally:
+            torch.set_default_dtype(previous)
+        channels = dc.LATENT[(name, size)][0]
+        cond = dc.conditioning(name, size, batch=rows, latent=(channels, latent, latent))
+        cond = {k: v.to(half) if v.is_floating_point() and k not in ("txt_ids", "img_ids") else v
+                for k, v in cond.items()}
+        transformer = kind in ("FluxTransformer2DModel", "SD3Transformer2DModel")
+        t = torch.full((rows,), 0.5 if kind == "FluxTransformer2DModel" else 500.0)
+        shape = (rows, (latent // 2) ** 2, channels * 4) if kind == "FluxTransformer2DModel" else \
+            (rows, channels, latent, latent)
+        x = torch.randn(shape, dtype=half, requires_grad=True)  # τ's gradient reaches the network through x and t
+        kwargs = dict(cond)
+        if name == "sdxl":
+            kwargs = {"encoder_hidden_states": cond["encoder_hidden_states"],
+                      "added_cond_kwargs": {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}}
+        tracker = _Tracker()
+        with tracker:
+            out = net(hidden_states=x, timestep=t, return_dict=False, **kwargs)[0] if transformer else \
+                net(x, t, return_dict=False, **kwargs)[0]
+            saved = tracker.get_tracker_snapshot("current")
+            out.float().square().sum().backward()
+        peak = tracker.get_tracker_snapshot("peak")
+    device = torch.device("cpu")
+
+    def gb(snap: dict, key: Any) -> float:
+        return snap[device].get(key, 0) / 2 ** 30
+
+    weights = gb(saved, Ref.PARAM) + gb(saved, Ref.BUFFER)
+    return {"weights_gb": weights, "saved_per_evaluation_gb": gb(saved, Ref.ACT) + gb(saved, Ref.TEMP),
+            "forward_backward_peak_gb": gb(peak, "Total") - weights}
+
+
+ESTIMATES = (  # (model, latent, CFG rows, dtype): each at its default image size, as ComfyUI loads it
+    ("sd15", 64, 2, "float16"), ("sdxl", 128, 2, "float16"), ("sd3", 128, 2, "float16"), ("flux", 128, 1, "bfloat16"),
+)
+
+
+def projected(row: dict[str, float], nfe: int) -> dict[str, float]:
+    """A tuning iteration's peak for one sample at ``nfe`` evaluations from :func:`estimate`'s counts (GB): storing
+    keeps every evaluation's saved activations; recompute keeps one forward + backward (the K states and τ are
+    kilobytes to megabytes beside it)."""
+    return {"store_gb": round(row["weights_gb"] + nfe * row["saved_per_evaluation_gb"], 1),
+            "recompute_gb": round(row["weights_gb"] + row["forward_backward_peak_gb"], 1)}
+
+
+def estimates(log: Callable[[str], None] = print, nfes: tuple[int, ...] = (4, 8, 16)) -> list[dict]:
+    """:func:`estimate` for each of :data:`ESTIMATES`, with the projected peaks at ``nfes``."""
+    rows = []
+    for name, latent, n, dtype in ESTIMATES:
+        counts = {k: round(v, 3) for k, v in estimate(name, latent, n, dtype).items()}
+        row = {"model": name, "latent": latent, "rows": n, "dtype": dtype, **counts,
+               "projected": {str(k): projected(counts, k) for k in nfes}}
+        log(f"{name:<5} {latent}² latent, {n} row(s), {dtype}: weights {counts['weights_gb']:.1f} GB, saved per "
+            f"evaluation {counts['saved_per_evaluation_gb']:.2f} GB, forward+backward peak "
+            f"{counts['forward_backward_peak_gb']:.2f} GB")
+        rows.append(row)
+    return rows
+
+
+def estimates_markdown(rows: list[dict]) -> str:
+    nfes = list(rows[0]["projected"]) if rows else []
+    lines = ["| model | latent | rows | dtype | weights | saved / evaluation | fwd+bwd peak | "
+             + " | ".join(f"NFE {k}: store / recompute" for k in nfes) + " |",
+             "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(nfes)]
+    for r in rows:
+        cells = " | ".join(f"{r['projected'][k]['store_gb']:.1f} / {r['projected'][k]['recompute_gb']:.1f} GB"
+                           for k in nfes)
+        lines.append(f"| {r['model']} | {r['latent']}² | {r['rows']} | {r['dtype']} | {r['weights_gb']:.2f} GB | "
+                     f"{r['saved_per_evaluation_gb']:.2f} GB | {r['forward_backward_peak_gb']:.2f} GB | {cells} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     result = measure(Point(**json.loads(sys.argv[1])))
     print(json.dumps({**asdict(result), "point": asdict(result.point)}))

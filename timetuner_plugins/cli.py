@@ -553,12 +553,15 @@ def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes
               help="SD1.5's layout at a fifth of its widths: NFE 4/8/16 with and without recompute, batch, resolution.")
 @click.option("--full", is_flag=True, help="Also SD1.5 at full size (860 M parameters, ~3.5 GB of weights; minutes "
                                            "per iteration on a CPU), NFE 8, 32² latent, CFG, with and without recompute.")
+@click.option("--estimate", is_flag=True, help="Also count SD1.5, SDXL, SD3 and Flux at their default image sizes in "
+                                               "half precision on fake tensors (nothing allocated): weights, "
+                                               "activations per evaluation, projected peaks.")
 @_device_option
-def bench_scale(out: Path, curves: bool, full: bool, device: str) -> None:
+def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str) -> None:
     """Peak memory and seconds per tuning iteration against NFE, batch, resolution and recompute (each point in a
     fresh process), on diffusers' SD1.5 U-Net built from its published config with random weights."""
     from . import bench_scale as bs
-    from .io import check_output_dir
+    from .io import atomic_path, check_output_dir
     from .run import resolve_device
 
     check_output_dir(out)
@@ -567,9 +570,17 @@ def bench_scale(out: Path, curves: bool, full: bool, device: str) -> None:
     if full:
         points += [bs.Point("sd15", 8, batch=2, micro_batch=1, latent=32, recompute=r, iters=1, device=where)
                    for r in (True, False)]
-    results = bs.run(points, out, log=click.echo)
-    bs.plot(results, out / "memory_time.png")
-    click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'memory_time.png'}")
+    if points:
+        results = bs.run(points, out, log=click.echo)
+        bs.plot(results, out / "memory_time.png")
+        click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'memory_time.png'}")
+    if estimate:
+        rows = bs.estimates(log=click.echo)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("estimates.json", json.dumps(rows, indent=1)), ("estimates.md", bs.estimates_markdown(rows))):
+            with atomic_path(out / name, overwrite=True) as tmp:
+                tmp.write_text(text + "\n")
+        click.echo(f"wrote {out / 'estimates.json'} and {out / 'estimates.md'}")
 
 
 def _update_readme(b, readme: Path, data: dict, out: Path) -> None:
