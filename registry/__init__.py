@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from .errors import SamplerOptionError, SamplerSpaceError, UnknownNameError
@@ -42,7 +43,7 @@ def _collect(hook_name: str, kind: str, spec_type: type) -> dict[str, Any]:
                     add_problem(_plugin, f"{kind} {spec.name!r} ignored: already registered by "
                                          f"{found[spec.name].plugin}")
                     return
-                found[spec.name] = spec.with_plugin(_plugin)
+                found[spec.name] = replace(spec, plugin=_plugin)
 
             try:
                 impl.function(register=register)

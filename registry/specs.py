@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 import torch
@@ -72,9 +72,6 @@ class SamplerSpec:
             return bool(self.stochastic(self.options(options)))
         return bool(self.stochastic)
 
-    def with_plugin(self, plugin: str) -> "SamplerSpec":
-        return replace(self, plugin=plugin)
-
     def check_space(self, model: Any) -> None:
         """Raise :class:`~registry.errors.SamplerSpaceError` if the sampler is wrong for the model's σ space."""
         space = getattr(model, "space", "ve")
@@ -91,9 +88,6 @@ class ModelSpec:
     description: str = ""
     plugin: str = ""
 
-    def with_plugin(self, plugin: str) -> "ModelSpec":
-        return replace(self, plugin=plugin)
-
 
 @dataclass(frozen=True)
 class AdapterSpec:
@@ -104,9 +98,6 @@ class AdapterSpec:
     adapt: Callable[..., Any]
     description: str = ""
     plugin: str = ""
-
-    def with_plugin(self, plugin: str) -> "AdapterSpec":
-        return replace(self, plugin=plugin)
 
 
 @dataclass(frozen=True)
@@ -119,5 +110,3 @@ class ScheduleSpec:
     plugin: str = ""
     auto: bool = True  # a candidate of ``--schedule auto`` (False: the σ's of one sampler, e.g. a diffusers scheduler)
 
-    def with_plugin(self, plugin: str) -> "ScheduleSpec":
-        return replace(self, plugin=plugin)

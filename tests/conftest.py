@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import helpers
 import registry
 
 
@@ -52,3 +53,20 @@ def doc_block():
         return found[0]
 
     return find
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ComfyUI server (COMFYUI_PATH) with this repository as a custom node pack and two user sets."""
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "timetuner").symlink_to(helpers.REPO)
+    user = base / "models" / "timetuner"
+    user.mkdir(parents=True)
+    good = helpers.make_set()
+    good.save(user / "valid.safetensors")
+    data = bytearray((user / "valid.safetensors").read_bytes())
+    (user / "corrupt.safetensors").write_bytes(bytes(data[: len(data) // 2]))
+    srv = helpers.Server(base)
+    yield srv
+    srv.stop()

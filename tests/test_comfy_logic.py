@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from timetuner_plugins.denoisers import DiscreteVPDenoiser
 from timetuner_plugins.run import eval_sigmas, make_sigmas, sample
 from timetuner_plugins.tau import TauLookup, TauModel
 
-from helpers import noise
-from test_tuned_set import make_set
+from helpers import make_set, noise
 
 
 def heun_lookup(gmm):

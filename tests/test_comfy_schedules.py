@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-import registry
 from timetuner_plugins.denoisers import DiscreteVPDenoiser, EDMDenoiser, FlowDenoiser
 from timetuner_plugins.run import make_sigmas
 

@@ -8,15 +8,6 @@ default: this one); without COMFYUI_PATH these tests skip. The server runs on lo
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,111 +18,9 @@ from timetuner_plugins import shipped
 from timetuner_plugins.run import run_sampler
 from timetuner_plugins.tuned_set import TunedSet
 
-from test_tuned_set import make_set
+from helpers import COMFYUI, WORKFLOWS, error_message, load, ok
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "example_workflows" / "api"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, base: Path):
-        self.base, self.port = base, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(base / "server.log", "w")
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        self.proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                                      "--base-directory", str(base), "--disable-api-nodes", "--disable-metadata"],
-                                     cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited: see {base / 'server.log'}")
-            try:
-                self.get("/object_info/TimeTunerApplyTunedSet")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.5)
-        raise RuntimeError("ComfyUI did not start within 180 s")
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def post(self, prompt: dict) -> tuple[int, dict]:
-        body = json.dumps({"prompt": prompt, "client_id": uuid.uuid4().hex}).encode()
-        req = urllib.request.Request(self.url + "/prompt", body, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-
-    def run(self, prompt: dict, timeout: float = 600) -> dict:
-        status, reply = self.post(prompt)
-        assert status == 200, reply
-        pid = reply["prompt_id"]
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            history = self.get(f"/history/{pid}")
-            if pid in history and history[pid]["status"].get("completed") is not None and \
-                    history[pid]["status"]["status_str"] in ("success", "error"):
-                return history[pid]
-            time.sleep(0.3)
-        raise TimeoutError(f"prompt {pid} did not finish in {timeout} s")
-
-    def images(self, entry: dict) -> list[np.ndarray]:
-        import matplotlib.image as mpimg
-
-        out = []
-        for node in entry["outputs"].values():
-            for img in node.get("images", []):
-                path = self.base / "output" / img["subfolder"] / img["filename"]
-                out.append(mpimg.imread(path)[..., :3])
-        return out
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "timetuner").symlink_to(REPO)
-    user = base / "models" / "timetuner"
-    user.mkdir(parents=True)
-    good = make_set()
-    good.save(user / "valid.safetensors")
-    data = bytearray((user / "valid.safetensors").read_bytes())
-    (user / "corrupt.safetensors").write_bytes(bytes(data[: len(data) // 2]))
-    srv = Server(base)
-    yield srv
-    srv.stop()
-
-
-def load(name: str) -> dict:
-    return json.loads((WORKFLOWS / name).read_text())
-
-
-def ok(entry: dict) -> bool:
-    return entry["status"]["status_str"] == "success"
-
-
-def error_message(entry: dict) -> str:
-    return " ".join(str(d.get("exception_message", "")) for e, d in entry["status"]["messages"] if e == "execution_error")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.json")))

@@ -15,7 +15,7 @@ import pytest
 import registry
 from timetuner_plugins.tuned_set import TunedSet
 
-from test_comfyui_server import COMFYUI, error_message, load, ok, server  # noqa: F401  (the server fixture)
+from helpers import COMFYUI, error_message, load, ok
 
 pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server tests")
 

@@ -20,7 +20,7 @@ from timetuner_plugins.cli import cli
 from timetuner_plugins.evaluate import generate
 from timetuner_plugins.run import make_sigmas
 from timetuner_plugins.tuned_set import TunedSet
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.tuner import Tuner
 
 from helpers import noise
 

@@ -21,7 +21,7 @@ from timetuner_plugins.tuned_set import TunedSet, TunedSetError
 from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
 from timetuner_plugins.run import make_sigmas
 
-from test_tuned_set import make_set
+from helpers import make_set
 
 
 def test_racing_writers_never_leave_a_corrupt_file(tmp_path):

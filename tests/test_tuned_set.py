@@ -11,16 +11,7 @@ from safetensors.torch import save_file
 
 from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
 
-
-def make_set(**overrides) -> TunedSet:
-    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0])
-    ev = sigmas[:-1].clone()
-    fields = dict(sigmas=sigmas, eval_sigmas=ev, tau=ev * torch.tensor([1.05, 0.97, 1.0, 1.1]), model_id="m",
-                  model_fingerprint="ab" * 32, sampler="ddim", schedule="karras", objective="final", mode="joint",
-                  iterations=10, seed=3, data_source="teacher", sampler_options={"eta": 0.0},
-                  metrics_before={"fd": 2.0}, metrics_after={"fd": 1.0})
-    fields.update(overrides)
-    return TunedSet(**fields)
+from helpers import make_set
 
 
 def test_round_trip(tmp_path):

@@ -77,18 +77,6 @@ class TauLookup:
             return None
         return next((k for k in matches if k >= start), matches[0])
 
-    def cond_sigma_matched(self, sigma: torch.Tensor) -> torch.Tensor:
-        """σ-keyed conditioning computed on the device, no host sync: each σ that matches an
-        evaluation σ within ``rtol`` gets that evaluation's ratio (the first one on ties), others
-        keep ratio 1."""
-        ev = self.eval_sigmas.to(sigma.device, sigma.dtype)
-        ratio = self.ratio.to(sigma.device, sigma.dtype)
-        flat = sigma.reshape(-1, 1)
-        close = (flat - ev).abs() <= self.rtol * ev
-        first = close.float().argmax(dim=1)
-        picked = torch.where(close.any(dim=1), ratio[first], torch.ones_like(flat[:, 0]))
-        return sigma * picked.reshape(sigma.shape)
-
 
 class TauModel:
     """Wraps a tunable denoiser so the k-th call is conditioned on τ_k (counted calls).

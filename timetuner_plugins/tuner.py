@@ -781,10 +781,3 @@ def real_data(model: Any, n: int, generator: torch.Generator) -> torch.Tensor:
         images, _ = digits("train")
         return images[torch.randint(len(images), (n,), generator=generator)]
     raise TuneError("this model has no bundled real data; pass data=<tensor of x0> or use data='teacher'")
-
-
-def tune(model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, schedule: str = "custom",
-         config: TuneConfig | None = None, **kwargs: Any) -> TuneResult:
-    """Convenience: ``Tuner(...).tune()``; ``resume=True`` continues from ``checkpoint``."""
-    resume = kwargs.pop("resume", False)
-    return Tuner(model, sampler, sigmas, schedule, config, **kwargs).tune(resume=resume)
