@@ -13,7 +13,7 @@ DIFFUSERS_STAMP := $(VENV)/.installed-diffusers
 KD_VENV ?= $(HOME)/.cache/timetuner/kdiffusion-venv
 KD_STAMP := $(KD_VENV)/.installed-$(shell cat requirements.txt Makefile | sha256sum | cut -c1-12)
 
-.PHONY: install demo test test-kdiffusion bench sets models clean
+.PHONY: install demo lint test test-kdiffusion bench sets models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ $(DIFFUSERS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,diffusers]"
 	touch $@
 
+# ruff's lint and format check (settings in pyproject.toml); `$(BIN)/ruff format .` fixes the formatting.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 # The diffusers tests fail instead of skipping here: this target installs the extra.
-test: $(DIFFUSERS_STAMP)
+test: $(DIFFUSERS_STAMP) lint
 	TIMETUNER_REQUIRE_DIFFUSERS=1 $(BIN)/python -m pytest -q
 
 $(KD_STAMP):

@@ -33,7 +33,16 @@ async def comfy_entrypoint():
 
     class TimeTunerExtension(ComfyExtension):
         async def get_node_list(self):
-            return [LoadTunedSet, ApplyTunedSet, TunedSigmas, RegistrySampler, Tune, TuneWithSigmas, DemoModelLoader,
-                    DemoDigitConditioning, DemoDecode]
+            return [
+                LoadTunedSet,
+                ApplyTunedSet,
+                TunedSigmas,
+                RegistrySampler,
+                Tune,
+                TuneWithSigmas,
+                DemoModelLoader,
+                DemoDigitConditioning,
+                DemoDecode,
+            ]
 
     return TimeTunerExtension()

@@ -49,8 +49,11 @@ class DigitsDiscreteSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.m
 
 def _sampling_settings(kind: str, metadata: dict) -> dict:
     if kind == "edm":
-        return {"sigma_min": float(metadata["sigma_min"]), "sigma_max": float(metadata["sigma_max"]),
-                "sigma_data": float(metadata["sigma_data"])}
+        return {
+            "sigma_min": float(metadata["sigma_min"]),
+            "sigma_max": float(metadata["sigma_max"]),
+            "sigma_data": float(metadata["sigma_data"]),
+        }
     if kind == "flow":  # read by ModelSamplingDiscreteFlow, as an SD3 checkpoint's config is
         return {"shift": float(metadata["shift"]), "multiplier": float(metadata["multiplier"])}
     return {}
@@ -82,7 +85,7 @@ class DigitsModel(comfy.model_base.BaseModel):
         # Built as ComfyUI's own loaders build a checkpoint's model: inside the executor's inference mode, so the Tune
         # node meets inference tensors here as it does on a real checkpoint (and makes them ordinary itself).
         net = DigitsNet(**json.loads(metadata["config"]))
-        net.load_state_dict({k[len("net."):]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
+        net.load_state_dict({k[len("net.") :]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
         self.diffusion_model = net.eval().requires_grad_(False)
         if kind == "vp_discrete":
             abar = DiscreteVPDenoiser.linear_betas(**json.loads(metadata["betas"]))
@@ -96,8 +99,9 @@ class DigitsModel(comfy.model_base.BaseModel):
 
 def load(name: str) -> comfy.model_patcher.ModelPatcher:
     model = DigitsModel(name)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def conditioning(digit: int | None) -> list:

@@ -67,8 +67,11 @@ def sampling_parameters(model_sampling: Any) -> dict[str, Any]:
         return {"space": "ve"}
     shift = float(getattr(model_sampling, "shift", 1.0))
     flux = any(cls.__name__ == "ModelSamplingFlux" for cls in type(model_sampling).__mro__)
-    return {"space": "flow", "shift": math.exp(shift) if flux else shift,
-            "multiplier": float(getattr(model_sampling, "multiplier", 1.0 if flux else 1000.0))}
+    return {
+        "space": "flow",
+        "shift": math.exp(shift) if flux else shift,
+        "multiplier": float(getattr(model_sampling, "multiplier", 1.0 if flux else 1000.0)),
+    }
 
 
 def check_model(tuned: TunedSet, model: Any, force: bool, strict: bool = False) -> str | None:
@@ -83,8 +86,12 @@ def check_model(tuned: TunedSet, model: Any, force: bool, strict: bool = False) 
         return None
     problem = "; ".join(problems)
     if strict:
-        raise TunedSetMismatch(tuned.path, problem, "Use a set tuned for this model, or turn on the node's 'force' "
-                               "input to apply it anyway ('strict' off: sample without it, with a warning)")
+        raise TunedSetMismatch(
+            tuned.path,
+            problem,
+            "Use a set tuned for this model, or turn on the node's 'force' "
+            "input to apply it anyway ('strict' off: sample without it, with a warning)",
+        )
     if force:
         warn(f"{problem}; applied anyway ('force' is on).")
         return None
@@ -122,8 +129,10 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
         problem = schedule_problem(tuned, sigmas)
         live = getattr(getattr(executor.class_obj, "model_patcher", None), "get_model_object", None)
         if problem is None and live is not None and live("model_sampling").timestep is not stand_in:
-            problem = ("the model's sampling was replaced after Apply Tuned Set (a ModelSampling node after it?); put "
-                       "shift and sampling nodes before Apply Tuned Set")
+            problem = (
+                "the model's sampling was replaced after Apply Tuned Set (a ModelSampling node after it?); put "
+                "shift and sampling nodes before Apply Tuned Set"
+            )
         if problem and strict:
             raise TunedSetMismatch(tuned.path, problem, "Turn 'strict' off to sample without τ instead")
         if problem:

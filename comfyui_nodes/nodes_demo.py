@@ -15,11 +15,14 @@ class DemoModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TimeTunerDemoModelLoader", display_name="Demo Model Loader (digits)", category=CATEGORY,
+            node_id="TimeTunerDemoModelLoader",
+            display_name="Demo Model Loader (digits)",
+            category=CATEGORY,
             description="A bundled 8×8 digits model as a MODEL (use a 64×64 Empty Latent Image); digits-flow is a "
-                        "rectified-flow (CONST) model like SD3, so ModelSamplingSD3 changes its shift.",
+            "rectified-flow (CONST) model like SD3, so ModelSamplingSD3 changes its shift.",
             inputs=[io.Combo.Input("model_name", options=list(MODELS), default="digits-ddpm")],
-            outputs=[io.Model.Output()])
+            outputs=[io.Model.Output()],
+        )
 
     @classmethod
     def validate_inputs(cls, model_name: str) -> bool | str:
@@ -34,10 +37,13 @@ class DemoDigitConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TimeTunerDemoDigitConditioning", display_name="Demo Digit Conditioning", category=CATEGORY,
+            node_id="TimeTunerDemoDigitConditioning",
+            display_name="Demo Digit Conditioning",
+            category=CATEGORY,
             description="Conditioning for the demo models: a digit, or 'none' (unconditional; use as negative).",
             inputs=[io.Combo.Input("digit", options=DIGITS, default="none")],
-            outputs=[io.Conditioning.Output()])
+            outputs=[io.Conditioning.Output()],
+        )
 
     @classmethod
     def validate_inputs(cls, digit: str) -> bool | str:
@@ -52,10 +58,13 @@ class DemoDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TimeTunerDemoDecode", display_name="Demo Decode (digits)", category=CATEGORY,
+            node_id="TimeTunerDemoDecode",
+            display_name="Demo Decode (digits)",
+            category=CATEGORY,
             description="The demo models' 8×8 output as an IMAGE, enlarged without smoothing.",
             inputs=[io.Latent.Input("samples"), io.Int.Input("scale", default=8, min=1, max=64)],
-            outputs=[io.Image.Output()])
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
     def execute(cls, samples, scale: int) -> io.NodeOutput:

@@ -35,7 +35,8 @@ MEMORY_NOTE = (
     "same gradient as the whole batch in more passes) with activations recomputed per evaluation and per network "
     "block ('blocks'): the peak is the weights, the inputs of each block of one evaluation and one block's "
     "activations for one sample (two rows with CFG) - meant to fit SDXL at 1024x1024 and a Flux-class model with "
-    "fp8 weights on a 24 GB GPU (an estimate, not measured here). Small networks run whole batches, no recompute.")
+    "fp8 weights on a 24 GB GPU (an estimate, not measured here). Small networks run whole batches, no recompute."
+)
 
 
 def sampler_names(tunable: bool = False) -> list[str]:
@@ -51,6 +52,7 @@ def _default_sampler(names: list[str]) -> str:
 
 # ----- Registry Sampler: typed options from each sampler's declared defaults ---------------------------------
 
+
 def _declared(spec) -> dict[str, Any]:
     """The options ``spec`` declares with a plain default (bool, int, finite float, str), its own defaults over
     the function's."""
@@ -60,8 +62,9 @@ def _declared(spec) -> dict[str, Any]:
             continue
         out[p.name] = p.default
     out.update({k: v for k, v in spec.defaults.items() if k not in NOT_OPTIONS})
-    return {k: v for k, v in out.items() if isinstance(v, (bool, int, str)) or
-            (isinstance(v, float) and math.isfinite(v))}
+    return {
+        k: v for k, v in out.items() if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))
+    }
 
 
 def option_table() -> tuple[dict[str, dict[str, Any]], dict[str, type]]:
@@ -90,8 +93,11 @@ def option_inputs(per_sampler: dict[str, dict[str, Any]], kinds: dict[str, type]
         elif kind is int:
             inputs.append(io.Int.Input(option, default=int(default), min=-10000, max=10000, optional=True, tooltip=tip))
         elif kind is float:
-            inputs.append(io.Float.Input(option, default=float(default), min=-1000.0, max=1000.0, step=0.001,
-                                         optional=True, tooltip=tip))
+            inputs.append(
+                io.Float.Input(
+                    option, default=float(default), min=-1000.0, max=1000.0, step=0.001, optional=True, tooltip=tip
+                )
+            )
         else:
             inputs.append(io.String.Input(option, default=str(default), optional=True, tooltip=tip))
     return inputs
@@ -112,19 +118,32 @@ class RegistrySampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         names = sampler_names()
         per_sampler, kinds = option_table()
-        combo = io.Combo.Input("sampler_name", options=names, default=_default_sampler(names),
-                               tooltip="Any registered sampler: timetuner's, ComfyUI's own (comfy.*), plugins'")
+        combo = io.Combo.Input(
+            "sampler_name",
+            options=names,
+            default=_default_sampler(names),
+            tooltip="Any registered sampler: timetuner's, ComfyUI's own (comfy.*), plugins'",
+        )
         combo.extra_dict = {"timetuner_options": per_sampler}  # the web extension shows each sampler's own options
         return io.Schema(
-            node_id="TimeTunerRegistrySampler", display_name="Registry Sampler", category=CATEGORY,
+            node_id="TimeTunerRegistrySampler",
+            display_name="Registry Sampler",
+            category=CATEGORY,
             description="Any sampler from the timetuner registry (ComfyUI's own as comfy.*, third-party plugins "
-                        "included) as a SAMPLER, with typed inputs for its options; with a TUNED_SET it applies τ per "
-                        "counted network evaluation.",
-            inputs=[combo,
-                    io.Boolean.Input("strict", default=False,
-                                     tooltip="Error when the run doesn't match the tuned set (else: warn, run plainly)"),
-                    TunedSetType.Input("tuned_set", optional=True), *option_inputs(per_sampler, kinds)],
-            outputs=[io.Sampler.Output()])
+            "included) as a SAMPLER, with typed inputs for its options; with a TUNED_SET it applies τ per "
+            "counted network evaluation.",
+            inputs=[
+                combo,
+                io.Boolean.Input(
+                    "strict",
+                    default=False,
+                    tooltip="Error when the run doesn't match the tuned set (else: warn, run plainly)",
+                ),
+                TunedSetType.Input("tuned_set", optional=True),
+                *option_inputs(per_sampler, kinds),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
 
     @classmethod
     def validate_inputs(cls, sampler_name: str, **_: Any) -> bool | str:
@@ -143,26 +162,48 @@ class RegistrySampler(io.ComfyNode):
 
 # ----- Tune --------------------------------------------------------------------------------------------------
 
+
 def _tune_inputs() -> list:
     return [
-        io.Combo.Input("objective", options=OBJECTIVES, default="energy",
-                       tooltip="energy: match the teacher's distribution (default); final / trajectory: per-sample "
-                               "error to the teacher; paper: TimeTuner's per-interval loss"),
-        io.Int.Input("iterations", default=120, min=1, max=100000,
-                     tooltip="Adam steps; validation every iterations/8 keeps the best and may stop early"),
+        io.Combo.Input(
+            "objective",
+            options=OBJECTIVES,
+            default="energy",
+            tooltip="energy: match the teacher's distribution (default); final / trajectory: per-sample "
+            "error to the teacher; paper: TimeTuner's per-interval loss",
+        ),
+        io.Int.Input(
+            "iterations",
+            default=120,
+            min=1,
+            max=100000,
+            tooltip="Adam steps; validation every iterations/8 keeps the best and may stop early",
+        ),
         io.Int.Input("batch", default=16, min=2, max=4096, tooltip="Samples per step (the loss compares them)"),
         io.Int.Input("pool", default=64, min=2, max=1 << 20, tooltip="Teacher noises kept for training"),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
-        io.Int.Input("micro_batch", default=0, min=0, max=4096,
-                     tooltip="Samples per forward/backward pass, same result (0 = auto). " + MEMORY_NOTE),
-        io.Combo.Input("recompute", options=RECOMPUTE, default="auto",
-                       tooltip="Recompute activations in the backward pass: per network 'blocks' (and per "
-                               "evaluation), per 'evaluation', or 'off'. " + MEMORY_NOTE),
+        io.Int.Input(
+            "micro_batch",
+            default=0,
+            min=0,
+            max=4096,
+            tooltip="Samples per forward/backward pass, same result (0 = auto). " + MEMORY_NOTE,
+        ),
+        io.Combo.Input(
+            "recompute",
+            options=RECOMPUTE,
+            default="auto",
+            tooltip="Recompute activations in the backward pass: per network 'blocks' (and per "
+            "evaluation), per 'evaluation', or 'off'. " + MEMORY_NOTE,
+        ),
         io.String.Input("filename", default="my_tuned_set", tooltip="Saved as models/timetuner/<filename>.safetensors"),
         io.Boolean.Input("overwrite", default=False),
-        io.Boolean.Input("resume", default=True,
-                         tooltip="Continue from the checkpoint a cancelled run with the same settings left beside the "
-                                 "file (<filename>.safetensors.ckpt); off: start over"),
+        io.Boolean.Input(
+            "resume",
+            default=True,
+            tooltip="Continue from the checkpoint a cancelled run with the same settings left beside the "
+            "file (<filename>.safetensors.ckpt); off: start over",
+        ),
     ]
 
 
@@ -186,29 +227,59 @@ class Tune(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         names = sampler_names(tunable=True)
         return io.Schema(
-            node_id="TimeTunerTuneKSampler", display_name="Tune (TimeTuner)", category=CATEGORY, is_output_node=True,
+            node_id="TimeTunerTuneKSampler",
+            display_name="Tune (TimeTuner)",
+            category=CATEGORY,
+            is_output_node=True,
             description="Train τ for a sampler + scheduler + steps + denoise exactly as KSampler runs them (ComfyUI's "
-                        "own samplers as comfy.*), data-free against the model's own high-NFE teacher, on the model's "
-                        "device, with ComfyUI's progress bar and Cancel; saves to models/timetuner/.",
-            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
-                    io.Latent.Input("latent_image", tooltip="Its size sets the tuning resolution"),
-                    io.Combo.Input("sampler_name", options=names, default=_default_sampler(names)),
-                    io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple"),
-                    io.Int.Input("steps", default=10, min=1, max=200),
-                    io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01),
-                    io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1), *_tune_inputs()],
-            outputs=[TunedSetType.Output(display_name="TUNED_SET")])
+            "own samplers as comfy.*), data-free against the model's own high-NFE teacher, on the model's "
+            "device, with ComfyUI's progress bar and Cancel; saves to models/timetuner/.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image", tooltip="Its size sets the tuning resolution"),
+                io.Combo.Input("sampler_name", options=names, default=_default_sampler(names)),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple"),
+                io.Int.Input("steps", default=10, min=1, max=200),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1),
+                *_tune_inputs(),
+            ],
+            outputs=[TunedSetType.Output(display_name="TUNED_SET")],
+        )
 
     @classmethod
     def validate_inputs(cls, sampler_name: str, objective: str, filename: str, **_: Any) -> bool | str:
         return _validate(sampler_name, objective, filename)
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, sampler_name: str, scheduler: str, steps: int,
-                denoise: float, cfg: float, **settings: Any) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        latent_image,
+        sampler_name: str,
+        scheduler: str,
+        steps: int,
+        denoise: float,
+        cfg: float,
+        **settings: Any,
+    ) -> io.NodeOutput:
         sigmas = ksampler_sigmas(model, sampler_name, scheduler, steps, denoise)
-        return run_tune_node(model, positive, negative, cfg, sampler_name, sigmas, latent_image, scheduler,
-                             {"scheduler": scheduler, "denoise": denoise, "steps_asked": steps}, **settings)
+        return run_tune_node(
+            model,
+            positive,
+            negative,
+            cfg,
+            sampler_name,
+            sigmas,
+            latent_image,
+            scheduler,
+            {"scheduler": scheduler, "denoise": denoise, "steps_asked": steps},
+            **settings,
+        )
 
 
 class TuneWithSigmas(io.ComfyNode):
@@ -218,43 +289,83 @@ class TuneWithSigmas(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         names = sampler_names(tunable=True)
         return io.Schema(
-            node_id="TimeTunerTune", display_name="Tune with Sigmas (TimeTuner)", category=CATEGORY,
+            node_id="TimeTunerTune",
+            display_name="Tune with Sigmas (TimeTuner)",
+            category=CATEGORY,
             is_output_node=True,
             description="Train τ for a sampler on this SIGMAS (AlignYourSteps, GITS, OptimalSteps, custom), data-free "
-                        "against the model's own high-NFE teacher; apply it with the same SIGMAS under "
-                        "SamplerCustomAdvanced. Saves to models/timetuner/.",
-            inputs=[io.Model.Input("model"), io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
-                    io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1),
-                    io.Combo.Input("sampler_name", options=names, default=_default_sampler(names)),
-                    io.Sigmas.Input("sigmas"), io.Latent.Input("latent_image"),
-                    io.String.Input("schedule_name", default="custom",
-                                    tooltip="What the σ's are, recorded in the set (e.g. AlignYourSteps, GITS)"),
-                    *_tune_inputs()],
-            outputs=[TunedSetType.Output(display_name="TUNED_SET")])
+            "against the model's own high-NFE teacher; apply it with the same SIGMAS under "
+            "SamplerCustomAdvanced. Saves to models/timetuner/.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1),
+                io.Combo.Input("sampler_name", options=names, default=_default_sampler(names)),
+                io.Sigmas.Input("sigmas"),
+                io.Latent.Input("latent_image"),
+                io.String.Input(
+                    "schedule_name",
+                    default="custom",
+                    tooltip="What the σ's are, recorded in the set (e.g. AlignYourSteps, GITS)",
+                ),
+                *_tune_inputs(),
+            ],
+            outputs=[TunedSetType.Output(display_name="TUNED_SET")],
+        )
 
     @classmethod
     def validate_inputs(cls, sampler_name: str, objective: str, filename: str, **_: Any) -> bool | str:
         return _validate(sampler_name, objective, filename)
 
     @classmethod
-    def execute(cls, model, positive, negative, cfg: float, sampler_name: str, sigmas: torch.Tensor, latent_image,
-                schedule_name: str = "custom", **settings: Any) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        cfg: float,
+        sampler_name: str,
+        sigmas: torch.Tensor,
+        latent_image,
+        schedule_name: str = "custom",
+        **settings: Any,
+    ) -> io.NodeOutput:
         label = schedule_name.strip() or "custom"
-        return run_tune_node(model, positive, negative, cfg, sampler_name, sigmas, latent_image, label,
-                             {"scheduler": label}, **settings)
+        return run_tune_node(
+            model, positive, negative, cfg, sampler_name, sigmas, latent_image, label, {"scheduler": label}, **settings
+        )
 
 
 def ksampler_sigmas(model, sampler_name: str, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
     """The σ's ComfyUI's KSampler runs for these choices (its penultimate-σ rule for DPM-2 and UniPC included), by
     ComfyUI's own KSampler; a registry sampler named like one of ComfyUI's follows that one's rule."""
-    bare = sampler_name[len(PREFIX):] if sampler_name.startswith(PREFIX) else sampler_name
+    bare = sampler_name[len(PREFIX) :] if sampler_name.startswith(PREFIX) else sampler_name
     ks = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=bare, scheduler=scheduler, denoise=denoise)
     return ks.sigmas.detach().float().cpu()
 
 
-def run_tune_node(model, positive, negative, cfg: float, sampler_name: str, sigmas: torch.Tensor, latent_image,
-                  schedule: str, records: dict, objective: str, iterations: int, batch: int, pool: int, seed: int,
-                  micro_batch: int, recompute: str, filename: str, overwrite: bool, resume: bool) -> io.NodeOutput:
+def run_tune_node(
+    model,
+    positive,
+    negative,
+    cfg: float,
+    sampler_name: str,
+    sigmas: torch.Tensor,
+    latent_image,
+    schedule: str,
+    records: dict,
+    objective: str,
+    iterations: int,
+    batch: int,
+    pool: int,
+    seed: int,
+    micro_batch: int,
+    recompute: str,
+    filename: str,
+    overwrite: bool,
+    resume: bool,
+) -> io.NodeOutput:
     folder = Path(folder_paths.get_folder_paths(paths.FOLDER)[0])
     out = paths.output_path(folder, filename)
     if out.exists() and not overwrite:
@@ -265,19 +376,41 @@ def run_tune_node(model, positive, negative, cfg: float, sampler_name: str, sigm
     big = network_parameters(model) >= RECOMPUTE_PARAMETERS
     mode = ("blocks" if big else "off") if recompute == "auto" else recompute
     rows = micro_batch or (1 if big else None)
-    config = TuneConfig(objective=objective, iters=iterations, batch=batch, pool=max(pool, batch), seed=seed,
-                        show_progress=False, val_size=max(2, min(4 * batch, 256)), teacher_substeps=10,
-                        validate_every=max(1, iterations // 8), checkpoint_every=5,
-                        micro_batch=None if rows is None or rows >= batch else rows,
-                        recompute="off" if mode == "off" else "on")
+    config = TuneConfig(
+        objective=objective,
+        iters=iterations,
+        batch=batch,
+        pool=max(pool, batch),
+        seed=seed,
+        show_progress=False,
+        val_size=max(2, min(4 * batch, 256)),
+        teacher_substeps=10,
+        validate_every=max(1, iterations // 8),
+        checkpoint_every=5,
+        micro_batch=None if rows is None or rows >= batch else rows,
+        recompute="off" if mode == "off" else "on",
+    )
     latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
     checkpoint = out.with_name(out.name + ".ckpt")
     if not resume:
         checkpoint.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     extra = {"host": "comfyui", "cfg": cfg, **records, "memory": {"micro_batch": config.micro_batch, "recompute": mode}}
-    result = tune_model(model, positive, negative, cfg, spec, sigmas, latent, config, schedule=schedule, extra=extra,
-                        checkpoint=checkpoint, resume=resume and checkpoint.exists(), blocks=mode == "blocks")
+    result = tune_model(
+        model,
+        positive,
+        negative,
+        cfg,
+        spec,
+        sigmas,
+        latent,
+        config,
+        schedule=schedule,
+        extra=extra,
+        checkpoint=checkpoint,
+        resume=resume and checkpoint.exists(),
+        blocks=mode == "blocks",
+    )
     result.save(out, overwrite=overwrite)
     return io.NodeOutput(result, ui=ui.PreviewText(f"saved {out.name}\n" + describe(result)))
 
@@ -318,6 +451,7 @@ def ordinary_weights(module: torch.nn.Module) -> int:
 def network_blocks(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """The blocks of the network's block lists (ModuleList / Sequential children, entered while they nest: a U-Net
     level's TimestepEmbedSequential is walked layer by layer, as ComfyUI's U-Net calls it)."""
+
     def leaves(container: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for block in container:
             if isinstance(block, (torch.nn.ModuleList, torch.nn.Sequential)):
@@ -353,9 +487,21 @@ def checkpointed_blocks(net: torch.nn.Module, enabled: bool) -> Iterator[None]:
             del block.forward  # back to the class's own method
 
 
-def tune_model(model, positive, negative, cfg: float, spec, sigmas: torch.Tensor, latent: torch.Tensor,
-               config: TuneConfig, schedule: str = "custom", extra: dict | None = None, checkpoint: Path | None = None,
-               resume: bool = False, blocks: bool = False):
+def tune_model(
+    model,
+    positive,
+    negative,
+    cfg: float,
+    spec,
+    sigmas: torch.Tensor,
+    latent: torch.Tensor,
+    config: TuneConfig,
+    schedule: str = "custom",
+    extra: dict | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    blocks: bool = False,
+):
     """Run the generic tuner inside ComfyUI's sampling machinery (conditioning prepared, model on its device), with
     ComfyUI's progress bar and Cancel (checked before every network evaluation and after every iteration; a
     cancelled run writes nothing but its checkpoint); returns the tuned set."""
@@ -377,11 +523,26 @@ def tune_model(model, positive, negative, cfg: float, spec, sigmas: torch.Tensor
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 ordinary_weights(base)
-                denoiser = ComfyDenoiser(model_k, stand_in, tuple(latent.shape[1:]), fingerprint, model_id, x.device,
-                                         count, check=mm.throw_exception_if_processing_interrupted)
+                denoiser = ComfyDenoiser(
+                    model_k,
+                    stand_in,
+                    tuple(latent.shape[1:]),
+                    fingerprint,
+                    model_id,
+                    x.device,
+                    count,
+                    check=mm.throw_exception_if_processing_interrupted,
+                )
                 args = {**(extra_args or {}), "denoise_mask": None}  # tuning samples whole images (no inpaint mask)
-                tuner = Tuner(denoiser, spec, run_sigmas.detach().float().cpu().clone(), schedule, config,
-                              extra_args=args, checkpoint=checkpoint)
+                tuner = Tuner(
+                    denoiser,
+                    spec,
+                    run_sigmas.detach().float().cpu().clone(),
+                    schedule,
+                    config,
+                    extra_args=args,
+                    checkpoint=checkpoint,
+                )
                 try:
                     with checkpointed_blocks(base.diffusion_model, blocks):
                         result = tuner.tune(resume=resume, progress=progress)
@@ -398,7 +559,8 @@ def tune_model(model, positive, negative, cfg: float, spec, sigmas: torch.Tensor
         guider.set_conds(_ordinary(positive), _ordinary(negative))
         guider.set_cfg(cfg)
         noise = torch.zeros_like(latent)
-        guider.sample(noise, latent.clone(), comfy.samplers.KSAMPLER(tune_inside), sigmas, seed=config.seed,
-                      disable_pbar=True)
+        guider.sample(
+            noise, latent.clone(), comfy.samplers.KSAMPLER(tune_inside), sigmas, seed=config.seed, disable_pbar=True
+        )
     mm.soft_empty_cache()
     return found["set"]

@@ -26,18 +26,24 @@ def describe(ts: TunedSet) -> str:
     """The set's provenance: model, sampler, scheduler, steps, how it was tuned and what it gained."""
     after, before, extra = ts.metrics_after, ts.metrics_before, ts.extra
     space = extra.get("model") or {"space": "ve"}
-    where = f"flow, shift {space['shift']:g}" if space.get("space") == "flow" and "shift" in space else \
-        space.get("space", "ve").upper()
+    where = (
+        f"flow, shift {space['shift']:g}"
+        if space.get("space") == "flow" and "shift" in space
+        else space.get("space", "ve").upper()
+    )
     denoise = extra.get("denoise")
-    lines = [f"model: {ts.model_id} ({where}; fingerprint {ts.model_fingerprint[:12]}…)",
-             f"sampler: {ts.sampler}" + (f" {ts.sampler_options}" if ts.sampler_options else ""),
-             f"scheduler: {ts.schedule}, {ts.steps} steps" + (f", denoise {denoise:g}" if denoise not in (None, 1.0)
-                                                              else "") + f", NFE {ts.nfe}"
-             + (f", cfg {extra['cfg']:g}" if isinstance(extra.get("cfg"), (int, float)) else ""),
-             f"tuned: objective {ts.objective} ({ts.mode}), {ts.iterations} iterations, seed {ts.seed}, "
-             f"{'in ComfyUI' if extra.get('host') == 'comfyui' else 'timetuner'} {ts.library_version}, {ts.created}",
-             "sigmas: " + ", ".join(f"{s:.4g}" for s in ts.sigmas.tolist()),
-             "tau/sigma: " + ", ".join(f"{r:.3f}" for r in (ts.tau / ts.eval_sigmas).tolist())]
+    lines = [
+        f"model: {ts.model_id} ({where}; fingerprint {ts.model_fingerprint[:12]}…)",
+        f"sampler: {ts.sampler}" + (f" {ts.sampler_options}" if ts.sampler_options else ""),
+        f"scheduler: {ts.schedule}, {ts.steps} steps"
+        + (f", denoise {denoise:g}" if denoise not in (None, 1.0) else "")
+        + f", NFE {ts.nfe}"
+        + (f", cfg {extra['cfg']:g}" if isinstance(extra.get("cfg"), (int, float)) else ""),
+        f"tuned: objective {ts.objective} ({ts.mode}), {ts.iterations} iterations, seed {ts.seed}, "
+        f"{'in ComfyUI' if extra.get('host') == 'comfyui' else 'timetuner'} {ts.library_version}, {ts.created}",
+        "sigmas: " + ", ".join(f"{s:.4g}" for s in ts.sigmas.tolist()),
+        "tau/sigma: " + ", ".join(f"{r:.3f}" for r in (ts.tau / ts.eval_sigmas).tolist()),
+    ]
     if ts.dode_lambda is not None:
         lines.append("D-ODE lambda: " + ", ".join(f"{v:.3f}" for v in ts.dode_lambda.tolist()))
     for key in ("fd", "traj_err"):
@@ -45,8 +51,10 @@ def describe(ts: TunedSet) -> str:
             lines.append(f"{key} {before[key]:.4g} -> {after[key]:.4g} (untuned -> tuned)")
     selection = extra.get("selection") or {}
     if isinstance(selection.get("untuned"), (int, float)) and isinstance(selection.get("best"), (int, float)):
-        lines.append(f"validation {selection.get('metric', 'score')}: {selection['untuned']:.4g} -> "
-                     f"{selection['best']:.4g} (untuned -> best tuned)")
+        lines.append(
+            f"validation {selection.get('metric', 'score')}: {selection['untuned']:.4g} -> "
+            f"{selection['best']:.4g} (untuned -> best tuned)"
+        )
     if selection.get("fallback_identity"):
         lines.append("identity: tuning did not validate better than the plain sampler")
     return "\n".join(lines)
@@ -61,10 +69,14 @@ class LoadTunedSet(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TimeTunerLoadTunedSet", display_name="Load Tuned Set", category=CATEGORY, is_output_node=True,
+            node_id="TimeTunerLoadTunedSet",
+            display_name="Load Tuned Set",
+            category=CATEGORY,
+            is_output_node=True,
             description="A τ set from the shipped tuned_sets/ or your models/timetuner/ folder; shows its metadata.",
             inputs=[io.Combo.Input("tuned_set", options=paths.choices(user_folders()))],
-            outputs=[TunedSetType.Output(display_name="TUNED_SET")])
+            outputs=[TunedSetType.Output(display_name="TUNED_SET")],
+        )
 
     @classmethod
     def validate_inputs(cls, tuned_set: str) -> bool | str:
@@ -92,19 +104,29 @@ class ApplyTunedSet(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TimeTunerApplyTunedSet", display_name="Apply Tuned Set", category=CATEGORY,
+            node_id="TimeTunerApplyTunedSet",
+            display_name="Apply Tuned Set",
+            category=CATEGORY,
             description="Condition the model's network on the set's τ at each matching σ (only the noise "
-                        "conditioning moves; a set with D-ODE λ also extrapolates each output from the run's "
-                        "previous one). Works under KSampler, KSamplerAdvanced and SamplerCustomAdvanced with every "
-                        "sampler the set's σ's fit. A set for another model, shift or schedule is a warning and the "
-                        "plain model, or an error with 'strict'.",
-            inputs=[io.Model.Input("model"), TunedSetType.Input("tuned_set"),
-                    io.Boolean.Input("strict", default=False,
-                                     tooltip="Error when the set doesn't fit (another model or shift, or a run's "
-                                             "sigmas); off: a warning and the plain model"),
-                    io.Boolean.Input("force", default=False,
-                                     tooltip="Apply a set tuned for a different model or shift anyway (warned)")],
-            outputs=[io.Model.Output()])
+            "conditioning moves; a set with D-ODE λ also extrapolates each output from the run's "
+            "previous one). Works under KSampler, KSamplerAdvanced and SamplerCustomAdvanced with every "
+            "sampler the set's σ's fit. A set for another model, shift or schedule is a warning and the "
+            "plain model, or an error with 'strict'.",
+            inputs=[
+                io.Model.Input("model"),
+                TunedSetType.Input("tuned_set"),
+                io.Boolean.Input(
+                    "strict",
+                    default=False,
+                    tooltip="Error when the set doesn't fit (another model or shift, or a run's "
+                    "sigmas); off: a warning and the plain model",
+                ),
+                io.Boolean.Input(
+                    "force", default=False, tooltip="Apply a set tuned for a different model or shift anyway (warned)"
+                ),
+            ],
+            outputs=[io.Model.Output()],
+        )
 
     @classmethod
     def execute(cls, model, tuned_set: TunedSet, strict: bool, force: bool) -> io.NodeOutput:
@@ -119,10 +141,16 @@ class TunedSigmas(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="TimeTunerTunedSigmas", display_name="Tuned Sigmas", category=CATEGORY,
+            node_id="TimeTunerTunedSigmas",
+            display_name="Tuned Sigmas",
+            category=CATEGORY,
             description="The σ schedule the set was tuned on; denoise < 1 keeps its last steps.",
-            inputs=[TunedSetType.Input("tuned_set"), io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01)],
-            outputs=[io.Sigmas.Output()])
+            inputs=[
+                TunedSetType.Input("tuned_set"),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+            ],
+            outputs=[io.Sigmas.Output()],
+        )
 
     @classmethod
     def execute(cls, tuned_set: TunedSet, denoise: float) -> io.NodeOutput:
@@ -130,4 +158,4 @@ class TunedSigmas(io.ComfyNode):
         if denoise <= 0:
             return io.NodeOutput(torch.zeros(0))
         keep = max(1, round(tuned_set.steps * denoise))
-        return io.NodeOutput(sigmas[-(keep + 1):].clone())
+        return io.NodeOutput(sigmas[-(keep + 1) :].clone())

@@ -21,8 +21,9 @@ def choices(user_folders: list[Path]) -> list[str]:
     names = [SHIPPED_PREFIX + e.file for e in shipped.entries()]
     for folder in user_folders:
         if folder.is_dir():
-            names += sorted(str(p.relative_to(folder)).replace("\\", "/") for p in folder.rglob("*.safetensors")
-                            if p.is_file())
+            names += sorted(
+                str(p.relative_to(folder)).replace("\\", "/") for p in folder.rglob("*.safetensors") if p.is_file()
+            )
     return names
 
 
@@ -41,7 +42,7 @@ def _inside(root: Path, relative: str) -> Path:
 def resolve(name: str, user_folders: list[Path]) -> tuple[Path, shipped.Entry | None]:
     """The file behind a loader choice (and its index entry for shipped sets)."""
     if name.startswith(SHIPPED_PREFIX):
-        relative = name[len(SHIPPED_PREFIX):]
+        relative = name[len(SHIPPED_PREFIX) :]
         _inside(shipped.ROOT, relative)
         entry = next((e for e in shipped.entries() if e.file == relative), None)
         if entry is None:
@@ -56,7 +57,7 @@ def resolve(name: str, user_folders: list[Path]) -> tuple[Path, shipped.Entry | 
 
 def output_path(folder: Path, filename: str) -> Path:
     """Where the Tune node writes ``filename`` (a bare name; .safetensors added)."""
-    stem = filename[:-len(".safetensors")] if filename.endswith(".safetensors") else filename
+    stem = filename[: -len(".safetensors")] if filename.endswith(".safetensors") else filename
     if not _SAFE_NAME.match(stem) or stem in (".", ".."):
         raise UnsafePath(f"file name {filename!r}: use letters, digits, '.', '_', '-' and spaces, no folders")
     return folder / f"{stem}.safetensors"

@@ -28,8 +28,14 @@ class _Counted:
     """Calls ComfyUI's model with the k-th evaluation's τ/σ forced on the timestep stand-in (and, for a
     set with D-ODE parameters, returns D_k + λ_k·(D_k − D_{k−1}) after the run's first evaluation)."""
 
-    def __init__(self, model: Callable, stand_in: TauTimestep, ratios: torch.Tensor, offset: int,
-                 lambdas: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: Callable,
+        stand_in: TauTimestep,
+        ratios: torch.Tensor,
+        offset: int,
+        lambdas: torch.Tensor | None = None,
+    ):
         self.inner_model, self.stand_in, self.ratios, self.k = model, stand_in, ratios, offset
         self.lambdas, self.previous = lambdas, None
 
@@ -76,14 +82,22 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
                 lookup = tuned.lookup().to(x.device, x.dtype)
                 call = _Counted(model, stand_in, lookup.ratio, offset, lookup.dode_lambda)
         try:
-            out = spec.fn(call, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                          **run_options(spec.fn, options))
+            out = spec.fn(
+                call,
+                x,
+                sigmas,
+                extra_args=extra_args,
+                callback=callback,
+                disable=disable,
+                **run_options(spec.fn, options),
+            )
         finally:
             if installed:
                 del sampling_of(model).timestep  # back to the class's own method
         if spec.fn in STOPS_SHORT and float(sigmas[-1]) == 0:
             out = sampling_of(model).inverse_noise_scaling(sigmas.new_tensor(STOPS_SHORT[spec.fn]), out)
         return out
+
     run.__name__ = f"sample_{spec.name}"
     return run
 
@@ -94,9 +108,17 @@ class ComfyDenoiser(TunableDenoiser):
     CFG++ samplers extend with their post-CFG hook) go to ComfyUI's model. ``comfy_guider`` is what ComfyUI's own
     sampler functions read from their model; ``check`` runs before every evaluation (ComfyUI's Cancel)."""
 
-    def __init__(self, model: Callable, stand_in: TauTimestep, sample_shape: tuple[int, ...], fingerprint: str,
-                 model_id: str, device: torch.device, network_parameters: int = 0,
-                 check: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        model: Callable,
+        stand_in: TauTimestep,
+        sample_shape: tuple[int, ...],
+        fingerprint: str,
+        model_id: str,
+        device: torch.device,
+        network_parameters: int = 0,
+        check: Callable[[], None] | None = None,
+    ):
         super().__init__()
         ms = sampling_of(model)
         self.comfy_model, self.stand_in, self.device, self.check = model, stand_in, device, check

@@ -28,10 +28,14 @@ class TauTimestep:
     noise level beyond the range it was trained on.
     """
 
-    def __init__(self, original: Callable[..., torch.Tensor], fractional: Callable[[torch.Tensor], torch.Tensor] | None,
-                 tau_max: float | None = None):
+    def __init__(
+        self,
+        original: Callable[..., torch.Tensor],
+        fractional: Callable[[torch.Tensor], torch.Tensor] | None,
+        tau_max: float | None = None,
+    ):
         self.original, self.fractional, self.tau_max = original, fractional, tau_max
-        self.ratio: torch.Tensor | None = None   # σ-keyed ratio for the current call
+        self.ratio: torch.Tensor | None = None  # σ-keyed ratio for the current call
         self.forced: torch.Tensor | None = None  # set by an evaluation counter; wins over ``ratio``
 
     def __call__(self, sigma: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -88,8 +92,9 @@ class SigmaMatcher:
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         key = (like.device, like.dtype)
         if self._device != key:  # moved once per device and dtype, not per step
-            self._ev = self.lookup.eval_sigmas.to(like.device, torch.float64 if like.device.type != "mps"
-                                                  else torch.float32)
+            self._ev = self.lookup.eval_sigmas.to(
+                like.device, torch.float64 if like.device.type != "mps" else torch.float32
+            )
             self._ratio = self.lookup.ratio.detach().to(like.device, like.dtype)
             self._idx = torch.arange(len(self._ev), device=like.device)
             self._device = key
@@ -145,7 +150,7 @@ class DODEOutputs:
             if previous is None or previous.shape != part.shape:
                 parts.append(part)
                 continue
-            row_lam = lam[j * rows:(j + 1) * rows].reshape((-1,) + (1,) * (part.ndim - 1))
+            row_lam = lam[j * rows : (j + 1) * rows].reshape((-1,) + (1,) * (part.ndim - 1))
             parts.append(torch.where(row_lam != 0, part + row_lam * (part - previous), part))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
@@ -155,12 +160,14 @@ def schedule_problem(tuned: TunedSet, run_sigmas: torch.Tensor) -> str | None:
     as ComfyUI's denoise < 1 produces)."""
     run = run_sigmas.detach().float().cpu()
     own = tuned.sigmas
-    if len(run) <= len(own) and sigmas_match(own[len(own) - len(run):], run):
+    if len(run) <= len(own) and sigmas_match(own[len(own) - len(run) :], run):
         return None
     denoise = tuned.extra.get("denoise")
     how = f"{tuned.steps}-step {tuned.schedule} schedule"
     if denoise not in (None, 1.0):
         how += f" (denoise {denoise:g})"
-    return (f"the run's {len(run) - 1}-step schedule does not match the {how} "
-            f"'{tuned.path.name if tuned.path else tuned.model_id}' was tuned on (use the Tuned Sigmas node, or the same "
-            f"scheduler, step count and denoise)")
+    return (
+        f"the run's {len(run) - 1}-step schedule does not match the {how} "
+        f"'{tuned.path.name if tuned.path else tuned.model_id}' was tuned on (use the Tuned Sigmas node, or the same "
+        f"scheduler, step count and denoise)"
+    )

@@ -11,19 +11,38 @@ from typing import Any, Callable
 
 from .errors import SamplerOptionError, SamplerSpaceError, UnknownNameError
 from .hookspecs import hookimpl
-from .plugins import (DEFAULT_PLUGINS, ENTRY_POINT_GROUP, add_problem, collecting, load_plugins, plugin_names,
-                      problems)
+from .plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, add_problem, collecting, load_plugins, plugin_names, problems
 from .plugins import reset as _reset_plugins
-from .specs import (AdapterSpec, ModelSpec, SamplerSpec, ScheduleSpec, one_eval_per_step,
-                    two_evals_per_step)
+from .specs import AdapterSpec, ModelSpec, SamplerSpec, ScheduleSpec, one_eval_per_step, two_evals_per_step
 
 __all__ = [
-    "AdapterSpec", "ModelSpec", "SamplerSpec", "ScheduleSpec", "UnknownNameError", "SamplerOptionError",
+    "AdapterSpec",
+    "ModelSpec",
+    "SamplerSpec",
+    "ScheduleSpec",
+    "UnknownNameError",
+    "SamplerOptionError",
     "SamplerSpaceError",
-    "ENTRY_POINT_GROUP", "hookimpl", "one_eval_per_step", "two_evals_per_step",
-    "samplers", "get_sampler", "models", "get_model_spec", "load_model", "adapters", "adapt_model",
-    "schedules", "get_schedule", "wrap_model", "model_for_run", "problems", "plugin_names", "reset",
+    "ENTRY_POINT_GROUP",
+    "hookimpl",
+    "one_eval_per_step",
+    "two_evals_per_step",
+    "samplers",
+    "get_sampler",
+    "models",
+    "get_model_spec",
+    "load_model",
+    "adapters",
+    "adapt_model",
+    "schedules",
+    "get_schedule",
+    "wrap_model",
+    "model_for_run",
+    "problems",
+    "plugin_names",
+    "reset",
 ]
+
 
 def _collect(hook_name: str, kind: str, spec_type: type) -> dict[str, Any]:
     """Call one registration hook plugin by plugin, so each spec knows its plugin. Called on every lookup,
@@ -40,8 +59,9 @@ def _collect(hook_name: str, kind: str, spec_type: type) -> dict[str, Any]:
                 if not isinstance(spec, spec_type):
                     raise TypeError(f"{hook_name} expects {spec_type.__name__} objects, got {type(spec).__name__}")
                 if spec.name in found:
-                    add_problem(_plugin, f"{kind} {spec.name!r} ignored: already registered by "
-                                         f"{found[spec.name].plugin}")
+                    add_problem(
+                        _plugin, f"{kind} {spec.name!r} ignored: already registered by {found[spec.name].plugin}"
+                    )
                     return
                 found[spec.name] = replace(spec, plugin=_plugin)
 
@@ -107,9 +127,11 @@ def adapt_model(obj: Any, **kwargs: Any) -> Any:
         if spec.accepts(obj):
             return spec.adapt(obj, **kwargs)
     known = ", ".join(sorted(adapters())) or "none"
-    raise TypeError(f"no registered model adapter accepts a {type(obj).__module__}.{type(obj).__qualname__}; "
-                    f"registered adapters: {known}. Wrap it in a TunableDenoiser subclass or register an "
-                    f"adapter with the register_model_adapters hook.")
+    raise TypeError(
+        f"no registered model adapter accepts a {type(obj).__module__}.{type(obj).__qualname__}; "
+        f"registered adapters: {known}. Wrap it in a TunableDenoiser subclass or register an "
+        f"adapter with the register_model_adapters hook."
+    )
 
 
 def wrap_model(model: Any, lookup: Any, sampler: SamplerSpec) -> Callable[..., Any]:

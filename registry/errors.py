@@ -36,7 +36,9 @@ class SamplerSpaceError(ValueError):
     """A sampler whose noise steps assume another state space than the model's (VE noise on a flow model)."""
 
     def __init__(self, sampler: str, space: str, spaces: Iterable[str]):
-        super().__init__(f"sampler {sampler!r} adds noise for a {' or '.join(spaces)} state and the model is a {space} "
-                         f"model (x = (1 − σ)·x₀ + σ·ε for flow): its samples would be wrong. Use a deterministic "
-                         f"sampler, or 'ddpm', whose ancestral steps follow the model's space")
+        super().__init__(
+            f"sampler {sampler!r} adds noise for a {' or '.join(spaces)} state and the model is a {space} "
+            f"model (x = (1 − σ)·x₀ + σ·ε for flow): its samples would be wrong. Use a deterministic "
+            f"sampler, or 'ddpm', whose ancestral steps follow the model's space"
+        )
         self.sampler, self.space, self.spaces = sampler, space, tuple(spaces)

@@ -16,9 +16,16 @@ SAMPLER_ARGS = ("model", "x", "sigmas", "extra_args", "callback", "disable")
 class SamplerFn(Protocol):
     """k-diffusion's sampler shape: ``model(x, sigma, **extra_args)`` returns denoised x."""
 
-    def __call__(self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor,
-                 extra_args: dict | None = None, callback: Callable | None = None,
-                 disable: bool | None = None, **options: Any) -> torch.Tensor: ...
+    def __call__(
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        extra_args: dict | None = None,
+        callback: Callable | None = None,
+        disable: bool | None = None,
+        **options: Any,
+    ) -> torch.Tensor: ...
 
 
 def one_eval_per_step(sigmas: torch.Tensor) -> int:
@@ -109,4 +116,3 @@ class ScheduleSpec:
     description: str = ""
     plugin: str = ""
     auto: bool = True  # a candidate of ``--schedule auto`` (False: the σ's of one sampler, e.g. a diffusers scheduler)
-

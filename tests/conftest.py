@@ -36,7 +36,6 @@ def edm():
     return registry.load_model("digits-edm")
 
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,8 +46,11 @@ def doc_block():
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
     def find(marker: str) -> str:
-        found = [m.group(1) for page in pages for m in
-                 re.finditer(re.escape(f"<!-- {marker} -->") + r"\n```\w*\n(.*?)```", page.read_text(), re.S)]
+        found = [
+            m.group(1)
+            for page in pages
+            for m in re.finditer(re.escape(f"<!-- {marker} -->") + r"\n```\w*\n(.*?)```", page.read_text(), re.S)
+        ]
         assert len(found) == 1, f"<!-- {marker} --> should precede exactly one code block, found {len(found)}"
         return found[0]
 

@@ -24,11 +24,24 @@ def seed_set(dode: bool = False) -> TunedSet:
     """A valid τ-only set (format 1), or with D-ODE λ's (format 2)."""
     sigmas = torch.tensor([80.0, 12.0, 2.0, 0.3, 0.02, 0.0])
     ev = torch.cat([sigmas[:-2], sigmas[1:-1]]).sort(descending=True).values  # a two-evaluation sampler
-    return TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * 1.05, model_id="m", model_fingerprint="ab" * 32,
-                    sampler="heun", schedule="karras", objective="energy", mode="joint", iterations=5, seed=1,
-                    sampler_options={"s_churn": 0.0}, metrics_before={"fd": 3.0}, metrics_after={"fd": 2.0},
-                    extra={"selection": {"fallback_identity": False}},
-                    dode_lambda=torch.linspace(0.0, 0.3, len(ev)) if dode else None)
+    return TunedSet(
+        sigmas=sigmas,
+        eval_sigmas=ev,
+        tau=ev * 1.05,
+        model_id="m",
+        model_fingerprint="ab" * 32,
+        sampler="heun",
+        schedule="karras",
+        objective="energy",
+        mode="joint",
+        iterations=5,
+        seed=1,
+        sampler_options={"s_churn": 0.0},
+        metrics_before={"fd": 3.0},
+        metrics_after={"fd": 2.0},
+        extra={"selection": {"fallback_identity": False}},
+        dode_lambda=torch.linspace(0.0, 0.3, len(ev)) if dode else None,
+    )
 
 
 SEEDS = (seed_set().to_bytes(), seed_set(dode=True).to_bytes())
@@ -37,7 +50,7 @@ SEED = SEEDS[0]
 
 def split(data: bytes) -> tuple[dict, bytes]:
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def join(header: dict, body: bytes) -> bytes:
@@ -45,9 +58,11 @@ def join(header: dict, body: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + body
 
 
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=20),
-                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                 max_size=4), max_leaves=10)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, -1.0, 1e-30, 1e30])
 
 
@@ -63,9 +78,9 @@ def byte_mutation(draw) -> bytes:
     elif op == "insert":
         data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
     elif op == "delete":
-        del data[pos:pos + draw(st.integers(1, 64))]
+        del data[pos : pos + draw(st.integers(1, 64))]
     else:
-        data[:8] = struct.pack("<Q", draw(st.integers(0, 2 ** 64 - 1)))
+        data[:8] = struct.pack("<Q", draw(st.integers(0, 2**64 - 1)))
     return bytes(data)
 
 
@@ -73,12 +88,16 @@ def byte_mutation(draw) -> bytes:
 def header_mutation(draw) -> bytes:
     header, body = split(draw(st.sampled_from(SEEDS)))
     names = [k for k in header if k != "__metadata__"]
-    op = draw(st.sampled_from(["dtype", "shape", "offsets", "drop", "add", "meta_value", "meta_drop", "meta_json",
-                               "meta_type", "version"]))
+    op = draw(
+        st.sampled_from(
+            ["dtype", "shape", "offsets", "drop", "add", "meta_value", "meta_drop", "meta_json", "meta_type", "version"]
+        )
+    )
     meta = header["__metadata__"]
     if op == "dtype":
-        header[draw(st.sampled_from(names))]["dtype"] = draw(st.sampled_from(["F16", "BF16", "F64", "I64", "U8",
-                                                                               "BOOL", "F8_E4M3", "XX", ""]))
+        header[draw(st.sampled_from(names))]["dtype"] = draw(
+            st.sampled_from(["F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "XX", ""])
+        )
     elif op == "shape":
         header[draw(st.sampled_from(names))]["shape"] = draw(st.lists(st.integers(-3, 40), max_size=3))
     elif op == "offsets":
@@ -97,7 +116,7 @@ def header_mutation(draw) -> bytes:
     elif op == "meta_type":
         meta[draw(st.sampled_from(sorted(meta)))] = draw(JSONISH)
     else:
-        meta["format_version"] = str(draw(st.integers(-5, 10 ** 12)))
+        meta["format_version"] = str(draw(st.integers(-5, 10**12)))
     return join(header, body)
 
 
@@ -139,8 +158,13 @@ def outcome(data: bytes) -> str:
 def run(cases: int, seed: int) -> Counter:
     tally: Counter = Counter()
 
-    @settings(max_examples=cases, database=None, derandomize=seed is None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=cases,
+        database=None,
+        derandomize=seed is None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(MUTATIONS)
     def case(data: bytes) -> None:
         try:
@@ -170,8 +194,10 @@ def main() -> None:
     tally = run(args.cases, args.seed)
     total = sum(tally.values())
     crashes = sum(v for k, v in tally.items() if k.startswith("crash"))
-    print(f"cases tried: {total}; ended in our own error: {tally['refused']}; valid loads: {tally['valid']}; "
-          f"crashes: {crashes}")
+    print(
+        f"cases tried: {total}; ended in our own error: {tally['refused']}; valid loads: {tally['valid']}; "
+        f"crashes: {crashes}"
+    )
     if crashes:
         print(f"first crash (shrunk): {getattr(run, 'failure', '?')}")
     sys.exit(1 if crashes else 0)

@@ -32,10 +32,23 @@ def make_set(**overrides) -> TunedSet:
     """A small valid tuned set; ``overrides`` replace its fields."""
     sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0])
     ev = sigmas[:-1].clone()
-    fields = dict(sigmas=sigmas, eval_sigmas=ev, tau=ev * torch.tensor([1.05, 0.97, 1.0, 1.1]), model_id="m",
-                  model_fingerprint="ab" * 32, sampler="ddim", schedule="karras", objective="final", mode="joint",
-                  iterations=10, seed=3, data_source="teacher", sampler_options={"eta": 0.0},
-                  metrics_before={"fd": 2.0}, metrics_after={"fd": 1.0})
+    fields = dict(
+        sigmas=sigmas,
+        eval_sigmas=ev,
+        tau=ev * torch.tensor([1.05, 0.97, 1.0, 1.1]),
+        model_id="m",
+        model_fingerprint="ab" * 32,
+        sampler="ddim",
+        schedule="karras",
+        objective="final",
+        mode="joint",
+        iterations=10,
+        seed=3,
+        data_source="teacher",
+        sampler_options={"eta": 0.0},
+        metrics_before={"fd": 2.0},
+        metrics_after={"fd": 1.0},
+    )
     fields.update(overrides)
     return TunedSet(**fields)
 
@@ -52,9 +65,24 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(base / "server.log", "w")
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        self.proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                                      "--base-directory", str(base), "--disable-api-nodes", "--disable-metadata"],
-                                     cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                python,
+                "main.py",
+                "--cpu",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--base-directory",
+                str(base),
+                "--disable-api-nodes",
+                "--disable-metadata",
+            ],
+            cwd=COMFYUI,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -86,8 +114,11 @@ class Server:
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{pid}")
-            if pid in history and history[pid]["status"].get("completed") is not None and \
-                    history[pid]["status"]["status_str"] in ("success", "error"):
+            if (
+                pid in history
+                and history[pid]["status"].get("completed") is not None
+                and history[pid]["status"]["status_str"] in ("success", "error")
+            ):
                 return history[pid]
             time.sleep(0.3)
         raise TimeoutError(f"prompt {pid} did not finish in {timeout} s")
@@ -120,4 +151,6 @@ def ok(entry: dict) -> bool:
 
 
 def error_message(entry: dict) -> str:
-    return " ".join(str(d.get("exception_message", "")) for e, d in entry["status"]["messages"] if e == "execution_error")
+    return " ".join(
+        str(d.get("exception_message", "")) for e, d in entry["status"]["messages"] if e == "execution_error"
+    )

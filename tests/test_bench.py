@@ -39,8 +39,20 @@ def test_merge_and_readme_section(quick_run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{README_START}\nold\n{README_END}\n\ntail\n")
     out = tmp_path / "merged"
-    result = CliRunner().invoke(cli, ["bench", "--merge", str(quick_run / "results.json"), "--merge",
-                                      str(quick_run / "results.json"), "--out", str(out), "--update-readme", str(readme)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--merge",
+            str(quick_run / "results.json"),
+            "--merge",
+            str(quick_run / "results.json"),
+            "--out",
+            str(out),
+            "--update-readme",
+            str(readme),
+        ],
+    )
     assert result.exit_code == 0, result.output
     merged = json.loads((out / "results.json").read_text())
     original = json.loads((quick_run / "results.json").read_text())
@@ -53,8 +65,18 @@ def test_merge_and_readme_section(quick_run, tmp_path):
 def test_readme_without_markers_is_refused(quick_run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
-    result = CliRunner().invoke(cli, ["bench", "--merge", str(quick_run / "results.json"), "--out",
-                                      str(tmp_path / "m"), "--update-readme", str(readme)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--merge",
+            str(quick_run / "results.json"),
+            "--out",
+            str(tmp_path / "m"),
+            "--update-readme",
+            str(readme),
+        ],
+    )
     assert result.exit_code != 0
     assert "bench:start" in str(result.exception) + result.output
     assert readme.read_text() == "no markers here\n"
@@ -94,20 +116,43 @@ def test_plan_runs_comparison_methods_only_on_their_cells():
 
     plan = Plan(models=["m"], samplers=["ddim", "heun"], nfes=[4, 5, 10, 20], methods=list(METHODS), seeds=[0])
     assert set(plan.methods_for("ddim", 5)) == set(METHODS)
-    assert set(plan.methods_for("ddim", 4)) == {"untuned", "time-shift", "ours", "ours-full", "dode", "schedule",
-                                                "joint"}
-    assert set(plan.methods_for("ddim", 20)) == set(plan.methods_for("heun", 5)) == {"untuned", "time-shift", "ours",
-                                                                                      "ours-full"}
+    assert set(plan.methods_for("ddim", 4)) == {
+        "untuned",
+        "time-shift",
+        "ours",
+        "ours-full",
+        "dode",
+        "schedule",
+        "joint",
+    }
+    assert (
+        set(plan.methods_for("ddim", 20))
+        == set(plan.methods_for("heun", 5))
+        == {"untuned", "time-shift", "ours", "ours-full"}
+    )
 
 
 def test_table_shows_spread_only_where_several_seeds_ran():
     from timetuner_plugins.bench import markdown, summarise
-    base = dict(model="m", sampler="ddim", nfe=10, steps=10, schedule="karras", fd_untuned=10.0, fd_reference=2.0,
-                traj_err_untuned=1.0, traj_err=0.5, tune_seconds=1.0)
-    records = [dict(base, method="untuned", seed=0, fd=10.0, gap_closed=0.0),
-               dict(base, method="ours", seed=0, fd=4.0, gap_closed=0.75),
-               dict(base, method="ours", seed=1, fd=6.0, gap_closed=0.5),
-               dict(base, method="ours-full", seed=0, fd=3.0, gap_closed=0.875)]
+
+    base = dict(
+        model="m",
+        sampler="ddim",
+        nfe=10,
+        steps=10,
+        schedule="karras",
+        fd_untuned=10.0,
+        fd_reference=2.0,
+        traj_err_untuned=1.0,
+        traj_err=0.5,
+        tune_seconds=1.0,
+    )
+    records = [
+        dict(base, method="untuned", seed=0, fd=10.0, gap_closed=0.0),
+        dict(base, method="ours", seed=0, fd=4.0, gap_closed=0.75),
+        dict(base, method="ours", seed=1, fd=6.0, gap_closed=0.5),
+        dict(base, method="ours-full", seed=0, fd=3.0, gap_closed=0.875),
+    ]
     table = markdown(summarise(records), ["untuned", "ours", "ours-full"])
     row = table.splitlines()[-1]
     assert "FD 5 ± 1.4" in row and "gap 62% ± 18%" in row  # two seeds: mean ± standard deviation

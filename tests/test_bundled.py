@@ -21,7 +21,7 @@ def test_models_load_with_distinct_stable_fingerprints():
     assert len(set(prints.values())) == len(names)
     assert registry.load_model("digits-ddpm").fingerprint == prints["digits-ddpm"]
     for name in bundled.FILES:
-        assert bundled.weights_path(name).stat().st_size <= 5 * 2 ** 20
+        assert bundled.weights_path(name).stat().st_size <= 5 * 2**20
 
 
 @pytest.mark.parametrize("name", ["digits-ddpm", "digits-edm", "digits-flow"])
@@ -40,8 +40,13 @@ def test_classifier_free_guidance_follows_the_class(ddpm):
     model = CFGDenoiser(ddpm, scale=2.0)
     spec = registry.get_sampler("dpmpp_2m")
     labels = torch.full((64,), 3)
-    samples = generate(model, spec, make_sigmas(ddpm, "quadratic_t", 30), noise(64, seed=8),
-                       extra_args={"cond": labels, "uncond": torch.full((64,), 10)})
+    samples = generate(
+        model,
+        spec,
+        make_sigmas(ddpm, "quadratic_t", 30),
+        noise(64, seed=8),
+        extra_args={"cond": labels, "uncond": torch.full((64,), 10)},
+    )
     with torch.no_grad():
         predicted = bundled.load_classifier()(samples.clamp(-1, 1)).argmax(1)
     assert float((predicted == 3).float().mean()) > 0.9

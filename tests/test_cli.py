@@ -30,8 +30,29 @@ def test_samplers_and_models_json(runner):
 @pytest.fixture(scope="module")
 def tuned_file(runner, tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "gmm_ddim.safetensors"
-    out = runner.invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3", "--iters", "4",
-                              "--batch", "8", "--eval-n", "40", "--seed", "1", "--out", str(path), "--quiet"])
+    out = runner.invoke(
+        cli,
+        [
+            "tune",
+            "--model",
+            "gmm-digits",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--iters",
+            "4",
+            "--batch",
+            "8",
+            "--eval-n",
+            "40",
+            "--seed",
+            "1",
+            "--out",
+            str(path),
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "wrote" in out.output and "untuned" in out.output
     return path
@@ -52,8 +73,25 @@ def test_tune_inspect_eval(runner, tuned_file):
 
 def test_tune_never_overwrites_without_the_flag(runner, tuned_file):
     before = tuned_file.read_bytes()
-    out = runner.invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3", "--iters", "1",
-                              "--eval-n", "0", "--out", str(tuned_file), "--quiet"])
+    out = runner.invoke(
+        cli,
+        [
+            "tune",
+            "--model",
+            "gmm-digits",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--iters",
+            "1",
+            "--eval-n",
+            "0",
+            "--out",
+            str(tuned_file),
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 1 and "--overwrite" in out.output
     assert tuned_file.read_bytes() == before
 
@@ -65,13 +103,19 @@ def test_mismatched_set_is_refused_unless_forced(runner, tuned_file):
     assert out.exit_code == 0, out.output
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["tune", "--model", "gmm-digits", "--sampler", "dpmpp2m", "--steps", "3"], "Did you mean: dpmpp_2m"),
-    (["tune", "--model", "digits", "--sampler", "ddim", "--steps", "3"], "unknown model 'digits'"),
-    (["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3", "--schedule", "cosine"], "unknown schedule"),
-    (["tune", "--model", "gmm-digits", "--sampler", "ddim"], "exactly one of --steps"),
-    (["inspect", "nowhere.safetensors"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["tune", "--model", "gmm-digits", "--sampler", "dpmpp2m", "--steps", "3"], "Did you mean: dpmpp_2m"),
+        (["tune", "--model", "digits", "--sampler", "ddim", "--steps", "3"], "unknown model 'digits'"),
+        (
+            ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3", "--schedule", "cosine"],
+            "unknown schedule",
+        ),
+        (["tune", "--model", "gmm-digits", "--sampler", "ddim"], "exactly one of --steps"),
+        (["inspect", "nowhere.safetensors"], "no such file"),
+    ],
+)
 def test_errors_name_the_problem(runner, args, needle):
     out = runner.invoke(cli, args)
     assert out.exit_code != 0 and needle in out.output

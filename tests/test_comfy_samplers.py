@@ -55,8 +55,9 @@ def _stock_run(model, name: str, steps: int, scheduler: str, cfg: float = 1.0):
     cond = [[torch.zeros(1, 1, 4), {}]]
     noise = torch.randn(1, 1, 4, 4, generator=torch.manual_seed(0))
     with torch.inference_mode():
-        comfy.sample.sample(recorder, noise, steps, cfg, name, scheduler, cond, cond, torch.zeros(1, 1, 4, 4), seed=0,
-                            disable_pbar=True)
+        comfy.sample.sample(
+            recorder, noise, steps, cfg, name, scheduler, cond, cond, torch.zeros(1, 1, 4, 4), seed=0, disable_pbar=True
+        )
     return seen
 
 
@@ -74,13 +75,14 @@ def test_the_counting_dry_run_agrees_with_comfyuis_own_run_for_every_sampler_at_
     as_comfy = types.SimpleNamespace(comfy_guider=cs._Guider(ms))
     bad = []
     for full, spec in comfy_specs(tunable=True).items():
-        name = full[len(cs.PREFIX):]
+        name = full[len(cs.PREFIX) :]
         for steps in range(1, 21):
             sigmas = _ksampler_sigmas(model, name, steps, scheduler)
             seen = _stock_run(model, name, steps, scheduler)
             dry = cs.dry_run(spec.nfe.fn, name, sigmas, model=as_comfy).sigmas
-            if spec.nfe(sigmas, model=as_comfy) != len(seen) or \
-                    not torch.allclose(torch.tensor(dry), torch.tensor(seen), rtol=1e-5):
+            if spec.nfe(sigmas, model=as_comfy) != len(seen) or not torch.allclose(
+                torch.tensor(dry), torch.tensor(seen), rtol=1e-5
+            ):
                 bad.append((name, steps, len(dry), len(seen)))
     assert not bad, bad
 
@@ -93,7 +95,7 @@ def test_counts_agree_between_the_library_view_and_comfyuis_model_sampling():
     sigmas = torch.tensor([1.0, 0.8, 0.5, 0.25, 0.1, 0.0])
     for full, spec in comfy_specs(tunable=True).items():
         ours = eval_sigmas(spec, sigmas, (1, 8, 8), model=model)
-        theirs = cs.dry_run(spec.nfe.fn, full[len(cs.PREFIX):], sigmas, model=as_comfy).sigmas
+        theirs = cs.dry_run(spec.nfe.fn, full[len(cs.PREFIX) :], sigmas, model=as_comfy).sigmas
         torch.testing.assert_close(ours, torch.tensor(theirs), msg=full)
 
 
@@ -120,7 +122,7 @@ from comfyui_nodes.model_patch import apply_tuned_set  # noqa: E402
 from comfyui_nodes.sampling import sampler_function  # noqa: E402
 from timetuner_plugins.tuned_set import TunedSet  # noqa: E402
 
-TUNABLE = sorted(n[len(cs.PREFIX):] for n in comfy_specs(tunable=True))
+TUNABLE = sorted(n[len(cs.PREFIX) :] for n in comfy_specs(tunable=True))
 COND, UNCOND = [[torch.zeros(1, 1, 4), {}]], [[torch.ones(1, 1, 4), {}]]
 
 
@@ -130,20 +132,46 @@ def _set_for(model, kind: str, name: str, steps: int, ratio=None, lam=None) -> T
     ms = model.get_model_object("model_sampling")
     scheduler = "simple" if kind == "FLOW" else "karras"
     sigmas = _ksampler_sigmas(model, name, steps, scheduler)
-    ev = torch.tensor(cs.dry_run(registry.get_sampler(cs.PREFIX + name).nfe.fn, name, sigmas,
-                                 model=types.SimpleNamespace(comfy_guider=cs._Guider(ms))).sigmas)
+    ev = torch.tensor(
+        cs.dry_run(
+            registry.get_sampler(cs.PREFIX + name).nfe.fn,
+            name,
+            sigmas,
+            model=types.SimpleNamespace(comfy_guider=cs._Guider(ms)),
+        ).sigmas
+    )
     r = torch.ones(len(ev)) if ratio is None else ratio(len(ev))
     extra = {"model": {"space": "flow", "shift": 1.0, "multiplier": 1000.0}} if kind == "FLOW" else {}
-    return TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * r, model_id="tiny", model_fingerprint="0" * 64,
-                    sampler=cs.PREFIX + name, schedule=scheduler, objective="energy", extra=extra,
-                    dode_lambda=None if lam is None else lam(len(ev)))
+    return TunedSet(
+        sigmas=sigmas,
+        eval_sigmas=ev,
+        tau=ev * r,
+        model_id="tiny",
+        model_fingerprint="0" * 64,
+        sampler=cs.PREFIX + name,
+        schedule=scheduler,
+        objective="energy",
+        extra=extra,
+        dode_lambda=None if lam is None else lam(len(ev)),
+    )
 
 
 def _sample(model, name: str, steps: int, kind: str, cfg: float = 1.0) -> torch.Tensor:
     noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
     with torch.inference_mode():
-        return comfy.sample.sample(model, noise, steps, cfg, name, "simple" if kind == "FLOW" else "karras", COND,
-                                   UNCOND, torch.zeros(2, 1, 4, 4), seed=5, disable_pbar=True)
+        return comfy.sample.sample(
+            model,
+            noise,
+            steps,
+            cfg,
+            name,
+            "simple" if kind == "FLOW" else "karras",
+            COND,
+            UNCOND,
+            torch.zeros(2, 1, 4, 4),
+            seed=5,
+            disable_pbar=True,
+        )
 
 
 @pytest.mark.parametrize("kind", ["EPS", "FLOW"])
@@ -164,9 +192,10 @@ def test_each_network_call_gets_its_own_evaluations_tau_under_the_stock_ksampler
                 bad.append((name, cfg, "calls", len(got), len(ts.tau)))
                 continue
             for k, t in enumerate(got):
-                moved = ts.tau[k:k + 1].double()
-                expected = (moved.clamp(max=1.0) * 1000).float() if kind == "FLOW" else \
-                    stand_in.fractional(moved).float()
+                moved = ts.tau[k : k + 1].double()
+                expected = (
+                    (moved.clamp(max=1.0) * 1000).float() if kind == "FLOW" else stand_in.fractional(moved).float()
+                )
                 if not torch.allclose(t, expected.expand_as(t), rtol=1e-4, atol=1e-3):
                     bad.append((name, cfg, k, float(t.reshape(-1)[0]), float(expected)))
                     break
@@ -178,8 +207,9 @@ def test_identity_sets_are_bit_exact_against_the_unpatched_model(kind):
     model, steps, bad = make(MODEL_TYPES[kind]), 6, []
     for name in TUNABLE:
         plain = _sample(model, name, steps, kind, cfg=2.0)
-        with_set = _sample(apply_tuned_set(model, _set_for(model, kind, name, steps), strict=True), name, steps, kind,
-                           cfg=2.0)
+        with_set = _sample(
+            apply_tuned_set(model, _set_for(model, kind, name, steps), strict=True), name, steps, kind, cfg=2.0
+        )
         if not torch.equal(plain, with_set):
             bad.append((name, float((plain - with_set).abs().max())))
     assert not bad, bad
@@ -191,20 +221,46 @@ def test_a_dode_set_under_the_stock_ksampler_equals_the_counted_run(name, cfg):
     """D-ODE λ through Apply Tuned Set (σ-keyed, previous output per cond/uncond chunk) gives what the Registry
     Sampler's counted run gives: CFG mixes the chunks linearly."""
     model, kind, steps = make(MODEL_TYPES["EPS"]), "EPS", 5
-    ts = _set_for(model, kind, name, steps, ratio=lambda n: torch.linspace(0.9, 1.1, n),
-                  lam=lambda n: torch.cat([torch.zeros(1), torch.linspace(0.2, -0.1, n - 1)]))
+    ts = _set_for(
+        model,
+        kind,
+        name,
+        steps,
+        ratio=lambda n: torch.linspace(0.9, 1.1, n),
+        lam=lambda n: torch.cat([torch.zeros(1), torch.linspace(0.2, -0.1, n - 1)]),
+    )
     sigmas = ts.sigmas
     noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
     latent = torch.zeros(2, 1, 4, 4)
     counted = comfy.samplers.KSAMPLER(sampler_function(registry.get_sampler(cs.PREFIX + name), ts, True))
     with torch.inference_mode():
-        applied = comfy.sample.sample_custom(apply_tuned_set(model, ts, strict=True), noise, cfg,
-                                             comfy.samplers.sampler_object(name), sigmas.clone(), COND, UNCOND, latent,
-                                             seed=0, disable_pbar=True)
-        ours = comfy.sample.sample_custom(model, noise, cfg, counted, sigmas.clone(), COND, UNCOND, latent, seed=0,
-                                          disable_pbar=True)
-        plain = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(name), sigmas.clone(),
-                                           COND, UNCOND, latent, seed=0, disable_pbar=True)
+        applied = comfy.sample.sample_custom(
+            apply_tuned_set(model, ts, strict=True),
+            noise,
+            cfg,
+            comfy.samplers.sampler_object(name),
+            sigmas.clone(),
+            COND,
+            UNCOND,
+            latent,
+            seed=0,
+            disable_pbar=True,
+        )
+        ours = comfy.sample.sample_custom(
+            model, noise, cfg, counted, sigmas.clone(), COND, UNCOND, latent, seed=0, disable_pbar=True
+        )
+        plain = comfy.sample.sample_custom(
+            model,
+            noise,
+            cfg,
+            comfy.samplers.sampler_object(name),
+            sigmas.clone(),
+            COND,
+            UNCOND,
+            latent,
+            seed=0,
+            disable_pbar=True,
+        )
     assert (applied - plain).abs().max() > 1e-3
     torch.testing.assert_close(applied, ours, rtol=1e-5, atol=1e-5)
 
@@ -224,8 +280,17 @@ def test_the_memory_bounded_settings_tune_the_same_set_on_a_checkpoint_built_in_
     sigmas = ksampler_sigmas(model, spec.name, "karras", 4, 1.0)
     taus = []
     for micro, recompute, blocks in ((None, "off", False), (2, "on", True)):
-        config = TuneConfig(iters=3, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False,
-                            show_progress=False, micro_batch=micro, recompute=recompute)
+        config = TuneConfig(
+            iters=3,
+            batch=4,
+            pool=4,
+            val_size=4,
+            teacher_substeps=2,
+            select=False,
+            show_progress=False,
+            micro_batch=micro,
+            recompute=recompute,
+        )
         with torch.inference_mode():
             ts = tune_model(model, cond, cond, 1.0, spec, sigmas, torch.zeros(1, 1, 8, 8), config, blocks=blocks)
         taus.append(ts.tau)

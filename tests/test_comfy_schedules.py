@@ -15,16 +15,27 @@ import torch
 from timetuner_plugins.denoisers import DiscreteVPDenoiser, EDMDenoiser, FlowDenoiser
 from timetuner_plugins.run import make_sigmas
 
-COMFY_NAMES = ("simple", "normal", "sgm_uniform", "ddim_uniform", "beta", "linear_quadratic", "kl_optimal",
-               "karras", "exponential")
+COMFY_NAMES = (
+    "simple",
+    "normal",
+    "sgm_uniform",
+    "ddim_uniform",
+    "beta",
+    "linear_quadratic",
+    "kl_optimal",
+    "karras",
+    "exponential",
+)
 STEPS = list(range(1, 21)) + [30, 50]
 
 
 def _models():
-    return {"vp": DiscreteVPDenoiser(torch.nn.Identity(), DiscreteVPDenoiser.linear_betas()),
-            "edm": EDMDenoiser(torch.nn.Identity(), 0.5, 0.002, 80.0),
-            "flow-shift3": FlowDenoiser(torch.nn.Identity(), shift=3.0),
-            "flow": FlowDenoiser(torch.nn.Identity(), shift=1.0)}
+    return {
+        "vp": DiscreteVPDenoiser(torch.nn.Identity(), DiscreteVPDenoiser.linear_betas()),
+        "edm": EDMDenoiser(torch.nn.Identity(), 0.5, 0.002, 80.0),
+        "flow-shift3": FlowDenoiser(torch.nn.Identity(), shift=3.0),
+        "flow": FlowDenoiser(torch.nn.Identity(), shift=1.0),
+    }
 
 
 @pytest.mark.parametrize("name", COMFY_NAMES)

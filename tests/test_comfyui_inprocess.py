@@ -56,8 +56,9 @@ class Config(comfy.supported_models_base.BASE):
 def make(model_type):
     base = comfy.model_base.BaseModel(Config({"disable_unet_model_creation": True}), model_type=model_type)
     base.diffusion_model = Net()
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 @pytest.mark.parametrize("model_type", [comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION])
@@ -66,8 +67,16 @@ def test_network_sees_tau_while_preconditioning_stays_at_sigma(model_type):
     ms = model.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(ms, "karras", 4).cpu()
     ratio = torch.tensor([1.2, 0.9, 1.1, 0.8])
-    ts = TunedSet(sigmas=sigmas, eval_sigmas=sigmas[:-1].clone(), tau=sigmas[:-1] * ratio, model_id="tiny",
-                  model_fingerprint="0" * 64, sampler="ddim", schedule="karras", objective="energy")
+    ts = TunedSet(
+        sigmas=sigmas,
+        eval_sigmas=sigmas[:-1].clone(),
+        tau=sigmas[:-1] * ratio,
+        model_id="tiny",
+        model_fingerprint="0" * 64,
+        sampler="ddim",
+        schedule="karras",
+        objective="energy",
+    )
     patched = apply_tuned_set(model, ts, strict=True)
     latent = torch.zeros(2, 1, 4, 4)
     noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
@@ -84,7 +93,7 @@ def test_network_sees_tau_while_preconditioning_stays_at_sigma(model_type):
     torch.testing.assert_close(tuned_calls[0][0], plain_calls[0][0])
     stand_in = patched.get_model_object("model_sampling").timestep
     for k, (_, t) in enumerate(tuned_calls):
-        expected = stand_in.fractional(sigmas[k:k + 1] * ratio[k]).float()
+        expected = stand_in.fractional(sigmas[k : k + 1] * ratio[k]).float()
         torch.testing.assert_close(t, expected.expand_as(t), rtol=1e-5, atol=1e-4)
     assert not torch.allclose(tuned_calls[0][1], plain_calls[0][1])
     # the unpatched model is untouched
@@ -121,27 +130,37 @@ def test_every_evaluation_gets_its_own_tau_under_stock_samplers(sampler, cfg, mo
     positive, negative = [[torch.zeros(1, 1, 4), {}]], [[torch.ones(1, 1, 4), {}]]
     net = model.model.diffusion_model
     with torch.inference_mode():
-        comfy.sample.sample(recorder, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0,
-                            disable_pbar=True)
+        comfy.sample.sample(
+            recorder, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0, disable_pbar=True
+        )
     net.calls.clear()
     flow = model_type == comfy.model_base.ModelType.FLOW
     ev = torch.tensor(seen)  # the wrapper sees σ (the network then gets σ·1000 on a flow model)
     ratio = torch.linspace(1.2, 0.8, len(ev)) if flow else torch.linspace(0.8, 1.2, len(ev))  # flow: τ₀ > 1
-    ts = TunedSet(sigmas=sigmas, eval_sigmas=ev, tau=ev * ratio, model_id="tiny", model_fingerprint="0" * 64,
-                  sampler=sampler, schedule=scheduler, objective="energy",
-                  extra={"model": {"space": "flow", "shift": 1.0, "multiplier": 1000.0}} if flow else {})
+    ts = TunedSet(
+        sigmas=sigmas,
+        eval_sigmas=ev,
+        tau=ev * ratio,
+        model_id="tiny",
+        model_fingerprint="0" * 64,
+        sampler=sampler,
+        schedule=scheduler,
+        objective="energy",
+        extra={"model": {"space": "flow", "shift": 1.0, "multiplier": 1000.0}} if flow else {},
+    )
     patched = apply_tuned_set(model, ts, strict=True)
     with torch.inference_mode():
-        comfy.sample.sample(patched, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0,
-                            disable_pbar=True)
+        comfy.sample.sample(
+            patched, noise, steps, cfg, sampler, scheduler, positive, negative, latent, seed=0, disable_pbar=True
+        )
     assert len(net.calls) == len(ev) > steps - 1
     stand_in = patched.get_model_object("model_sampling").timestep
     for k, (x, t) in enumerate(net.calls):
         assert x.shape[0] == (4 if cfg > 1 else 2)
-        moved = ev[k:k + 1].double() * ratio[k].double()
+        moved = ev[k : k + 1].double() * ratio[k].double()
         expected = (moved.clamp(max=1.0) * 1000).float() if flow else stand_in.fractional(moved).float()
         if not flow and float(ratio[k]) == 1.0:  # τ = σ keeps the model's own timestep (identity is bit-exact)
-            expected = stand_in.original(ev[k:k + 1]).float()
+            expected = stand_in.original(ev[k : k + 1]).float()
         torch.testing.assert_close(t, expected.expand_as(t), rtol=1e-4, atol=1e-3)
     if flow:  # the first evaluation, at σ = 1 with ratio 1.2, is held at the trained range's end
         assert float(net.calls[0][1].max()) == 1000.0
@@ -162,8 +181,19 @@ def test_registry_multistep_samplers_match_comfyuis_own(name, model_type):
     noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
     ours = comfy.samplers.KSAMPLER(sampler_function(registry.get_sampler(name), None, False))
     with torch.inference_mode():
-        stock = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object(name), sigmas.clone(),
-                                           cond, cond, latent, seed=0, disable_pbar=True)
-        native = comfy.sample.sample_custom(model, noise, 1.0, ours, sigmas.clone(), cond, cond, latent, seed=0,
-                                            disable_pbar=True)
+        stock = comfy.sample.sample_custom(
+            model,
+            noise,
+            1.0,
+            comfy.samplers.sampler_object(name),
+            sigmas.clone(),
+            cond,
+            cond,
+            latent,
+            seed=0,
+            disable_pbar=True,
+        )
+        native = comfy.sample.sample_custom(
+            model, noise, 1.0, ours, sigmas.clone(), cond, cond, latent, seed=0, disable_pbar=True
+        )
     assert (stock - native).abs().max() < 1e-5

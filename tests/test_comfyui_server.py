@@ -45,8 +45,9 @@ def test_apply_changes_the_image_and_matches_the_library(server):
     noise = torch.randn((16, 1, 8, 8), generator=torch.manual_seed(42))  # ComfyUI's prepare_noise
     with torch.no_grad():
         for lookup, images in ((ts.lookup(), a), (None, b)):
-            x = run_sampler(model, registry.get_sampler("ddim"), noise * (1 + ts.sigmas[0] ** 2) ** 0.5, ts.sigmas,
-                            lookup=lookup)
+            x = run_sampler(
+                model, registry.get_sampler("ddim"), noise * (1 + ts.sigmas[0] ** 2) ** 0.5, ts.sigmas, lookup=lookup
+            )
             ours = ((x.clamp(-1, 1) + 1) / 2)[:, 0].numpy()
             theirs = images[..., 0][:, ::8, ::8]  # undo the 8× nearest upscaling
             assert np.abs(ours - theirs).max() < 3 / 255  # PNG rounding
@@ -60,7 +61,9 @@ def test_corrupt_set_is_a_node_error_and_the_server_keeps_serving(server):
     assert ok(server.run(load("apply_tuned_set_ksampler.json")))
 
 
-@pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/passwd", "shipped/../../README.md", "nothere.safetensors"])
+@pytest.mark.parametrize(
+    "name", ["../../../etc/passwd", "/etc/passwd", "shipped/../../README.md", "nothere.safetensors"]
+)
 def test_paths_outside_the_allowed_folders_are_refused(server, name):
     prompt = load("apply_tuned_set_ksampler.json")
     prompt["2"]["inputs"]["tuned_set"] = name
@@ -101,22 +104,49 @@ def _variants() -> dict[str, dict]:
     base = load("apply_tuned_set_ksampler.json")
     advanced = json.loads(json.dumps(base))
     k = advanced["6"]["inputs"]
-    advanced["6"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        "model": k["model"], "add_noise": "enable", "noise_seed": k["seed"], "steps": k["steps"], "cfg": k["cfg"],
-        "sampler_name": k["sampler_name"], "scheduler": k["scheduler"], "positive": k["positive"],
-        "negative": k["negative"], "latent_image": k["latent_image"], "start_at_step": 0, "end_at_step": 10000,
-        "return_with_leftover_noise": "disable"}}
+    advanced["6"] = {
+        "class_type": "KSamplerAdvanced",
+        "inputs": {
+            "model": k["model"],
+            "add_noise": "enable",
+            "noise_seed": k["seed"],
+            "steps": k["steps"],
+            "cfg": k["cfg"],
+            "sampler_name": k["sampler_name"],
+            "scheduler": k["scheduler"],
+            "positive": k["positive"],
+            "negative": k["negative"],
+            "latent_image": k["latent_image"],
+            "start_at_step": 0,
+            "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
+        },
+    }
     custom = json.loads(json.dumps(base))
-    custom.update({
-        "20": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "21": {"class_type": "BasicScheduler", "inputs": {"model": ["3", 0], "scheduler": "karras", "steps": 10,
-                                                          "denoise": 1.0}},
-        "22": {"class_type": "CFGGuider", "inputs": {"model": ["3", 0], "positive": ["4", 0], "negative": ["4", 0],
-                                                     "cfg": 1.0}},
-        "23": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
-        "6": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["23", 0], "guider": ["22", 0],
-                                                                "sampler": ["20", 0], "sigmas": ["21", 0],
-                                                                "latent_image": ["5", 0]}}})
+    custom.update(
+        {
+            "20": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "21": {
+                "class_type": "BasicScheduler",
+                "inputs": {"model": ["3", 0], "scheduler": "karras", "steps": 10, "denoise": 1.0},
+            },
+            "22": {
+                "class_type": "CFGGuider",
+                "inputs": {"model": ["3", 0], "positive": ["4", 0], "negative": ["4", 0], "cfg": 1.0},
+            },
+            "23": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
+            "6": {
+                "class_type": "SamplerCustomAdvanced",
+                "inputs": {
+                    "noise": ["23", 0],
+                    "guider": ["22", 0],
+                    "sampler": ["20", 0],
+                    "sigmas": ["21", 0],
+                    "latent_image": ["5", 0],
+                },
+            },
+        }
+    )
     for name, prompt in (("advanced", advanced), ("custom", custom)):
         prompt["8"]["inputs"]["filename_prefix"] = f"timetuner/{name}"
     return {"KSampler": base, "KSamplerAdvanced": advanced, "SamplerCustomAdvanced": custom}
@@ -155,8 +185,10 @@ def test_flow_set_under_the_stock_ksampler_matches_the_library(server):
 
 def _with_shift(prompt: dict, after_apply: bool, shift: float = 3.0) -> dict:
     """A ModelSamplingSD3 node (the stock shift node) before or after Apply Tuned Set."""
-    prompt["9"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["3", 0] if after_apply else ["1", 0],
-                                                                 "shift": shift}}
+    prompt["9"] = {
+        "class_type": "ModelSamplingSD3",
+        "inputs": {"model": ["3", 0] if after_apply else ["1", 0], "shift": shift},
+    }
     if after_apply:
         prompt["6"]["inputs"]["model"] = ["9", 0]
     else:

@@ -25,8 +25,15 @@ SAMPLERS = ["euler", "res_multistep", "ipndm", "deis", "uni_pc", "euler_ancestra
 def tune_prompt(model: str, sampler: str, scheduler: str, steps: int, filename: str, iterations: int = 6) -> dict:
     prompt = load("tune_ksampler.json")
     prompt["1"]["inputs"]["model_name"] = model
-    prompt["5"]["inputs"].update(sampler_name=f"comfy.{sampler}", scheduler=scheduler, steps=steps,
-                                 iterations=iterations, batch=8, pool=16, filename=filename)
+    prompt["5"]["inputs"].update(
+        sampler_name=f"comfy.{sampler}",
+        scheduler=scheduler,
+        steps=steps,
+        iterations=iterations,
+        batch=8,
+        pool=16,
+        filename=filename,
+    )
     prompt["8"]["inputs"].update(sampler_name=sampler, scheduler=scheduler, steps=steps)
     prompt["10"]["inputs"]["filename_prefix"] = f"timetuner/{filename}"
     return prompt
@@ -80,23 +87,53 @@ def test_tune_with_sigmas_on_align_your_steps_then_apply_under_sampler_custom_ad
         "2": {"class_type": "TimeTunerDemoDigitConditioning", "inputs": {"digit": "none"}},
         "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "4": {"class_type": "AlignYourStepsScheduler", "inputs": {"model_type": "SD1", "steps": 6, "denoise": 1.0}},
-        "5": {"class_type": "TimeTunerTune", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "cfg": 1.0, "sampler_name": "comfy.dpmpp_2m",
-            "sigmas": ["4", 0], "latent_image": ["3", 0], "schedule_name": "AlignYourSteps", "objective": "energy",
-            "iterations": 6, "batch": 8, "pool": 16, "seed": 0, "micro_batch": 0, "recompute": "auto",
-            "filename": "ays_dpmpp_2m", "overwrite": True, "resume": False}},
-        "6": {"class_type": "TimeTunerApplyTunedSet", "inputs": {"model": ["1", 0], "tuned_set": ["5", 0],
-                                                                 "strict": True, "force": False}},
+        "5": {
+            "class_type": "TimeTunerTune",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["2", 0],
+                "cfg": 1.0,
+                "sampler_name": "comfy.dpmpp_2m",
+                "sigmas": ["4", 0],
+                "latent_image": ["3", 0],
+                "schedule_name": "AlignYourSteps",
+                "objective": "energy",
+                "iterations": 6,
+                "batch": 8,
+                "pool": 16,
+                "seed": 0,
+                "micro_batch": 0,
+                "recompute": "auto",
+                "filename": "ays_dpmpp_2m",
+                "overwrite": True,
+                "resume": False,
+            },
+        },
+        "6": {
+            "class_type": "TimeTunerApplyTunedSet",
+            "inputs": {"model": ["1", 0], "tuned_set": ["5", 0], "strict": True, "force": False},
+        },
         "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
-        "8": {"class_type": "CFGGuider", "inputs": {"model": ["6", 0], "positive": ["2", 0], "negative": ["2", 0],
-                                                    "cfg": 1.0}},
+        "8": {
+            "class_type": "CFGGuider",
+            "inputs": {"model": ["6", 0], "positive": ["2", 0], "negative": ["2", 0], "cfg": 1.0},
+        },
         "9": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1}},
         "10": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 16}},
-        "11": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["9", 0], "guider": ["8", 0],
-                                                                 "sampler": ["7", 0], "sigmas": ["4", 0],
-                                                                 "latent_image": ["10", 0]}},
+        "11": {
+            "class_type": "SamplerCustomAdvanced",
+            "inputs": {
+                "noise": ["9", 0],
+                "guider": ["8", 0],
+                "sampler": ["7", 0],
+                "sigmas": ["4", 0],
+                "latent_image": ["10", 0],
+            },
+        },
         "12": {"class_type": "TimeTunerDemoDecode", "inputs": {"samples": ["11", 0], "scale": 8}},
-        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "timetuner/ays"}}}
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "timetuner/ays"}},
+    }
     entry = server.run(prompt)
     assert ok(entry), error_message(entry)
     ts = TunedSet.load(server.base / "models" / "timetuner" / "ays_dpmpp_2m.safetensors")
@@ -105,8 +142,9 @@ def test_tune_with_sigmas_on_align_your_steps_then_apply_under_sampler_custom_ad
 
 def test_load_shows_the_provenance_of_a_set_from_models_timetuner(server):
     assert ok(server.run(tune_prompt("digits-ddpm", "deis", "karras", 6, "provenance")))
-    entry = server.run({"1": {"class_type": "TimeTunerLoadTunedSet",
-                              "inputs": {"tuned_set": "provenance.safetensors"}}})
+    entry = server.run(
+        {"1": {"class_type": "TimeTunerLoadTunedSet", "inputs": {"tuned_set": "provenance.safetensors"}}}
+    )
     assert ok(entry), error_message(entry)
     text = " ".join(entry["outputs"]["1"]["text"])
     for part in ("model: digits-ddpm", "sampler: comfy.deis", "scheduler: karras, 6 steps", "validation "):

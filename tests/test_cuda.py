@@ -63,8 +63,11 @@ def test_shipped_set_on_cuda_matches_cpu(ddpm, sampler, nfe):
         xs = x.to(device)
         ns = SeededNoise(xs, 11) if spec.is_stochastic(ts.sampler_options) else None
         with torch.no_grad():
-            outs.append(run_sampler(model, spec, xs, ts.sigmas, lookup=ts.lookup(), options=ts.sampler_options,
-                                    noise_sampler=ns).cpu())
+            outs.append(
+                run_sampler(
+                    model, spec, xs, ts.sigmas, lookup=ts.lookup(), options=ts.sampler_options, noise_sampler=ns
+                ).cpu()
+            )
     assert (outs[0] - outs[1]).abs().max() < 1e-3
 
 
@@ -102,8 +105,10 @@ def test_tau_wrapper_adds_no_host_sync(ddpm, sampler):
         x = (noise(32) * sigmas[0]).to(CUDA)
         with torch.no_grad():
             run_sampler(model, spec, x, sigmas, lookup=lookup)  # warm-up: lazy inits may sync once
-            counts[steps] = (_syncs(lambda: run_sampler(model, spec, x, sigmas)),
-                             _syncs(lambda: run_sampler(model, spec, x, sigmas, lookup=lookup)))
+            counts[steps] = (
+                _syncs(lambda: run_sampler(model, spec, x, sigmas)),
+                _syncs(lambda: run_sampler(model, spec, x, sigmas, lookup=lookup)),
+            )
     assert counts[4][0] == counts[4][1] and counts[8][0] == counts[8][1], counts
     assert counts[4][1] == counts[8][1], f"syncs grow with the step count: {counts}"
 
@@ -128,8 +133,16 @@ def test_sigma_keyed_lookup_on_cuda_makes_no_host_sync(ddpm):
 def test_tuner_runs_on_cuda_and_returns_cpu_float32_results(ddpm):
     model = _on(ddpm, CUDA)
     sigmas = make_sigmas(model, "quadratic_t", 5)
-    cfg = TuneConfig(iters=30, batch=64, pool=128, val_size=128, validate_every=10, teacher_substeps=8,
-                     families=("tau", "dode", "sigma"), show_progress=False)
+    cfg = TuneConfig(
+        iters=30,
+        batch=64,
+        pool=128,
+        val_size=128,
+        validate_every=10,
+        teacher_substeps=8,
+        families=("tau", "dode", "sigma"),
+        show_progress=False,
+    )
     tuner = Tuner(model, "ddim", sigmas, "quadratic_t", cfg)
     assert tuner.device.type == "cuda"
     untuned = tuner.pool_objective(tuner.untuned)

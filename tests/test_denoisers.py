@@ -51,7 +51,7 @@ def test_edm_preconditioning_is_exact_for_an_oracle():
     x0 = torch.randn(3, 1, 8, 8)
     sigma = torch.tensor([0.7, 0.7, 0.7])
     x = x0 + torch.randn_like(x0) * 0.7
-    c_skip, c_out = sd ** 2 / (0.49 + sd ** 2), 0.7 * sd / (0.49 + sd ** 2) ** 0.5
+    c_skip, c_out = sd**2 / (0.49 + sd**2), 0.7 * sd / (0.49 + sd**2) ** 0.5
 
     class Oracle(torch.nn.Module):
         def forward(self, x_in, c_noise, label=None):

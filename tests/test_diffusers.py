@@ -26,12 +26,19 @@ try:
 except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
     if os.environ.get("TIMETUNER_REQUIRE_DIFFUSERS"):
         raise
-    pytest.skip(f"diffusers is not importable here ({type(exc).__name__}: {exc}); install the extra with "
-                f"pip install 'timetuner[diffusers]'", allow_module_level=True)
+    pytest.skip(
+        f"diffusers is not importable here ({type(exc).__name__}: {exc}); install the extra with "
+        f"pip install 'timetuner[diffusers]'",
+        allow_module_level=True,
+    )
 
 from timetuner_plugins import diffusers_configs as dc  # noqa: E402
-from timetuner_plugins.diffusers_adapters import (DiffusersCFGDenoiser, DiffusersFlowDenoiser,  # noqa: E402
-                                                  DiffusersVPDenoiser, adapt)
+from timetuner_plugins.diffusers_adapters import (
+    DiffusersCFGDenoiser,
+    DiffusersFlowDenoiser,  # noqa: E402
+    DiffusersVPDenoiser,
+    adapt,
+)
 
 V_SCHEDULER = {**dc.DDPM_SCHEDULER, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
 VARIANTS = {  # name: (config name, scheduler overrides)
@@ -78,21 +85,36 @@ def _record_timesteps(module: torch.nn.Module) -> tuple[list, torch.utils.hooks.
     def hook(_module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         x = kwargs.get("hidden_states", args[0] if args else None)
-        seen.append((torch.as_tensor(t).detach().clone(), x.detach().clone(),
-                     {k: v for k, v in kwargs.items() if k not in ("timestep", "hidden_states")}))
+        seen.append(
+            (
+                torch.as_tensor(t).detach().clone(),
+                x.detach().clone(),
+                {k: v for k, v in kwargs.items() if k not in ("timestep", "hidden_states")},
+            )
+        )
 
     return seen, module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 # ----- Goal: adapters -------------------------------------------------------------------------------------------
 
+
 def test_the_plugin_registers_adapters_samplers_and_schedules():
-    assert {f"diffusers.{c}" for c in ("UNet2DModel", "UNet2DConditionModel", "SD3Transformer2DModel",
-                                       "FluxTransformer2DModel")} <= set(registry.adapters())
+    assert {
+        f"diffusers.{c}"
+        for c in ("UNet2DModel", "UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
+    } <= set(registry.adapters())
     names = {n for n in registry.samplers() if n.startswith("diffusers.")}
-    assert {"diffusers.DDIMScheduler", "diffusers.DPMSolverMultistepScheduler",
-            "diffusers.DPMSolverSinglestepScheduler", "diffusers.UniPCMultistepScheduler", "diffusers.DEISMultistepScheduler", "diffusers.EulerDiscreteScheduler",
-            "diffusers.HeunDiscreteScheduler", "diffusers.FlowMatchEulerDiscreteScheduler"} <= names
+    assert {
+        "diffusers.DDIMScheduler",
+        "diffusers.DPMSolverMultistepScheduler",
+        "diffusers.DPMSolverSinglestepScheduler",
+        "diffusers.UniPCMultistepScheduler",
+        "diffusers.DEISMultistepScheduler",
+        "diffusers.EulerDiscreteScheduler",
+        "diffusers.HeunDiscreteScheduler",
+        "diffusers.FlowMatchEulerDiscreteScheduler",
+    } <= names
     assert names <= set(registry.schedules())
     assert not [p for p in registry.problems() if "diffusers" in p.message]
 
@@ -102,8 +124,10 @@ def test_registry_adapt_model_picks_the_diffusers_adapter(tinies):
     model = registry.adapt_model(t.built.model, scheduler_config=t.scheduler_config)
     assert isinstance(model, DiffusersVPDenoiser) and model.fingerprint == t.model.fingerprint
     flux = tinies["flux"]
-    assert isinstance(registry.adapt_model(flux.built.model, scheduler_config=flux.scheduler_config,
-                                           latent_size=(8, 8)), DiffusersFlowDenoiser)
+    assert isinstance(
+        registry.adapt_model(flux.built.model, scheduler_config=flux.scheduler_config, latent_size=(8, 8)),
+        DiffusersFlowDenoiser,
+    )
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun"])
@@ -134,7 +158,7 @@ def test_denoised_matches_the_schedulers_own_x0(tiny):
             with torch.no_grad():
                 out = net(x_vp, torch.tensor(t), **_unet_kwargs(extra)).sample
                 x0 = scheduler.step(out, t, x_vp).pred_original_sample
-                d = model(x_vp * (1 + sigma ** 2) ** 0.5, sigma.expand(2), **extra)
+                d = model(x_vp * (1 + sigma**2) ** 0.5, sigma.expand(2), **extra)
             torch.testing.assert_close(d, x0, atol=2e-4, rtol=2e-4)
     else:
         scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(tiny.scheduler_config)
@@ -192,8 +216,16 @@ def test_the_generic_tuner_runs_on_every_tiny_model(tiny):
     sampler = "diffusers.FlowMatchEulerDiscreteScheduler" if model.space == "flow" else "diffusers.DDIMScheduler"
     for name, schedule in (("ddim", model.default_schedule), (sampler, sampler)):
         sigmas = make_sigmas(model, schedule, 3)
-        cfg = TuneConfig(iters=2, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False, show_progress=False,
-                         features="pixel")
+        cfg = TuneConfig(
+            iters=2,
+            batch=4,
+            pool=4,
+            val_size=4,
+            teacher_substeps=2,
+            select=False,
+            show_progress=False,
+            features="pixel",
+        )
         result = Tuner(model, name, sigmas, schedule, cfg, extra_args=tiny.extra(1)).tune()
         assert len(result.tau) == registry.get_sampler(name).nfe(sigmas) and torch.isfinite(result.tau).all()
         assert len(result.losses) == 2
@@ -219,14 +251,21 @@ def test_a_bf16_network_under_a_float32_state_stays_close_to_float32(tinies):
 def test_cfg_batches_both_branches_and_cycles_bound_prompts(tinies):
     t = tinies["sdxl-v"]
     cond, neg = dc.conditioning("sdxl", "tiny", batch=3, seed=1), dc.conditioning("sdxl", "tiny", batch=1, seed=2)
-    cfg = DiffusersCFGDenoiser(t.model, 4.0, cond=cond, negative={"encoder_hidden_states": neg["encoder_hidden_states"],
-                                                                  "text_embeds": neg["text_embeds"]})
+    cfg = DiffusersCFGDenoiser(
+        t.model,
+        4.0,
+        cond=cond,
+        negative={"encoder_hidden_states": neg["encoder_hidden_states"], "text_embeds": neg["text_embeds"]},
+    )
     x, sigma = t.noise(4, seed=6), torch.full((4,), 3.0)
     with torch.no_grad():
         out = cfg(x, sigma)
         rows = torch.arange(4) % 3
-        pos = {"encoder_hidden_states": cond["encoder_hidden_states"][rows], "text_embeds": cond["text_embeds"][rows],
-               "time_ids": cond["time_ids"][rows]}
+        pos = {
+            "encoder_hidden_states": cond["encoder_hidden_states"][rows],
+            "text_embeds": cond["text_embeds"][rows],
+            "time_ids": cond["time_ids"][rows],
+        }
         negative = {**pos, "encoder_hidden_states": neg["encoder_hidden_states"], "text_embeds": neg["text_embeds"]}
         d_c, d_u = t.model(x, sigma, **pos), t.model(x, sigma, **negative)
     torch.testing.assert_close(out, d_u + 4.0 * (d_c - d_u), atol=1e-4, rtol=1e-4)
@@ -253,7 +292,7 @@ def test_full_size_configs_count_their_published_parameters():
 def test_fingerprint_samples_stay_inside_large_tensors():
     from timetuner_plugins.diffusers_adapters import sample_positions
 
-    for n in (1, 2, 63, 64, 65, 29_491_200, 2 ** 31 + 7):  # SD1.5's largest tensor has 29 491 200 elements
+    for n in (1, 2, 63, 64, 65, 29_491_200, 2**31 + 7):  # SD1.5's largest tensor has 29 491 200 elements
         pos = sample_positions(n, 64)
         assert int(pos[0]) == 0 and int(pos[-1]) == n - 1 and len(pos) == min(n, 64)
         assert bool((pos[1:] > pos[:-1]).all())
@@ -261,11 +300,13 @@ def test_fingerprint_samples_stay_inside_large_tensors():
 
 # ----- Goal: diffusers schedulers as registry samplers ------------------------------------------------------------
 
-PARITY = [("diffusers.DDIMScheduler", "ddim", {"timestep_spacing": "trailing"}),
-          ("diffusers.DDIMScheduler", "ddim", {}),
-          ("diffusers.DPMSolverMultistepScheduler", "dpmpp_2m", {}),
-          ("diffusers.EulerDiscreteScheduler", "ddim", {}),
-          ("diffusers.HeunDiscreteScheduler", "heun", {})]
+PARITY = [
+    ("diffusers.DDIMScheduler", "ddim", {"timestep_spacing": "trailing"}),
+    ("diffusers.DDIMScheduler", "ddim", {}),
+    ("diffusers.DPMSolverMultistepScheduler", "dpmpp_2m", {}),
+    ("diffusers.EulerDiscreteScheduler", "ddim", {}),
+    ("diffusers.HeunDiscreteScheduler", "heun", {}),
+]
 
 
 @pytest.mark.parametrize("theirs,ours,overrides", PARITY)
@@ -318,15 +359,21 @@ def test_other_sigmas_are_refused_naming_the_schedule(ddpm):
     with pytest.raises(ValueError, match=r"--schedule diffusers\.DPMSolverMultistepScheduler"):
         run_sampler(ddpm, spec, noise(2) * sigmas[0], sigmas)
     with pytest.raises(ValueError, match="deterministic"):
-        run_sampler(ddpm, spec, noise(2), make_sigmas(ddpm, spec.name, 4),
-                    options={"scheduler_config": {"algorithm_type": "sde-dpmsolver++"}})
+        run_sampler(
+            ddpm,
+            spec,
+            noise(2),
+            make_sigmas(ddpm, spec.name, 4),
+            options={"scheduler_config": {"algorithm_type": "sde-dpmsolver++"}},
+        )
 
 
 @pytest.mark.parametrize("name", ["diffusers.UniPCMultistepScheduler", "diffusers.HeunDiscreteScheduler"])
 def test_the_generic_tuner_tunes_a_diffusers_scheduler(gmm, ddpm, name):
     sigmas = make_sigmas(ddpm, name, 4)
-    cfg = TuneConfig(objective="final", iters=3, lr=0.05, batch=8, pool=8, teacher_substeps=3, select=False,
-                     show_progress=False)
+    cfg = TuneConfig(
+        objective="final", iters=3, lr=0.05, batch=8, pool=8, teacher_substeps=3, select=False, show_progress=False
+    )
     tuner = Tuner(ddpm, name, sigmas, name, cfg, extra_args={"label": torch.arange(8) % 10})
     before = tuner.pool_objective(tuner.untuned)
     result = tuner.tune()
@@ -342,8 +389,9 @@ from timetuner_plugins.cli import cli  # noqa: E402
 from timetuner_plugins.diffusers_pipeline import apply_tuned_set, load, remove_tuned_set  # noqa: E402
 from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch  # noqa: E402
 
-QUICK = TuneConfig(iters=2, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False, show_progress=False,
-                   features="pixel")
+QUICK = TuneConfig(
+    iters=2, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False, show_progress=False, features="pixel"
+)
 
 
 @pytest.fixture(scope="module")
@@ -371,8 +419,14 @@ def _pipe(folder):
 
 
 def _latents(pipe, steps=4, **kwargs):
-    return pipe("a cat", num_inference_steps=steps, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
-                output_type="latent", **kwargs).images
+    return pipe(
+        "a cat",
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        **kwargs,
+    ).images
 
 
 def test_identity_set_reproduces_the_plain_pipeline_bit_for_bit(sd_folder, sd_set):
@@ -428,15 +482,23 @@ def test_flux_pipeline_with_embeddings(tmp_path):
     pipe = dc.tiny_pipeline("flux")
     pipe.transformer.save_pretrained(tmp_path / "transformer")
     pipe.scheduler.save_pretrained(tmp_path / "scheduler")
-    embeds = {"prompt_embeds": torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(1)),
-              "pooled_prompt_embeds": torch.randn(2, 16, generator=torch.Generator().manual_seed(2))}
+    embeds = {
+        "prompt_embeds": torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(1)),
+        "pooled_prompt_embeds": torch.randn(2, 16, generator=torch.Generator().manual_seed(2)),
+    }
     model = load(tmp_path / "transformer", embeds=embeds, height=64)  # 64 image pixels: 8 × 8 latents, 16 tokens
     assert model.sample_shape == (16, 16) and model.kind == "FluxTransformer2DModel"
     name = "diffusers.FlowMatchEulerDiscreteScheduler"
     sigmas = make_sigmas(model, name, 3)
     ts = Tuner(model, name, sigmas, name, TuneConfig(**{**QUICK.__dict__, "lr": 0.3})).tune().tuned_set(model)
-    call = dict(prompt_embeds=embeds["prompt_embeds"][:1], pooled_prompt_embeds=embeds["pooled_prompt_embeds"][:1],
-                height=64, width=64, num_inference_steps=3, output_type="latent")
+    call = dict(
+        prompt_embeds=embeds["prompt_embeds"][:1],
+        pooled_prompt_embeds=embeds["pooled_prompt_embeds"][:1],
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        output_type="latent",
+    )
     plain = pipe(generator=torch.Generator().manual_seed(0), **call).images
     identity = TunedSet(**{**ts.__dict__, "tau": ts.eval_sigmas.clone(), "path": None})
     apply_tuned_set(pipe, identity)
@@ -454,24 +516,61 @@ def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path, monkeypatch):
     import timetuner_plugins.tuner as tuner_module
 
     # the command line has no --pool: a small pool and teacher keep this test to seconds (the default is 512 samples)
-    monkeypatch.setattr(tuner_module, "TuneConfig", functools.partial(TuneConfig, pool=4, val_size=4,
-                                                                      teacher_substeps=2))
+    monkeypatch.setattr(
+        tuner_module, "TuneConfig", functools.partial(TuneConfig, pool=4, val_size=4, teacher_substeps=2)
+    )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
     out = tmp_path / "cli.safetensors"
     spec = f"diffusers:{sd_folder}?prompts={prompts}&guidance=3"
-    result = CliRunner().invoke(cli, ["tune", "--model", spec, "--sampler", "diffusers.DDIMScheduler",
-                                      "--schedule", "diffusers.DDIMScheduler", "--steps", "4", "--iters", "2",
-                                      "--batch", "4", "--no-select", "--eval-n", "0", "--quiet", "--out", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            "--model",
+            spec,
+            "--sampler",
+            "diffusers.DDIMScheduler",
+            "--schedule",
+            "diffusers.DDIMScheduler",
+            "--steps",
+            "4",
+            "--iters",
+            "2",
+            "--batch",
+            "4",
+            "--no-select",
+            "--eval-n",
+            "0",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ts = TunedSet.load(out)
     assert ts.model_id == spec and ts.nfe == 4 and ts.sampler == "diffusers.DDIMScheduler"
     apply_tuned_set(_pipe(sd_folder), out)  # the set matches the pipeline it was tuned from
     bad = CliRunner().invoke(cli, ["tune", "--model", "diffusers:/no/such/folder", "--sampler", "ddim", "--steps", "2"])
     assert bad.exit_code == 2 and "neither model_index.json" in bad.output
-    wrong = CliRunner().invoke(cli, ["tune", "--model", spec, "--sampler", "diffusers.DDIMScheduler",
-                                     "--schedule", "karras", "--steps", "4", "--eval-n", "0", "--out",
-                                     str(tmp_path / "x.safetensors")])
+    wrong = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            "--model",
+            spec,
+            "--sampler",
+            "diffusers.DDIMScheduler",
+            "--schedule",
+            "karras",
+            "--steps",
+            "4",
+            "--eval-n",
+            "0",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+    )
     assert wrong.exit_code == 1 and "--schedule diffusers.DDIMScheduler" in wrong.output
 
 

@@ -42,6 +42,7 @@ def test_zero_lambda_is_bit_exact(gmm, sampler):
     sigmas = make_sigmas(gmm, "karras", 5)
     x = torch.randn(16, *gmm.sample_shape, generator=torch.Generator().manual_seed(2)) * sigmas[0]
     from timetuner_plugins.run import eval_sigmas
+
     ev = eval_sigmas(spec, sigmas, tuple(gmm.sample_shape))
     with torch.no_grad():
         plain = run_sampler(gmm, spec, x, sigmas)
@@ -90,13 +91,16 @@ def test_joint_sigma_and_tau_tunes_both(gmm):
     assert not torch.allclose(result.sigmas, sigmas) and not torch.equal(result.tau, result.eval_sigmas)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(families=()), "families"),
-    (dict(families=("tau", "tau")), "families"),
-    (dict(families=("lambda",)), "families"),
-    (dict(objective="paper", families=("tau", "dode")), "paper"),
-    (dict(objective="trajectory", families=("sigma",)), "trajectory"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(families=()), "families"),
+        (dict(families=("tau", "tau")), "families"),
+        (dict(families=("lambda",)), "families"),
+        (dict(objective="paper", families=("tau", "dode")), "paper"),
+        (dict(objective="trajectory", families=("sigma",)), "trajectory"),
+    ],
+)
 def test_bad_family_settings_are_refused(gmm, bad, match):
     with pytest.raises(TuneError, match=match):
         Tuner(gmm, "ddim", make_sigmas(gmm, "karras", 3), "karras", TuneConfig(**bad))
@@ -104,8 +108,9 @@ def test_bad_family_settings_are_refused(gmm, bad, match):
 
 def test_tuned_set_with_lambda_round_trips_and_is_validated(gmm, tmp_path):
     sigmas = make_sigmas(gmm, "quadratic_t", 3)
-    result = Tuner(gmm, "ddim", sigmas, "quadratic_t",
-                   TuneConfig(objective="final", families=("tau", "dode"), iters=3, **SMALL)).tune()
+    result = Tuner(
+        gmm, "ddim", sigmas, "quadratic_t", TuneConfig(objective="final", families=("tau", "dode"), iters=3, **SMALL)
+    ).tune()
     path = result.tuned_set(gmm).save(tmp_path / "d.safetensors")
     loaded = TunedSet.load(path)
     assert torch.equal(loaded.dode_lambda, result.dode_lambda) and loaded.format_version == 2

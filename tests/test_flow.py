@@ -53,7 +53,9 @@ def test_shift_sets_the_table_not_the_conditioning():
     net = Recorder()
     model = FlowDenoiser(net, shift=3.0)
     t = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)
-    assert torch.allclose(model.t_to_sigma(t), 3 * t / (1 + 2 * t)) and torch.allclose(model.sigma_to_t(flow_shift(3.0, t)), t)
+    assert torch.allclose(model.t_to_sigma(t), 3 * t / (1 + 2 * t)) and torch.allclose(
+        model.sigma_to_t(flow_shift(3.0, t)), t
+    )
     assert math.isclose(model.sigma_min, 3 * 0.001 / (1 + 2 * 0.001), rel_tol=1e-9) and model.sigma_max == 1.0
     model(torch.zeros(2, 1, 8, 8), torch.full((2,), 0.5))
     assert torch.equal(net.seen[-1], torch.full((2,), 500.0))  # σ itself, times the multiplier
@@ -110,7 +112,9 @@ def test_samplers_converge_at_their_order_on_the_flow_mixture(gflow, name, order
 
 
 def test_ancestral_sampling_uses_the_flow_step_and_reaches_the_distribution(gflow):
-    assert is_flow(TauModel(gflow, TauLookup.identity(torch.ones(1)))) and not is_flow(registry.load_model("gmm-digits"))
+    assert is_flow(TauModel(gflow, TauLookup.identity(torch.ones(1)))) and not is_flow(
+        registry.load_model("gmm-digits")
+    )
     fd = gmm_fd(gflow)
     x_noise = noise(1000, seed=4)
     ode = generate(gflow, registry.get_sampler("ddim"), make_sigmas(gflow, "simple", 200), x_noise)
@@ -120,8 +124,9 @@ def test_ancestral_sampling_uses_the_flow_step_and_reaches_the_distribution(gflo
 
 def test_tuner_keeps_tau_at_or_below_one(gflow):
     sigmas = make_sigmas(gflow, "simple", 4)
-    cfg = TuneConfig(iters=30, batch=16, pool=16, val_size=16, lr=0.5, teacher_substeps=4, select=False,
-                     show_progress=False)
+    cfg = TuneConfig(
+        iters=30, batch=16, pool=16, val_size=16, lr=0.5, teacher_substeps=4, select=False, show_progress=False
+    )
     result = Tuner(gflow, "ddim", sigmas, "simple", cfg).tune()
     assert float(result.tau.max()) <= 1.0 and float(result.eval_sigmas[0]) == 1.0
     ts = result.tuned_set(gflow)

@@ -46,8 +46,8 @@ def flow_denoiser(gmm):
         a = 1 - s
         diff = x.double().reshape(b, 1, -1) - a * gmm.means[None]
         proj = torch.einsum("bkd,kde->bke", diff, gmm.eigvecs)
-        total = a ** 2 * gmm.eigvals[None] + s ** 2
-        log_like = -0.5 * (proj ** 2 / total).sum(-1) - 0.5 * total.log().sum(-1)
+        total = a**2 * gmm.eigvals[None] + s**2
+        log_like = -0.5 * (proj**2 / total).sum(-1) - 0.5 * total.log().sum(-1)
         resp = torch.softmax(gmm.weights.log()[None] + log_like, dim=1)
         means = gmm.means[None] + torch.einsum("bke,kde->bkd", a * gmm.eigvals[None] / total * proj, gmm.eigvecs)
         return torch.einsum("bk,bkd->bd", resp, means).reshape(x.shape).to(x.dtype)
@@ -73,13 +73,15 @@ def comfy_samplers():
 
 @pytest.mark.parametrize("name", NEW)
 @pytest.mark.parametrize("kind", ["ve", "flow"])
-@pytest.mark.parametrize("steps,end", [(1, "zero"), (2, "zero"), (3, "zero"), (10, "zero"), (2, "open"), (3, "open"),
-                                       (10, "open")])
+@pytest.mark.parametrize(
+    "steps,end", [(1, "zero"), (2, "zero"), (3, "zero"), (10, "zero"), (2, "open"), (3, "open"), (10, "open")]
+)
 def test_matches_comfyui(comfy_samplers, gmm, name, kind, steps, end):
     """Same denoiser, noise and σ's: within 1e-5 max abs in float32, the last step included; ``open`` drops
     the final 0 (a split schedule, as SamplerCustom runs)."""
-    model, sigmas = (lambda x, s, **_: gmm(x, s), karras_ve(steps)) if kind == "ve" else \
-        (flow_denoiser(gmm), flow_shift(steps))
+    model, sigmas = (
+        (lambda x, s, **_: gmm(x, s), karras_ve(steps)) if kind == "ve" else (flow_denoiser(gmm), flow_shift(steps))
+    )
     sigmas = sigmas if end == "zero" else sigmas[:-1]
     x, before = noise(16, seed=steps) * sigmas[0], sigmas.clone()
     with torch.no_grad():
@@ -118,8 +120,13 @@ def _state_at_sigma_min(model, name: str, steps: int, x_noise: torch.Tensor) -> 
     sigmas = make_sigmas(model, "logsnr", steps)
     states = []
     with torch.no_grad():
-        run_sampler(model, registry.get_sampler(name), x_noise * sigmas[0], sigmas,
-                    callback=lambda info: states.append(info["x"]))
+        run_sampler(
+            model,
+            registry.get_sampler(name),
+            x_noise * sigmas[0],
+            sigmas,
+            callback=lambda info: states.append(info["x"]),
+        )
     return states[-1].double()
 
 
@@ -134,13 +141,16 @@ def reference(gmm):
     return x_noise, ref
 
 
-@pytest.mark.parametrize("name,low,high", [
-    ("res_multistep", 1.75, 2.6),
-    ("ipndm", 1.75, 2.6),  # equal-step AB coefficients on geometric steps: 2nd order, not 4th
-    ("deis", 2.3, 3.6),    # 3rd order; still approaching it at 128 steps
-    ("uni_pc", 3.4, 4.8),  # UniP-3 with UniC: 4th order
-    ("uni_pc_bh2", 3.4, 4.8),
-])
+@pytest.mark.parametrize(
+    "name,low,high",
+    [
+        ("res_multistep", 1.75, 2.6),
+        ("ipndm", 1.75, 2.6),  # equal-step AB coefficients on geometric steps: 2nd order, not 4th
+        ("deis", 2.3, 3.6),  # 3rd order; still approaching it at 128 steps
+        ("uni_pc", 3.4, 4.8),  # UniP-3 with UniC: 4th order
+        ("uni_pc_bh2", 3.4, 4.8),
+    ],
+)
 def test_converges_at_its_order(gmm, reference, name, low, high):
     x_noise, ref = reference
     steps = [32, 64, 128]
@@ -166,8 +176,9 @@ def test_gradients_reach_every_tau_and_sigma(gmm, name):
 @pytest.mark.parametrize("name", NEW)
 def test_the_generic_tuner_tunes_it(gmm, name):
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
-    cfg = TuneConfig(iters=3, batch=8, pool=8, val_size=8, select=False, teacher_substeps=2, lr=0.05,
-                     show_progress=False)
+    cfg = TuneConfig(
+        iters=3, batch=8, pool=8, val_size=8, select=False, teacher_substeps=2, lr=0.05, show_progress=False
+    )
     result = Tuner(gmm, name, sigmas, "quadratic_t", cfg).tune()
     assert len(result.tau) == registry.get_sampler(name).nfe(sigmas)
     assert torch.isfinite(result.tau).all() and not torch.equal(result.tau, result.eval_sigmas)

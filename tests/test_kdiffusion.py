@@ -27,18 +27,37 @@ try:
 except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
     if os.environ.get("TIMETUNER_REQUIRE_KDIFFUSION"):
         raise
-    pytest.skip(f"k-diffusion is not importable here ({type(exc).__name__}: {exc}); CI runs these tests in an "
-                f"environment with it", allow_module_level=True)
+    pytest.skip(
+        f"k-diffusion is not importable here ({type(exc).__name__}: {exc}); CI runs these tests in an "
+        f"environment with it",
+        allow_module_level=True,
+    )
 
 KD = sorted(name for name, spec in registry.samplers().items() if name.startswith("k_diffusion."))
 TUNABLE = [n for n in KD if registry.get_sampler(n).tunable]
-PARITY = [("ddim", "euler"), ("heun", "heun"), ("dpm_2", "dpm_2"), ("dpmpp_2m", "dpmpp_2m"),
-          ("ddpm", "euler_ancestral")]
+PARITY = [
+    ("ddim", "euler"),
+    ("heun", "heun"),
+    ("dpm_2", "dpm_2"),
+    ("dpmpp_2m", "dpmpp_2m"),
+    ("ddpm", "euler_ancestral"),
+]
 
 
 def test_samplers_are_registered_with_the_real_functions():
-    expected = {"euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
-                "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde"}
+    expected = {
+        "euler",
+        "euler_ancestral",
+        "heun",
+        "dpm_2",
+        "dpm_2_ancestral",
+        "lms",
+        "dpmpp_2s_ancestral",
+        "dpmpp_sde",
+        "dpmpp_2m",
+        "dpmpp_2m_sde",
+        "dpmpp_3m_sde",
+    }
     assert {f"k_diffusion.{n}" for n in expected} <= set(TUNABLE)
     for name in expected:
         spec = registry.get_sampler(f"k_diffusion.{name}")
@@ -117,8 +136,9 @@ def test_k_diffusion_wrappers_adapt_to_the_tau_protocol(kind, make):
 def test_the_generic_tuner_tunes_every_k_diffusion_sampler(gmm, name):
     spec = registry.get_sampler(name)
     sigmas = make_sigmas(gmm, "karras", 4)
-    cfg = TuneConfig(objective="final", iters=12, lr=0.05, batch=16, pool=32, teacher_substeps=4, select=False,
-                     show_progress=False)
+    cfg = TuneConfig(
+        objective="final", iters=12, lr=0.05, batch=16, pool=32, teacher_substeps=4, select=False, show_progress=False
+    )
     tuner = Tuner(gmm, spec, sigmas, "karras", cfg)
     untuned = tuner.pool_objective(tuner.untuned)
     result = tuner.tune()

@@ -24,8 +24,21 @@ from timetuner_plugins.tuner import Tuner
 
 from helpers import noise
 
-QUICK = ["--model", "gmm-digits", "--sampler", "ddim", "--steps", "3", "--iters", "2", "--batch", "8",
-         "--eval-n", "0", "--quiet"]
+QUICK = [
+    "--model",
+    "gmm-digits",
+    "--sampler",
+    "ddim",
+    "--steps",
+    "3",
+    "--iters",
+    "2",
+    "--batch",
+    "8",
+    "--eval-n",
+    "0",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +77,22 @@ def test_bench_checks_the_readme_it_would_update(runner, tmp_path):
 def test_unknown_sampler_option_is_refused_naming_the_accepted_ones(runner, tmp_path, gmm):
     out = runner.invoke(cli, ["tune", *QUICK, "--option", "bogus=1", "--out", str(tmp_path / "x.safetensors")])
     assert out.exit_code == 1 and "'bogus'" in out.output and "takes no options" in out.output
-    out = runner.invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddpm", "--steps", "3", "--option",
-                              "etta=0.5", "--out", str(tmp_path / "y.safetensors")])
+    out = runner.invoke(
+        cli,
+        [
+            "tune",
+            "--model",
+            "gmm-digits",
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "3",
+            "--option",
+            "etta=0.5",
+            "--out",
+            str(tmp_path / "y.safetensors"),
+        ],
+    )
     assert out.exit_code == 1 and "'etta'" in out.output and "eta" in out.output and "s_noise" in out.output
     assert not list(tmp_path.iterdir())
     with pytest.raises(registry.SamplerOptionError, match="bogus"):
@@ -79,9 +106,28 @@ def early_stopped(tmp_path_factory):
     path = root / "set.safetensors"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIMETUNER_CACHE", str(root / "cache"))
-        out = CliRunner().invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3",
-                                       "--iters", "200", "--batch", "8", "--patience", "1", "--eval-n", "40",
-                                       "--out", str(path)])
+        out = CliRunner().invoke(
+            cli,
+            [
+                "tune",
+                "--model",
+                "gmm-digits",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "3",
+                "--iters",
+                "200",
+                "--batch",
+                "8",
+                "--patience",
+                "1",
+                "--eval-n",
+                "40",
+                "--out",
+                str(path),
+            ],
+        )
     assert out.exit_code == 0, out.output
     return path, out.output
 
@@ -113,8 +159,11 @@ def test_generate_shows_a_bar_only_when_asked(gmm, capsys):
 
 def test_eval_honours_sampler_steps_and_schedule_through_the_mismatch_check(runner, early_stopped):
     path, _ = early_stopped
-    for extra, needle in ((["--sampler", "dpmpp_2m"], "tuned for sampler 'ddim' but the run uses 'dpmpp_2m'"),
-                          (["--steps", "4"], "3 steps"), (["--schedule", "karras"], "the run's σ's are")):
+    for extra, needle in (
+        (["--sampler", "dpmpp_2m"], "tuned for sampler 'ddim' but the run uses 'dpmpp_2m'"),
+        (["--steps", "4"], "3 steps"),
+        (["--schedule", "karras"], "the run's σ's are"),
+    ):
         out = runner.invoke(cli, ["eval", "--tuned", str(path), "--n", "20", *extra])
         assert out.exit_code == 1 and needle in out.output and "--force" in out.output, out.output
     out = runner.invoke(cli, ["eval", "--tuned", str(path), "--n", "20", "--schedule", "karras", "--force", "--json"])
@@ -151,9 +200,30 @@ def test_ctrl_c_closes_the_bars_before_its_one_line_message(tmp_path):
     out = tmp_path / "x.safetensors"
     ckpt = Path(str(out) + ".ckpt")
     env = {**os.environ, "TIMETUNER_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "timetuner_plugins", "tune", "--model", "gmm-digits", "--sampler", "ddim",
-           "--steps", "4", "--iters", "300", "--batch", "16", "--eval-n", "0", "--patience", "0",
-           "--checkpoint-every", "5", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "timetuner_plugins",
+        "tune",
+        "--model",
+        "gmm-digits",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--iters",
+        "300",
+        "--batch",
+        "16",
+        "--eval-n",
+        "0",
+        "--patience",
+        "0",
+        "--checkpoint-every",
+        "5",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:

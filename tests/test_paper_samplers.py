@@ -60,12 +60,15 @@ class BrownianPath:
         return ((self.at[b] - self.at[a]) / abs(b - a) ** 0.5).to(self.like)
 
 
-@pytest.mark.parametrize("name,options,base", [
-    ("bdia_ddim", {"gamma": 0.0}, "ddim"),
-    ("bdia_ddim", {"gamma": 0.0, "frame": "ve"}, "ddim"),
-    ("bdia_edm", {"gamma": 0.0}, "heun"),
-    ("conjugate_ddim", {"lam": 0.0}, "ddim"),
-])
+@pytest.mark.parametrize(
+    "name,options,base",
+    [
+        ("bdia_ddim", {"gamma": 0.0}, "ddim"),
+        ("bdia_ddim", {"gamma": 0.0, "frame": "ve"}, "ddim"),
+        ("bdia_edm", {"gamma": 0.0}, "heun"),
+        ("conjugate_ddim", {"lam": 0.0}, "ddim"),
+    ],
+)
 @pytest.mark.parametrize("model_name", ["gmm", "edm", "gmm_flow"])
 def test_special_cases_are_the_known_samplers_bit_for_bit(name, options, base, model_name, request):
     model = request.getfixturevalue(model_name)
@@ -76,8 +79,15 @@ def test_special_cases_are_the_known_samplers_bit_for_bit(name, options, base, m
     assert torch.equal(ours, known)
 
 
-@pytest.mark.parametrize("name,options", [("bdia_ddim", {"gamma": 1.0}), ("bdia_ddim", {"gamma": 0.7, "frame": "ve"}),
-                                          ("accel_ddim", {}), ("conjugate_ddim", {"lam": 0.5})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("bdia_ddim", {"gamma": 1.0}),
+        ("bdia_ddim", {"gamma": 0.7, "frame": "ve"}),
+        ("accel_ddim", {}),
+        ("conjugate_ddim", {"lam": 0.5}),
+    ],
+)
 def test_first_step_is_ddim(gmm, name, options):
     """BDIA and the accelerated sampler have no previous state on their first step: one step is DDIM;
     λ-DDIM is DDIM only as λ → 0."""
@@ -87,8 +97,9 @@ def test_first_step_is_ddim(gmm, name, options):
     if name == "conjugate_ddim":
         assert not torch.equal(ours, ddim)
         small = sample(gmm, name, make_sigmas(gmm, "quadratic_t", 6), noise(4), options={"lam": 1e-7})
-        torch.testing.assert_close(small, sample(gmm, "ddim", make_sigmas(gmm, "quadratic_t", 6), noise(4)),
-                                   rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            small, sample(gmm, "ddim", make_sigmas(gmm, "quadratic_t", 6), noise(4)), rtol=0, atol=1e-4
+        )
     else:
         assert torch.equal(ours, ddim)
 
@@ -104,9 +115,16 @@ class ConstantEps(torch.nn.Module):
         return x - sigma.reshape(-1, 1, 1, 1) * self.c
 
 
-@pytest.mark.parametrize("name,options", [("bdia_ddim", {"gamma": 1.0}), ("bdia_ddim", {"gamma": 0.5, "frame": "ve"}),
-                                          ("bdia_edm", {"gamma": 0.5}), ("bdia_edm", {"backward": "euler"}),
-                                          ("accel_ddim", {})])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("bdia_ddim", {"gamma": 1.0}),
+        ("bdia_ddim", {"gamma": 0.5, "frame": "ve"}),
+        ("bdia_edm", {"gamma": 0.5}),
+        ("bdia_edm", {"backward": "euler"}),
+        ("accel_ddim", {}),
+    ],
+)
 def test_exact_when_eps_is_constant(name, options):
     """Each is built from DDIM/Heun steps, exact for a constant ε̂; the BDIA and acceleration corrections vanish."""
     model = ConstantEps()
@@ -147,8 +165,15 @@ def _last_state(model, name, steps, x_noise, options=None, noise_sampler=None):
     states = []
     x = x_noise * sigmas[0]
     with torch.no_grad():
-        run_sampler(model, registry.get_sampler(name), x, sigmas, options=options, noise_sampler=noise_sampler,
-                    callback=lambda info: states.append(info["x"]))
+        run_sampler(
+            model,
+            registry.get_sampler(name),
+            x,
+            sigmas,
+            options=options,
+            noise_sampler=noise_sampler,
+            callback=lambda info: states.append(info["x"]),
+        )
     return states[-1].double()
 
 
@@ -158,14 +183,17 @@ def gmm_reference(gmm):
     return x_noise, _last_state(gmm, "dpmpp_2m", 1024, x_noise)
 
 
-@pytest.mark.parametrize("name,options,order", [
-    ("accel_ddim", {}, 2),
-    ("bdia_ddim", {"gamma": 1.0}, 2),
-    ("bdia_ddim", {"gamma": 0.5}, 1),
-    ("bdia_edm", {"gamma": 0.5}, 1),
-    ("bdia_edm", {"gamma": 0.5, "backward": "extrapolate"}, 2),
-    ("conjugate_ddim", {"lam": DEFAULT_LAM}, 1),
-])
+@pytest.mark.parametrize(
+    "name,options,order",
+    [
+        ("accel_ddim", {}, 2),
+        ("bdia_ddim", {"gamma": 1.0}, 2),
+        ("bdia_ddim", {"gamma": 0.5}, 1),
+        ("bdia_edm", {"gamma": 0.5}, 1),
+        ("bdia_edm", {"gamma": 0.5, "backward": "extrapolate"}, 2),
+        ("conjugate_ddim", {"lam": DEFAULT_LAM}, 1),
+    ],
+)
 def test_deterministic_samplers_converge_at_their_order(gmm, gmm_reference, name, options, order):
     x_noise, ref = gmm_reference
     steps = [32, 64, 128]
@@ -199,10 +227,16 @@ def test_the_generic_tuner_tunes_each(gmm, name):
     assert bool(torch.isfinite(tuned).all())
 
 
-@pytest.mark.parametrize("name,options,tol32", [
-    ("bdia_ddim", {"gamma": 1.0}, 1e-4), ("bdia_ddim", {"gamma": 0.5}, 1e-4),
-    ("bdia_ddim", {"gamma": 0.8, "frame": "ve"}, 1e-4),
-    ("bdia_edm", {"gamma": 0.5}, 1e-3), ("bdia_edm", {"gamma": 0.5, "backward": "extrapolate"}, None)])
+@pytest.mark.parametrize(
+    "name,options,tol32",
+    [
+        ("bdia_ddim", {"gamma": 1.0}, 1e-4),
+        ("bdia_ddim", {"gamma": 0.5}, 1e-4),
+        ("bdia_ddim", {"gamma": 0.8, "frame": "ve"}, 1e-4),
+        ("bdia_edm", {"gamma": 0.5}, 1e-3),
+        ("bdia_edm", {"gamma": 0.5, "backward": "extrapolate"}, None),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_bdia_round_trip_gives_back_the_noise(gmm, name, options, tol32, dtype):
     """Max error relative to the noise's scale σ_0. float32 is looser than float64 because each backward step
@@ -262,8 +296,22 @@ def test_bad_options_name_the_fix(gmm):
 def test_invert_command(tmp_path):
     runner = CliRunner()
     made = tmp_path / "samples.safetensors"
-    out = runner.invoke(cli, ["invert", "--generate", "6", "--model", "gmm-digits", "--steps", "6", "--option",
-                              "gamma=1.0", "--out", str(made)])
+    out = runner.invoke(
+        cli,
+        [
+            "invert",
+            "--generate",
+            "6",
+            "--model",
+            "gmm-digits",
+            "--steps",
+            "6",
+            "--option",
+            "gamma=1.0",
+            "--out",
+            str(made),
+        ],
+    )
     assert out.exit_code == 0, out.output
     recovered = tmp_path / "noise.pt"
     out = runner.invoke(cli, ["invert", "--input", str(made), "--out", str(recovered), "--json"])
@@ -280,8 +328,22 @@ def test_invert_command(tmp_path):
     # a bare sample tensor (an image no BDIA run made): the state before it is estimated, the pair round-trips
     bare = tmp_path / "image.pt"
     torch.save(given["sample"][:2].clone(), bare)
-    out = runner.invoke(cli, ["invert", "--input", str(bare), "--model", "gmm-digits", "--steps", "6", "--float64",
-                              "--out", str(tmp_path / "image_noise.safetensors"), "--json"])
+    out = runner.invoke(
+        cli,
+        [
+            "invert",
+            "--input",
+            str(bare),
+            "--model",
+            "gmm-digits",
+            "--steps",
+            "6",
+            "--float64",
+            "--out",
+            str(tmp_path / "image_noise.safetensors"),
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert report["previous"].startswith("estimated") and report["round_trip_sample_max_abs"] < 1e-9
@@ -291,14 +353,28 @@ def test_invert_command(tmp_path):
         (["--out", str(tmp_path / "x.pt")], "exactly one of --input FILE"),
         (["--input", str(made), "--out", str(recovered)], "--overwrite"),
         (["--input", str(made), "--option", "gamma=0", "--out", str(tmp_path / "y.pt")], "gamma=0 is the plain"),
-        (["--generate", "2", "--model", "gmm-digits", "--steps", "3", "--option", "gamma=2", "--out",
-          str(tmp_path / "z.pt")], "gamma must be in [0, 1]"),
+        (
+            [
+                "--generate",
+                "2",
+                "--model",
+                "gmm-digits",
+                "--steps",
+                "3",
+                "--option",
+                "gamma=2",
+                "--out",
+                str(tmp_path / "z.pt"),
+            ],
+            "gamma must be in [0, 1]",
+        ),
         (["--input", str(bare), "--model", "gmm-digits", "--out", str(tmp_path / "w.pt")], "give --steps"),
     ]:
         out = runner.invoke(cli, ["invert", *args])
         assert out.exit_code != 0 and needle in out.output, (args, out.output)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a tensor file")
-    out = runner.invoke(cli, ["invert", "--input", str(junk), "--model", "gmm-digits", "--steps", "3", "--out",
-                              str(tmp_path / "v.pt")])
+    out = runner.invoke(
+        cli, ["invert", "--input", str(junk), "--model", "gmm-digits", "--steps", "3", "--out", str(tmp_path / "v.pt")]
+    )
     assert out.exit_code == 1 and "cannot read it as a states file" in out.output

@@ -32,9 +32,14 @@ def test_builtins_are_registered_like_plugins():
     assert "timetuner_plugins.builtin.tau_hook" in registry.plugin_names()
 
 
-@pytest.mark.parametrize("kind,getter,name", [("sampler", registry.get_sampler, "dpmpp2m"),
-                                              ("model", registry.get_model_spec, "digits_ddpm"),
-                                              ("schedule", registry.get_schedule, "karas")])
+@pytest.mark.parametrize(
+    "kind,getter,name",
+    [
+        ("sampler", registry.get_sampler, "dpmpp2m"),
+        ("model", registry.get_model_spec, "digits_ddpm"),
+        ("schedule", registry.get_schedule, "karas"),
+    ],
+)
 def test_unknown_names_list_close_matches(kind, getter, name):
     with pytest.raises(registry.UnknownNameError) as err:
         getter(name)
@@ -48,8 +53,23 @@ def installed_thirdparty(tmp_path, monkeypatch):
     """pip-install the fixture package (a real distribution with a `timetuner` entry point) into a folder."""
     target, source = tmp_path / "site", tmp_path / "source"
     shutil.copytree(FIXTURE, source)  # setuptools builds in the source folder: keep the repository clean
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--target", str(target), str(source)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     monkeypatch.syspath_prepend(str(target))
     registry.reset()
@@ -67,8 +87,13 @@ def test_third_party_entry_point_sampler_is_discovered_and_tunable(installed_thi
     with torch.no_grad():
         plain = sample(gmm, spec, sigmas, noise(8))
     assert torch.isfinite(plain).all()
-    tuner = Tuner(gmm, spec, sigmas, "logsnr", TuneConfig(iters=3, pool=16, batch=8, teacher_substeps=4,
-                                                          show_progress=False, select=False))
+    tuner = Tuner(
+        gmm,
+        spec,
+        sigmas,
+        "logsnr",
+        TuneConfig(iters=3, pool=16, batch=8, teacher_substeps=4, show_progress=False, select=False),
+    )
     result = tuner.tune()
     assert len(result.tau) == spec.nfe(sigmas) == 7
     assert not torch.equal(result.tau, result.eval_sigmas)
@@ -95,6 +120,7 @@ def test_wrap_model_hook_can_be_overridden_per_sampler(gmm):
         for name in ("ddim", "dpmpp_2m"):
             spec = registry.get_sampler(name)
             from timetuner_plugins.run import eval_sigmas
+
             with torch.no_grad():
                 sample(gmm, spec, sigmas, noise(2), lookup=TauLookup.identity(eval_sigmas(spec, sigmas, (1, 8, 8))))
         assert plugin.seen == ["ddim"]

@@ -49,9 +49,31 @@ def test_racing_writers_never_leave_a_corrupt_file(tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left
 
 
-TUNE = [sys.executable, "-m", "timetuner_plugins", "tune", "--model", "gmm-digits", "--sampler", "dpmpp_2m",
-        "--steps", "4", "--iters", "300", "--batch", "16", "--seed", "3", "--eval-n", "0", "--quiet",
-        "--checkpoint-every", "5", "--patience", "0"]  # every iteration runs: an early stop would shorten the window
+TUNE = [
+    sys.executable,
+    "-m",
+    "timetuner_plugins",
+    "tune",
+    "--model",
+    "gmm-digits",
+    "--sampler",
+    "dpmpp_2m",
+    "--steps",
+    "4",
+    "--iters",
+    "300",
+    "--batch",
+    "16",
+    "--seed",
+    "3",
+    "--eval-n",
+    "0",
+    "--quiet",
+    "--checkpoint-every",
+    "5",
+    "--patience",
+    "0",
+]  # every iteration runs: an early stop would shorten the window
 
 
 def _tau(path: Path) -> torch.Tensor:
@@ -94,8 +116,9 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted)
     full_tau, env = uninterrupted
     out = tmp_path / "stopped.safetensors"
     ckpt = Path(str(out) + ".ckpt")
-    proc = subprocess.Popen(TUNE + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        TUNE + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -143,8 +166,23 @@ def test_cli_out_of_memory_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Tuner, "_tune", boom)
     out = tmp_path / "oom.safetensors"
-    result = CliRunner().invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3",
-                                      "--batch", "512", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            "--model",
+            "gmm-digits",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--batch",
+            "512",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 1 and "--micro-batch 256" in result.output and "Traceback" not in result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

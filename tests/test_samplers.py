@@ -18,7 +18,8 @@ NATIVE = ["ddim", "ddpm", "heun", "dpm_2", "dpmpp_2m"]
 
 
 WITH_CHURN = [(name, {}) for name in NATIVE] + [
-    (name, {"s_churn": 2.0}) for name in NATIVE if "s_churn" in registry.get_sampler(name).defaults]
+    (name, {"s_churn": 2.0}) for name in NATIVE if "s_churn" in registry.get_sampler(name).defaults
+]
 
 
 @pytest.mark.parametrize("name,options", WITH_CHURN)

@@ -33,13 +33,16 @@ def test_recompute_gives_the_same_gradients_and_tau(ddpm):
     assert stored.losses == recomputed.losses and torch.equal(stored.tau, recomputed.tau)
 
 
-@pytest.mark.parametrize("sampler,overrides", [
-    ("ddim", {}),  # energy in the tuning classifier's features? gmm: pixels; selection on
-    ("ddpm", {}),  # stochastic: a micro-batch draws exactly its rows' noise
-    ("heun", {"objective": "trajectory", "select": False}),
-    ("dpmpp_2m", {"objective": "final", "select": False}),
-    ("ddim", {"objective": "paper", "param": "t_ratio", "lr": 0.01, "select": False, "iters": 2}),
-])
+@pytest.mark.parametrize(
+    "sampler,overrides",
+    [
+        ("ddim", {}),  # energy in the tuning classifier's features? gmm: pixels; selection on
+        ("ddpm", {}),  # stochastic: a micro-batch draws exactly its rows' noise
+        ("heun", {"objective": "trajectory", "select": False}),
+        ("dpmpp_2m", {"objective": "final", "select": False}),
+        ("ddim", {"objective": "paper", "param": "t_ratio", "lr": 0.01, "select": False, "iters": 2}),
+    ],
+)
 def test_micro_batches_give_the_whole_batch_result(gmm, sampler, overrides):
     whole = _tau(gmm, sampler, **overrides)
     parts = _tau(gmm, sampler, micro_batch=5, **overrides)  # 5 + 5 + 5 + 1 rows
@@ -56,8 +59,9 @@ def test_a_half_precision_network_tunes_close_to_float32():
     torch.testing.assert_close(b.tau, a.tau, rtol=0.02, atol=0)
 
 
-def _rank(rank: int, world: int, init: str, sampler: str, out: str, disagree: bool, stop_at: int | None,
-          resume: bool) -> None:
+def _rank(
+    rank: int, world: int, init: str, sampler: str, out: str, disagree: bool, stop_at: int | None, resume: bool
+) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
@@ -83,8 +87,9 @@ def _rank(rank: int, world: int, init: str, sampler: str, out: str, disagree: bo
         dist.destroy_process_group()
 
 
-def _spawn(tmp_path: Path, sampler: str, disagree: bool = False, stop_at: int | None = None,
-           resume: bool = False) -> list[dict]:
+def _spawn(
+    tmp_path: Path, sampler: str, disagree: bool = False, stop_at: int | None = None, resume: bool = False
+) -> list[dict]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "result"
     init = tmp_path / f"init-{stop_at}-{resume}"
@@ -123,16 +128,54 @@ def test_torchrun_tune_writes_one_set_equal_to_one_process(tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this interpreter")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TIMETUNER_CACHE": str(tmp_path / "cache")}
-    args = ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--steps", "3", "--iters", "6", "--batch", "16",
-            "--eval-n", "0", "--quiet", "--patience", "0"]
+    args = [
+        "tune",
+        "--model",
+        "gmm-digits",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--iters",
+        "6",
+        "--batch",
+        "16",
+        "--eval-n",
+        "0",
+        "--quiet",
+        "--patience",
+        "0",
+    ]
     single, double = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    subprocess.run([sys.executable, "-m", "timetuner_plugins", *args, "--out", str(single)], check=True, env=env,
-                   capture_output=True, timeout=600)
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "timetuner_plugins",
-                           *args, "--out", str(double)], env=env, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "timetuner_plugins", *args, "--out", str(single)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "timetuner_plugins",
+            *args,
+            "--out",
+            str(double),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("wrote") == 1 and sorted(p.name for p in tmp_path.glob("*.safetensors")) == \
-        ["one.safetensors", "two.safetensors"]
+    assert proc.stdout.count("wrote") == 1 and sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "one.safetensors",
+        "two.safetensors",
+    ]
     torch.testing.assert_close(TunedSet.load(double).tau, TunedSet.load(single).tau, rtol=1e-5, atol=0)
 
 

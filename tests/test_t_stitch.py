@@ -53,8 +53,10 @@ def test_the_ends_reproduce_each_model_bit_for_bit(ddpm, small, sampler):
     x = noise(16, seed=3) * sigmas[0]
     with torch.no_grad():
         for f, alone in ((0.0, ddpm), (1.0, small)):
-            assert torch.equal(run_sampler(StitchedDenoiser(ddpm, small, f), spec, x, sigmas, seed=7),
-                               run_sampler(alone, spec, x, sigmas, seed=7))
+            assert torch.equal(
+                run_sampler(StitchedDenoiser(ddpm, small, f), spec, x, sigmas, seed=7),
+                run_sampler(alone, spec, x, sigmas, seed=7),
+            )
 
 
 @pytest.mark.parametrize("fraction, expected", [(0.0, 0), (0.3, 3), (0.4, 4), (0.5, 5), (1.0, 9)])
@@ -145,7 +147,7 @@ def test_the_small_model_is_bundled_and_much_smaller(ddpm, small):
     assert small.fingerprint != ddpm.fingerprint and torch.equal(small.log_sigmas, ddpm.log_sigmas)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(small) * 4 <= count(ddpm)
-    assert bundled.weights_path("digits-ddpm-small").stat().st_size <= 5 * 2 ** 20
+    assert bundled.weights_path("digits-ddpm-small").stat().st_size <= 5 * 2**20
 
 
 def test_the_small_training_script_runs_a_few_steps(tmp_path, ddpm):
@@ -158,9 +160,29 @@ def test_the_small_training_script_runs_a_few_steps(tmp_path, ddpm):
 
 def test_cli_smoke(tmp_path):
     out = tmp_path / "stitch"
-    result = CliRunner().invoke(cli, ["stitch", "--steps", "3", "--fractions", "0,1", "--n", "40", "--batch", "20",
-                                      "--repeats", "1", "--tune", "1", "--tune-iters", "1", "--out", str(out),
-                                      "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "stitch",
+            "--steps",
+            "3",
+            "--fractions",
+            "0,1",
+            "--n",
+            "40",
+            "--batch",
+            "20",
+            "--repeats",
+            "1",
+            "--tune",
+            "1",
+            "--tune-iters",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     assert [r["fraction"] for r in data["rows"]] == [0.0, 1.0]
@@ -168,12 +190,15 @@ def test_cli_smoke(tmp_path):
     assert (out / "stitch.png").stat().st_size > 0 and "| 1.00 | 3 / 3 |" in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fractions", "0,1.5"], "must be in [0, 1]"),
-    (["--small", "digits-edm"], "different σ spaces"),
-    (["--small", "nope"], "unknown model 'nope'"),
-    (["--fractions", "a,b"], "comma-separated list of numbers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fractions", "0,1.5"], "must be in [0, 1]"),
+        (["--small", "digits-edm"], "different σ spaces"),
+        (["--small", "nope"], "unknown model 'nope'"),
+        (["--fractions", "a,b"], "comma-separated list of numbers"),
+    ],
+)
 def test_cli_bad_input_is_one_clear_error(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["stitch", "--n", "10", "--out", str(tmp_path / "o"), "--quiet", *args])
     assert result.exit_code != 0 and message in result.output

@@ -40,6 +40,7 @@ def test_the_plugin_serves_time_shift_and_leaves_tau_lookups_alone(ddpm):
     spec = registry.get_sampler("ddim")
     assert isinstance(registry.wrap_model(ddpm, TimeShift(), spec), TimeShiftModel)
     from timetuner_plugins.tau import TauLookup, TauModel
+
     assert isinstance(registry.wrap_model(ddpm, TauLookup.identity(torch.ones(3)), spec), TauModel)
 
 

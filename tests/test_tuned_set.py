@@ -20,7 +20,14 @@ def test_round_trip(tmp_path):
     back = TunedSet.load(path)
     for name in ("sigmas", "eval_sigmas", "tau"):
         assert torch.equal(getattr(back, name), getattr(ts, name))
-    assert (back.model_id, back.sampler, back.schedule, back.seed, back.nfe, back.steps) == ("m", "ddim", "karras", 3, 4, 4)
+    assert (back.model_id, back.sampler, back.schedule, back.seed, back.nfe, back.steps) == (
+        "m",
+        "ddim",
+        "karras",
+        3,
+        4,
+        4,
+    )
     assert back.sampler_options == {"eta": 0.0} and back.metrics_after == {"fd": 1.0}
     assert back.created and back.library_version
     assert torch.equal(back.lookup().ratio, ts.lookup().ratio)
@@ -41,19 +48,22 @@ def _write(path, tensors, meta):
     return path
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda t, m: t.update(tau=torch.tensor([1.0, float("nan"), 1.0, 1.0])), "NaN or infinite"),
-    (lambda t, m: t.update(tau=torch.tensor([1.0, float("inf"), 1.0, 1.0])), "NaN or infinite"),
-    (lambda t, m: t.update(tau=torch.tensor([1.0, -1.0, 1.0, 1.0])), "non-positive"),
-    (lambda t, m: t.update(sigmas=torch.tensor([1.0, 10.0, 1.0, 0.1, 0.0])), "not strictly decreasing"),
-    (lambda t, m: t.pop("tau"), "missing"),
-    (lambda t, m: t.update(extra=torch.ones(2)), "unexpected"),
-    (lambda t, m: t.update(tau=torch.ones(4, dtype=torch.int32)), "dtype"),
-    (lambda t, m: m.update(format_version="7"), "newer than"),
-    (lambda t, m: m.pop("sampler"), "lacks metadata"),
-    (lambda t, m: m.update(nfe="9"), "metadata says"),
-    (lambda t, m: m.update(seed="x"), "not an integer"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda t, m: t.update(tau=torch.tensor([1.0, float("nan"), 1.0, 1.0])), "NaN or infinite"),
+        (lambda t, m: t.update(tau=torch.tensor([1.0, float("inf"), 1.0, 1.0])), "NaN or infinite"),
+        (lambda t, m: t.update(tau=torch.tensor([1.0, -1.0, 1.0, 1.0])), "non-positive"),
+        (lambda t, m: t.update(sigmas=torch.tensor([1.0, 10.0, 1.0, 0.1, 0.0])), "not strictly decreasing"),
+        (lambda t, m: t.pop("tau"), "missing"),
+        (lambda t, m: t.update(extra=torch.ones(2)), "unexpected"),
+        (lambda t, m: t.update(tau=torch.ones(4, dtype=torch.int32)), "dtype"),
+        (lambda t, m: m.update(format_version="7"), "newer than"),
+        (lambda t, m: m.pop("sampler"), "lacks metadata"),
+        (lambda t, m: m.update(nfe="9"), "metadata says"),
+        (lambda t, m: m.update(seed="x"), "not an integer"),
+    ],
+)
 def test_invalid_files_are_refused_with_a_named_problem(tmp_path, mutate, match):
     ts = make_set()
     tensors = {k: getattr(ts, k).clone() for k in ("sigmas", "eval_sigmas", "tau")}
@@ -67,8 +77,12 @@ def test_invalid_files_are_refused_with_a_named_problem(tmp_path, mutate, match)
 
 def test_corrupt_truncated_and_foreign_files(tmp_path):
     good = make_set().save(tmp_path / "good.safetensors").read_bytes()
-    cases = {"truncated": good[: len(good) // 2], "tiny": b"\x01\x02", "garbage": b"\xff" * 64,
-             "huge_header": struct.pack("<Q", 2 ** 40) + b"{}"}
+    cases = {
+        "truncated": good[: len(good) // 2],
+        "tiny": b"\x01\x02",
+        "garbage": b"\xff" * 64,
+        "huge_header": struct.pack("<Q", 2**40) + b"{}",
+    }
     for name, data in cases.items():
         p = tmp_path / f"{name}.safetensors"
         p.write_bytes(data)
@@ -92,8 +106,13 @@ def test_mismatch_is_named_and_force_overrides():
     with pytest.raises(TunedSetMismatch) as err:
         ts.check(model=M(), sampler="heun", sigmas=torch.tensor([80.0, 5.0, 0.0]), nfe=7)
     msg = str(err.value)
-    for part in ("model 'm'", "sampler 'ddim' but the run uses 'heun'", "karras schedule", "4 network evaluations",
-                 "--force"):
+    for part in (
+        "model 'm'",
+        "sampler 'ddim' but the run uses 'heun'",
+        "karras schedule",
+        "4 network evaluations",
+        "--force",
+    ):
         assert part in msg
     with pytest.warns(UserWarning, match="applied anyway"):
         problems = ts.check(sampler="heun", force=True)

@@ -68,8 +68,14 @@ def test_real_data_from_a_data_loader(gmm):
 
 def test_selection_keeps_the_best_and_falls_back_to_identity(gmm, tmp_path):
     sigmas = make_sigmas(gmm, "logsnr", 25)  # already near-exact: any large τ change hurts
-    cfg = TuneConfig(objective="energy", iters=10, lr=1.0, validate_every=5, val_size=64,
-                     **{**SMALL, "select": True, "batch": 32, "pool": 64})
+    cfg = TuneConfig(
+        objective="energy",
+        iters=10,
+        lr=1.0,
+        validate_every=5,
+        val_size=64,
+        **{**SMALL, "select": True, "batch": 32, "pool": 64},
+    )
     result = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", cfg).tune()
     sel = result.selection
     assert [s for s, _ in sel["scores"]] == [0, 5, 10]
@@ -92,11 +98,18 @@ def test_stalled_counts_validations_without_a_relative_gain():
 
 def test_early_stop_ends_a_run_that_stopped_improving(gmm):
     sigmas = make_sigmas(gmm, "logsnr", 25)  # already near-exact: the untuned sampler stays best
-    cfg = dict(objective="energy", iters=40, lr=1.0, validate_every=5, val_size=64,
-               **{**SMALL, "select": True, "batch": 32, "pool": 64})
+    cfg = dict(
+        objective="energy",
+        iters=40,
+        lr=1.0,
+        validate_every=5,
+        val_size=64,
+        **{**SMALL, "select": True, "batch": 32, "pool": 64},
+    )
     seen = []
     early = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(patience=2, **cfg)).tune(
-        progress=lambda done, total: seen.append((done, total)))
+        progress=lambda done, total: seen.append((done, total))
+    )
     assert early.selection["stopped_early_at"] == 10 and len(early.losses) == 10
     assert [s for s, _ in early.selection["scores"]] == [0, 5, 10]
     assert seen[-1] == (40, 40)  # a progress bar fed by the callback ends full
@@ -116,7 +129,7 @@ def test_paper_objective_lowers_each_interval_loss(ddpm, mode, sampler):
     result = tuner.tune()
     assert len(result.losses) == 3 * 40  # intervals 0..2 tuned, the last left at τ = σ
     counts = tuner._counts
-    torch.testing.assert_close(result.tau[counts[-1]:], result.eval_sigmas[counts[-1]:], rtol=1e-3, atol=0)
+    torch.testing.assert_close(result.tau[counts[-1] :], result.eval_sigmas[counts[-1] :], rtol=1e-3, atol=0)
     tuned = tuner.param.raw.detach().clone()
 
     def held_out_loss(i, raw):
@@ -126,14 +139,15 @@ def test_paper_objective_lowers_each_interval_loss(ddpm, mode, sampler):
 
     for i in range(3):
         untuned_here = tuned.clone()
-        untuned_here[counts[i - 1] if i else 0:counts[i]] = 1.0  # this interval back at r = 1
+        untuned_here[counts[i - 1] if i else 0 : counts[i]] = 1.0  # this interval back at r = 1
         assert held_out_loss(i, tuned) < held_out_loss(i, untuned_here), i
 
 
 def test_tuning_is_deterministic_for_a_seed(gmm):
     sigmas = make_sigmas(gmm, "logsnr", 3)
-    runs = [Tuner(gmm, "ddpm", sigmas, "logsnr", TuneConfig(iters=5, seed=seed, **SMALL)).tune().tau
-            for seed in (1, 1, 2)]
+    runs = [
+        Tuner(gmm, "ddpm", sigmas, "logsnr", TuneConfig(iters=5, seed=seed, **SMALL)).tune().tau for seed in (1, 1, 2)
+    ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 

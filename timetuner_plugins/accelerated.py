@@ -48,7 +48,7 @@ from .samplers import NoiseSampler, _randn_sampler, _report, is_flow, to_d
 def _accel_coefficients(sigmas: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
     """k_i for i ≥ 1 (k_0 unused), on the σ's device, differentiable in the σ's."""
     s = sigmas.to(work_dtype(sigmas))
-    abar = 1 / (1 + s ** 2)
+    abar = 1 / (1 + s**2)
     here, nxt = s[1:-1], s[2:]
     k = (torch.atan(nxt) - torch.atan(here) - abar[1:-1] * (nxt - here)) / (abar[1:-1] - abar[:-2])
     return list(torch.cat([k.new_zeros(1), k]).to(dtype).unbind(0))
@@ -72,28 +72,31 @@ def sample_accel_ddim(model, x, sigmas, extra_args=None, callback=None, disable=
     return x
 
 
-def sample_accel_ddpm(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                      noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+def sample_accel_ddpm(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler: NoiseSampler | None = None
+) -> torch.Tensor:
     """Li et al.'s accelerated stochastic sampler (ICML 2024): half the step's noise before the
     evaluation at the perturbed point (still at σ_i), half after; no noise after the last step."""
     if is_flow(model):
-        raise SamplerOptionError("accel_ddpm adds the noise of the VP/VE process (x = x₀ + σ·ε in σ space), not a "
-                                 "flow model's; on a flow model use ddpm (which has a flow form) or a deterministic "
-                                 "sampler such as accel_ddim")
+        raise SamplerOptionError(
+            "accel_ddpm adds the noise of the VP/VE process (x = x₀ + σ·ε in σ space), not a "
+            "flow model's; on a flow model use ddpm (which has a flow form) or a deterministic "
+            "sampler such as accel_ddim"
+        )
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or _randn_sampler(x)
     ones = x.new_ones([x.shape[0]])
     positive = [s > 0 for s in sigmas.tolist()]
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        drop = sigma ** 2 - sigma_next ** 2  # β / ᾱ_i
+        drop = sigma**2 - sigma_next**2  # β / ᾱ_i
         middle = (sigma + sigma_next) / 2
         x_plus = x + noise_sampler(sigma, middle) * (drop / 2) ** 0.5
         denoised = model(x_plus, sigma * ones, **extra_args)
         _report(callback, x, i, sigma, sigma, denoised)
         new = x_plus - to_d(x_plus, sigma, denoised) * (drop / sigma)
         if positive[i + 1]:
-            spread = drop * (1 + sigma_next ** 2) / (2 * (1 + sigma ** 2))  # β / (2 ᾱ_{i+1})
-            new = new + noise_sampler(middle, sigma_next) * spread ** 0.5
+            spread = drop * (1 + sigma_next**2) / (2 * (1 + sigma**2))  # β / (2 ᾱ_{i+1})
+            new = new + noise_sampler(middle, sigma_next) * spread**0.5
         x = new
     return x

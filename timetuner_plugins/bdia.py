@@ -69,7 +69,7 @@ DEFAULT_GAMMA = 0.5  # the authors' recommendation for ~10 steps (1.0 for ~40 an
 def frame_scale(sigma: torch.Tensor, frame: str) -> torch.Tensor:
     """α(σ): the scale of the space z = α·x the BDIA update is written in."""
     if frame == "vp":
-        return (1 + sigma ** 2).rsqrt()
+        return (1 + sigma**2).rsqrt()
     return torch.ones_like(sigma)
 
 
@@ -83,8 +83,17 @@ def resolve_frame(model: Callable, frame: str) -> str:
 class _Steps:
     """The forward and backward predictions of one BDIA variant at state x_i (the model calls they cost)."""
 
-    def __init__(self, model: Callable, sigmas: torch.Tensor, variant: str, gamma: float, frame: str,
-                 backward: str, extra_args: dict | None, like: torch.Tensor):
+    def __init__(
+        self,
+        model: Callable,
+        sigmas: torch.Tensor,
+        variant: str,
+        gamma: float,
+        frame: str,
+        backward: str,
+        extra_args: dict | None,
+        like: torch.Tensor,
+    ):
         self.model, self.sigmas, self.variant, self.backward = model, sigmas, variant, backward
         self.extra_args = extra_args or {}
         self.ones = like.new_ones([like.shape[0]])
@@ -96,8 +105,9 @@ class _Steps:
             ratio = torch.cat([alpha.new_zeros(1), gamma * alpha[:-2] / alpha[2:]])
             self.coef = list(ratio.to(like.dtype).unbind(0))
 
-    def __call__(self, x: torch.Tensor, i: int, need_backward: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, i: int, need_backward: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(P_i(x), Q_i(x) or None, denoised at x)."""
         sigmas, sigma = self.sigmas, self.sigmas[i]
         denoised = self.model(x, sigma * self.ones, **self.extra_args)
@@ -115,7 +125,7 @@ class _Steps:
         back = sigmas[i - 1] - sigma
         backward = x + d * back
         if d_2 is not None and self.backward == "extrapolate":
-            backward = backward + (d_2 - d) / dt * (back ** 2 / 2)
+            backward = backward + (d_2 - d) / dt * (back**2 / 2)
         return forward, backward, denoised
 
 
@@ -125,8 +135,19 @@ def _options(sampler: str, gamma: Any, frame: str = "ve", backward: str = "euler
     return check_range(sampler, "gamma", gamma, 0.0, 1.0, "0 is the plain sampler, 1 the fully bi-directional update")
 
 
-def _run(model, x, sigmas, extra_args, callback, disable, variant: str, gamma: float, frame: str,
-         backward: str, x_next: torch.Tensor | None = None) -> torch.Tensor:
+def _run(
+    model,
+    x,
+    sigmas,
+    extra_args,
+    callback,
+    disable,
+    variant: str,
+    gamma: float,
+    frame: str,
+    backward: str,
+    x_next: torch.Tensor | None = None,
+) -> torch.Tensor:
     steps = _Steps(model, sigmas, variant, gamma, resolve_frame(model, frame), backward, extra_args, x)
     previous, first = None, 0
     if x_next is not None:  # start from a given pair (x_0, x_1): no first plain step
@@ -139,16 +160,26 @@ def _run(model, x, sigmas, extra_args, callback, disable, variant: str, gamma: f
     return x
 
 
-def sample_bdia_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = DEFAULT_GAMMA,
-                     frame: str = "auto") -> torch.Tensor:
+def sample_bdia_ddim(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = DEFAULT_GAMMA, frame: str = "auto"
+) -> torch.Tensor:
     """BDIA-DDIM (Zhang et al., ECCV 2024): x_{i+1} = DDIM_{i→i+1}(x_i) + c_i·(x_{i−1} − DDIM_{i→i−1}(x_i)),
     c_i = γ·α(σ_{i−1})/α(σ_{i+1}); the first step is DDIM. γ = 0 is DDIM bit for bit."""
     gamma = _options("bdia_ddim", gamma, frame)
     return _run(model, x, sigmas, extra_args, callback, disable, "ddim", gamma, frame, "euler")
 
 
-def sample_bdia_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, gamma: float = DEFAULT_GAMMA,
-                    backward: str = "euler", frame: str = "ve") -> torch.Tensor:
+def sample_bdia_edm(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    gamma: float = DEFAULT_GAMMA,
+    backward: str = "euler",
+    frame: str = "ve",
+) -> torch.Tensor:
     """BDIA applied to EDM's Heun sampler (Zhang et al., ECCV 2024): x_{i+1} = Heun_{i→i+1}(x_i) +
     γ·(x_{i−1} − B_{i→i−1}(x_i)) with B the backward integral from x_i alone (``backward``, see the
     module docstring); the first step is Heun's. γ = 0 is the ``heun`` sampler bit for bit."""
@@ -162,26 +193,36 @@ VARIANTS = {"ddim": sample_bdia_ddim, "edm": sample_bdia_edm}
 def _variant(sampler: str) -> str:
     name = sampler.removeprefix("bdia_")
     if not sampler.startswith("bdia_") or name not in VARIANTS:
-        raise SamplerOptionError(f"only BDIA samplers can be inverted exactly; got {sampler!r}, use bdia_ddim or "
-                                 f"bdia_edm")
+        raise SamplerOptionError(
+            f"only BDIA samplers can be inverted exactly; got {sampler!r}, use bdia_ddim or bdia_edm"
+        )
     return name
 
 
 def _resolve(sampler: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], float]:
     variant = _variant(sampler)
-    defaults = {"ddim": {"gamma": DEFAULT_GAMMA, "frame": "auto"},
-                "edm": {"gamma": DEFAULT_GAMMA, "backward": "euler", "frame": "ve"}}[variant]
+    defaults = {
+        "ddim": {"gamma": DEFAULT_GAMMA, "frame": "auto"},
+        "edm": {"gamma": DEFAULT_GAMMA, "backward": "euler", "frame": "ve"},
+    }[variant]
     unknown = set(options) - set(defaults)
     if unknown:
-        raise SamplerOptionError(f"{sampler} takes the options {', '.join(sorted(defaults))}, not "
-                                 f"{', '.join(sorted(unknown))}")
+        raise SamplerOptionError(
+            f"{sampler} takes the options {', '.join(sorted(defaults))}, not {', '.join(sorted(unknown))}"
+        )
     opts = {"frame": "ve", "backward": "euler", **defaults, **options}
     return variant, opts, _options(sampler, opts["gamma"], opts["frame"], opts["backward"])
 
 
-def bdia_sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, sampler: str = "bdia_ddim",
-                x_next: torch.Tensor | None = None, extra_args: dict | None = None,
-                **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def bdia_sample(
+    model: Callable,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    sampler: str = "bdia_ddim",
+    x_next: torch.Tensor | None = None,
+    extra_args: dict | None = None,
+    **options: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a BDIA sampler from ``x`` (already at σ_0) and return ``(sample, previous)``: the final state and
     the one before it, the pair :func:`bdia_invert` needs. With ``x_next`` the run starts from the pair
     (x_0, x_1) instead of taking the plain first step (what :func:`bdia_invert` returns with
@@ -190,14 +231,33 @@ def bdia_sample(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, sampler:
     if len(sigmas) < 2:
         raise SamplerOptionError("sigmas must hold at least two values (one step)")
     states: list[torch.Tensor] = [x]
-    out = _run(model, x, sigmas, extra_args, lambda info: states.append(info["x"]), True, variant, gamma,
-               opts["frame"], opts["backward"], x_next)
+    out = _run(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        lambda info: states.append(info["x"]),
+        True,
+        variant,
+        gamma,
+        opts["frame"],
+        opts["backward"],
+        x_next,
+    )
     return out, states[-1]
 
 
-def bdia_invert(model: Callable, sample: torch.Tensor, previous: torch.Tensor, sigmas: torch.Tensor,
-                sampler: str = "bdia_ddim", extra_args: dict | None = None, disable: bool = True,
-                return_next: bool = False, **options: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def bdia_invert(
+    model: Callable,
+    sample: torch.Tensor,
+    previous: torch.Tensor,
+    sigmas: torch.Tensor,
+    sampler: str = "bdia_ddim",
+    extra_args: dict | None = None,
+    disable: bool = True,
+    return_next: bool = False,
+    **options: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The initial state x_0 (at σ_0; divide by σ_0 for standard-normal noise) of the BDIA run on
     ``sigmas`` that ends in ``sample`` with ``previous`` the state before it; with ``return_next``,
     ``(x_0, x_1)``.
@@ -210,15 +270,26 @@ def bdia_invert(model: Callable, sample: torch.Tensor, previous: torch.Tensor, s
     """
     variant, opts, gamma = _resolve(sampler, options)
     if gamma == 0:
-        raise SamplerOptionError(f"{sampler} with gamma=0 is the plain sampler, whose steps have no explicit "
-                                 f"inverse; sample and invert with gamma in (0, 1] (1 keeps rounding smallest)")
+        raise SamplerOptionError(
+            f"{sampler} with gamma=0 is the plain sampler, whose steps have no explicit "
+            f"inverse; sample and invert with gamma in (0, 1] (1 keeps rounding smallest)"
+        )
     if sample.shape != previous.shape:
-        raise SamplerOptionError(f"sample and previous state must have one shape, got {tuple(sample.shape)} and "
-                                 f"{tuple(previous.shape)}")
+        raise SamplerOptionError(
+            f"sample and previous state must have one shape, got {tuple(sample.shape)} and {tuple(previous.shape)}"
+        )
     if len(sigmas) < 2:
         raise SamplerOptionError("sigmas must hold at least two values (one step)")
-    steps = _Steps(model, sigmas.to(sample.device), variant, gamma, resolve_frame(model, opts["frame"]),
-                   opts["backward"], extra_args, sample)
+    steps = _Steps(
+        model,
+        sigmas.to(sample.device),
+        variant,
+        gamma,
+        resolve_frame(model, opts["frame"]),
+        opts["backward"],
+        extra_args,
+        sample,
+    )
     later, x = sample, previous
     for i in trange(len(sigmas) - 2, 0, -1, disable=disable):
         forward, back, _ = steps(x, i)
@@ -226,8 +297,9 @@ def bdia_invert(model: Callable, sample: torch.Tensor, previous: torch.Tensor, s
     return (x, later) if return_next else x
 
 
-def previous_state(model: Callable, sample: torch.Tensor, sigmas: torch.Tensor, iterations: int = 3,
-                   extra_args: dict | None = None) -> torch.Tensor:
+def previous_state(
+    model: Callable, sample: torch.Tensor, sigmas: torch.Tensor, iterations: int = 3, extra_args: dict | None = None
+) -> torch.Tensor:
     """A state before ``sample`` for a sample no BDIA run produced (a real image): the x at σ_{N−1} whose
     DDIM step lands on ``sample`` (DDIM inversion of the last step), solved by fixed-point iteration
     x ← sample − (σ_N − σ_{N−1})·ε̂(x), starting from the sample. Any state works for an exact round

@@ -57,12 +57,12 @@ class Result:
 
 def _hwm_gb() -> float:
     status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2 ** 20
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2**20
 
 
 def _rss_gb() -> float:
     status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 2 ** 20
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 2**20
 
 
 def _reset_peak(device: torch.device) -> float:
@@ -70,7 +70,7 @@ def _reset_peak(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2 ** 30
+        return torch.cuda.memory_allocated(device) / 2**30
     Path("/proc/self/clear_refs").write_text("5")
     return _rss_gb()
 
@@ -78,7 +78,7 @@ def _reset_peak(device: torch.device) -> float:
 def _peak(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+        return torch.cuda.max_memory_allocated(device) / 2**30
     return _hwm_gb()
 
 
@@ -100,8 +100,9 @@ def build(point: Point) -> Any:
     if point.dtype != "float32":
         net = net.to(DTYPES[point.dtype])
     net = net.eval().requires_grad_(False)
-    inner = DiffusersVPDenoiser(net, dc.SCHEDULERS[name], sample_shape=(4, point.latent, point.latent),
-                                model_id=point.model)
+    inner = DiffusersVPDenoiser(
+        net, dc.SCHEDULERS[name], sample_shape=(4, point.latent, point.latent), model_id=point.model
+    )
     cond = {k: v.to(device) for k, v in dc.conditioning(name, size, batch=1, seed=1).items()}
     negative = {"encoder_hidden_states": torch.zeros_like(cond["encoder_hidden_states"])}
     return DiffusersCFGDenoiser(inner, point.guidance, cond=cond, negative=negative)
@@ -117,9 +118,19 @@ def measure(point: Point) -> Result:
     device = torch.device(point.device)
     model = build(point)
     sigmas = make_sigmas(model, "karras", point.nfe)
-    config = TuneConfig(iters=point.iters, batch=point.batch, pool=point.batch, val_size=2, select=False,
-                        teacher_substeps=1, features="pixel", micro_batch=point.micro_batch,
-                        recompute="on" if point.recompute else "off", show_progress=False, checkpoint_every=10 ** 6)
+    config = TuneConfig(
+        iters=point.iters,
+        batch=point.batch,
+        pool=point.batch,
+        val_size=2,
+        select=False,
+        teacher_substeps=1,
+        features="pixel",
+        micro_batch=point.micro_batch,
+        recompute="on" if point.recompute else "off",
+        show_progress=False,
+        checkpoint_every=10**6,
+    )
     tuner = Tuner(model, "ddim", sigmas, "karras", config)
     started = time.perf_counter()
     tuner.teacher()
@@ -129,8 +140,14 @@ def measure(point: Point) -> Result:
     tuner.tune()
     seconds = (time.perf_counter() - started) / point.iters
     peak = _peak(device)
-    return Result(point, network_parameters(model), round(peak - baseline, 3), round(seconds, 2), round(baseline, 3),
-                  {"teacher_seconds": round(teacher_seconds, 1), "threads": torch.get_num_threads()})
+    return Result(
+        point,
+        network_parameters(model),
+        round(peak - baseline, 3),
+        round(seconds, 2),
+        round(baseline, 3),
+        {"teacher_seconds": round(teacher_seconds, 1), "threads": torch.get_num_threads()},
+    )
 
 
 def run(points: list[Point], out: Path, log: Callable[[str], None] = print, timeout: float = 3600) -> list[dict]:
@@ -143,8 +160,13 @@ def run(points: list[Point], out: Path, log: Callable[[str], None] = print, time
         key = json.dumps(asdict(point), sort_keys=True)
         if key in done:
             continue
-        proc = subprocess.run([sys.executable, "-m", "timetuner_plugins.bench_scale", key], capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "timetuner_plugins.bench_scale", key],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         if proc.returncode != 0:
             row = {"point": asdict(point), "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
         else:
@@ -158,20 +180,28 @@ def run(points: list[Point], out: Path, log: Callable[[str], None] = print, time
 
 def _line(row: dict) -> str:
     p = row["point"]
-    head = (f"{p['model']:<13} NFE {p['nfe']:>2} batch {p['batch']}/{p['micro_batch'] or p['batch']} latent "
-            f"{p['latent']:>3} recompute {'on ' if p['recompute'] else 'off'} {p['dtype']}: ")
+    head = (
+        f"{p['model']:<13} NFE {p['nfe']:>2} batch {p['batch']}/{p['micro_batch'] or p['batch']} latent "
+        f"{p['latent']:>3} recompute {'on ' if p['recompute'] else 'off'} {p['dtype']}: "
+    )
     if "error" in row:
         return head + "error: " + row["error"]
-    return head + f"peak {row['peak_gb']:.2f} GB above {row['baseline_gb']:.2f} GB, {row['seconds_per_iter']:.1f} s/iter"
+    return (
+        head + f"peak {row['peak_gb']:.2f} GB above {row['baseline_gb']:.2f} GB, {row['seconds_per_iter']:.1f} s/iter"
+    )
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| model | NFE | batch (micro) | latent | recompute | dtype | peak above baseline | s / iteration |",
-             "|---|---:|---|---:|---|---|---:|---:|"]
+    lines = [
+        "| model | NFE | batch (micro) | latent | recompute | dtype | peak above baseline | s / iteration |",
+        "|---|---:|---|---:|---|---|---:|---:|",
+    ]
     for row in results:
         p = row["point"]
-        cells = (f"| {p['model']} | {p['nfe']} | {p['batch']} ({p['micro_batch'] or p['batch']}) | {p['latent']}² | "
-                 f"{'on' if p['recompute'] else 'off'} | {p['dtype']} | ")
+        cells = (
+            f"| {p['model']} | {p['nfe']} | {p['batch']} ({p['micro_batch'] or p['batch']}) | {p['latent']}² | "
+            f"{'on' if p['recompute'] else 'off'} | {p['dtype']} | "
+        )
         if "error" in row:
             lines.append(cells + f"error: {row['error'][:60]} | |")
         else:
@@ -195,9 +225,19 @@ def plot(results: list[dict], path: Path) -> Path:
 
     fig, (mem, sec) = plt.subplots(1, 2, figsize=(9, 3.6))
     for recompute in (False, True):
-        rows = sorted((r for r in results if "error" not in r and r["point"]["recompute"] == recompute
-                       and r["point"]["batch"] == 2 and r["point"]["latent"] == 32 and not r["point"]["micro_batch"]
-                       and r["point"]["model"] == "sd15-narrow"), key=lambda r: r["point"]["nfe"])
+        rows = sorted(
+            (
+                r
+                for r in results
+                if "error" not in r
+                and r["point"]["recompute"] == recompute
+                and r["point"]["batch"] == 2
+                and r["point"]["latent"] == 32
+                and not r["point"]["micro_batch"]
+                and r["point"]["model"] == "sd15-narrow"
+            ),
+            key=lambda r: r["point"]["nfe"],
+        )
         if not rows:
             continue
         nfes = [r["point"]["nfe"] for r in rows]
@@ -230,8 +270,15 @@ class _Tracker:
         return Frozen()
 
 
-def estimate(name: str, latent: int, rows: int, dtype: str = "bfloat16", widths: list[int] | None = None,
-             size: str = "full", fake: bool = True) -> dict[str, float]:
+def estimate(
+    name: str,
+    latent: int,
+    rows: int,
+    dtype: str = "bfloat16",
+    widths: list[int] | None = None,
+    size: str = "full",
+    fake: bool = True,
+) -> dict[str, float]:
     """One network evaluation of the published ``name`` config at a ``latent`` × ``latent`` latent with ``rows`` rows
     (CFG doubles a batch), traced on fake tensors (nothing is allocated, so SDXL and Flux can be counted on a CPU;
     ``fake=False`` runs it for real, which is how the tests check the count): the weights, the activations a forward
@@ -259,36 +306,51 @@ def estimate(name: str, latent: int, rows: int, dtype: str = "bfloat16", widths:
             torch.set_default_dtype(previous)
         channels = dc.LATENT[(name, size)][0]
         cond = dc.conditioning(name, size, batch=rows, latent=(channels, latent, latent))
-        cond = {k: v.to(half) if v.is_floating_point() and k not in ("txt_ids", "img_ids") else v
-                for k, v in cond.items()}
+        cond = {
+            k: v.to(half) if v.is_floating_point() and k not in ("txt_ids", "img_ids") else v for k, v in cond.items()
+        }
         transformer = kind in ("FluxTransformer2DModel", "SD3Transformer2DModel")
         t = torch.full((rows,), 0.5 if kind == "FluxTransformer2DModel" else 500.0)
-        shape = (rows, (latent // 2) ** 2, channels * 4) if kind == "FluxTransformer2DModel" else \
-            (rows, channels, latent, latent)
+        shape = (
+            (rows, (latent // 2) ** 2, channels * 4)
+            if kind == "FluxTransformer2DModel"
+            else (rows, channels, latent, latent)
+        )
         x = torch.randn(shape, dtype=half, requires_grad=True)  # τ's gradient reaches the network through x and t
         kwargs = dict(cond)
         if name == "sdxl":
-            kwargs = {"encoder_hidden_states": cond["encoder_hidden_states"],
-                      "added_cond_kwargs": {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}}
+            kwargs = {
+                "encoder_hidden_states": cond["encoder_hidden_states"],
+                "added_cond_kwargs": {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]},
+            }
         tracker = _Tracker()
         with tracker:
-            out = net(hidden_states=x, timestep=t, return_dict=False, **kwargs)[0] if transformer else \
-                net(x, t, return_dict=False, **kwargs)[0]
+            out = (
+                net(hidden_states=x, timestep=t, return_dict=False, **kwargs)[0]
+                if transformer
+                else net(x, t, return_dict=False, **kwargs)[0]
+            )
             saved = tracker.get_tracker_snapshot("current")
             out.float().square().sum().backward()
         peak = tracker.get_tracker_snapshot("peak")
     device = torch.device("cpu")
 
     def gb(snap: dict, key: Any) -> float:
-        return snap[device].get(key, 0) / 2 ** 30
+        return snap[device].get(key, 0) / 2**30
 
     weights = gb(saved, Ref.PARAM) + gb(saved, Ref.BUFFER)
-    return {"weights_gb": weights, "saved_per_evaluation_gb": gb(saved, Ref.ACT) + gb(saved, Ref.TEMP),
-            "forward_backward_peak_gb": gb(peak, "Total") - weights}
+    return {
+        "weights_gb": weights,
+        "saved_per_evaluation_gb": gb(saved, Ref.ACT) + gb(saved, Ref.TEMP),
+        "forward_backward_peak_gb": gb(peak, "Total") - weights,
+    }
 
 
 ESTIMATES = (  # (model, latent, CFG rows, dtype): each at its default image size, as ComfyUI loads it
-    ("sd15", 64, 2, "float16"), ("sdxl", 128, 2, "float16"), ("sd3", 128, 2, "float16"), ("flux", 128, 1, "bfloat16"),
+    ("sd15", 64, 2, "float16"),
+    ("sdxl", 128, 2, "float16"),
+    ("sd3", 128, 2, "float16"),
+    ("flux", 128, 1, "bfloat16"),
 )
 
 
@@ -296,8 +358,10 @@ def projected(row: dict[str, float], nfe: int) -> dict[str, float]:
     """A tuning iteration's peak for one sample at ``nfe`` evaluations from :func:`estimate`'s counts (GB): storing
     keeps every evaluation's saved activations; recompute keeps one forward + backward (the K states and τ are
     kilobytes to megabytes beside it)."""
-    return {"store_gb": round(row["weights_gb"] + nfe * row["saved_per_evaluation_gb"], 1),
-            "recompute_gb": round(row["weights_gb"] + row["forward_backward_peak_gb"], 1)}
+    return {
+        "store_gb": round(row["weights_gb"] + nfe * row["saved_per_evaluation_gb"], 1),
+        "recompute_gb": round(row["weights_gb"] + row["forward_backward_peak_gb"], 1),
+    }
 
 
 def estimates(log: Callable[[str], None] = print, nfes: tuple[int, ...] = (4, 8, 16)) -> list[dict]:
@@ -305,25 +369,39 @@ def estimates(log: Callable[[str], None] = print, nfes: tuple[int, ...] = (4, 8,
     rows = []
     for name, latent, n, dtype in ESTIMATES:
         counts = {k: round(v, 3) for k, v in estimate(name, latent, n, dtype).items()}
-        row = {"model": name, "latent": latent, "rows": n, "dtype": dtype, **counts,
-               "projected": {str(k): projected(counts, k) for k in nfes}}
-        log(f"{name:<5} {latent}² latent, {n} row(s), {dtype}: weights {counts['weights_gb']:.1f} GB, saved per "
+        row = {
+            "model": name,
+            "latent": latent,
+            "rows": n,
+            "dtype": dtype,
+            **counts,
+            "projected": {str(k): projected(counts, k) for k in nfes},
+        }
+        log(
+            f"{name:<5} {latent}² latent, {n} row(s), {dtype}: weights {counts['weights_gb']:.1f} GB, saved per "
             f"evaluation {counts['saved_per_evaluation_gb']:.2f} GB, forward+backward peak "
-            f"{counts['forward_backward_peak_gb']:.2f} GB")
+            f"{counts['forward_backward_peak_gb']:.2f} GB"
+        )
         rows.append(row)
     return rows
 
 
 def estimates_markdown(rows: list[dict]) -> str:
     nfes = list(rows[0]["projected"]) if rows else []
-    lines = ["| model | latent | rows | dtype | weights | saved / evaluation | fwd+bwd peak | "
-             + " | ".join(f"NFE {k}: store / recompute" for k in nfes) + " |",
-             "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(nfes)]
+    lines = [
+        "| model | latent | rows | dtype | weights | saved / evaluation | fwd+bwd peak | "
+        + " | ".join(f"NFE {k}: store / recompute" for k in nfes)
+        + " |",
+        "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(nfes),
+    ]
     for r in rows:
-        cells = " | ".join(f"{r['projected'][k]['store_gb']:.1f} / {r['projected'][k]['recompute_gb']:.1f} GB"
-                           for k in nfes)
-        lines.append(f"| {r['model']} | {r['latent']}² | {r['rows']} | {r['dtype']} | {r['weights_gb']:.2f} GB | "
-                     f"{r['saved_per_evaluation_gb']:.2f} GB | {r['forward_backward_peak_gb']:.2f} GB | {cells} |")
+        cells = " | ".join(
+            f"{r['projected'][k]['store_gb']:.1f} / {r['projected'][k]['recompute_gb']:.1f} GB" for k in nfes
+        )
+        lines.append(
+            f"| {r['model']} | {r['latent']}² | {r['rows']} | {r['dtype']} | {r['weights_gb']:.2f} GB | "
+            f"{r['saved_per_evaluation_gb']:.2f} GB | {r['forward_backward_peak_gb']:.2f} GB | {cells} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Speed figures: τ-wrapped sampling against the plain sampler, and default tuning time.
 
-``python -m timetuner_plugins.bench_speed [--quick]`` prints a table; the README quotes it.
+``python -m timetuner_plugins.bench_speed [--quick]`` prints a table; docs/results.md quotes it.
 Timings interleave plain and τ runs and report medians, so drift on a shared machine
 affects both sides alike.
 """
@@ -28,8 +28,9 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def overhead(model_name: str, sampler: str, steps: int, batch: int, repeats: int,
-             device: torch.device = torch.device("cpu")) -> dict[str, float]:
+def overhead(
+    model_name: str, sampler: str, steps: int, batch: int, repeats: int, device: torch.device = torch.device("cpu")
+) -> dict[str, float]:
     model = registry.load_model(model_name).to(device)
     spec = registry.get_sampler(sampler)
     sigmas = make_sigmas(model, model.default_schedule, steps)
@@ -69,8 +70,13 @@ def wrapper_cost(batch: int, calls: int = 20000, device: torch.device = torch.de
     return (tau - plain) / calls * 1e6
 
 
-def tuning_time(model_name: str, sampler: str, nfe: int, device: torch.device = torch.device("cpu"),
-                config: TuneConfig | None = None) -> dict[str, float]:
+def tuning_time(
+    model_name: str,
+    sampler: str,
+    nfe: int,
+    device: torch.device = torch.device("cpu"),
+    config: TuneConfig | None = None,
+) -> dict[str, float]:
     model = registry.load_model(model_name).to(device)
     sigmas = make_sigmas(model, model.default_schedule, nfe)
     started = _clock(device)
@@ -94,19 +100,27 @@ def main() -> None:
     for sampler in ("ddim", "dpmpp_2m", "heun"):
         for batch in (64, 1000):
             r = overhead("digits-ddpm", sampler, 10, batch, repeats, device)
-            print(f"{'digits-ddpm':<12} {sampler:<9} {batch:>5} {r['nfe']:>3} {r['plain_ms']:>9.2f} {r['tau_ms']:>9.2f} "
-                  f"{r['overhead_pct']:>8.2f}%", flush=True)
+            print(
+                f"{'digits-ddpm':<12} {sampler:<9} {batch:>5} {r['nfe']:>3} {r['plain_ms']:>9.2f} {r['tau_ms']:>9.2f} "
+                f"{r['overhead_pct']:>8.2f}%",
+                flush=True,
+            )
     per_eval_ms = {64: None, 1000: None}
     for batch in per_eval_ms:
         r = overhead("digits-ddpm", "ddim", 10, batch, 3, device)
         per_eval_ms[batch] = r["plain_ms"] / r["nfe"]
         cost = wrapper_cost(batch, device=device)
-        print(f"τ wrapper cost per evaluation: {cost:.1f} µs = {cost / 10 / per_eval_ms[batch]:.3f}% of a digits-ddpm "
-              f"evaluation at batch {batch} ({per_eval_ms[batch]:.2f} ms)", flush=True)
+        print(
+            f"τ wrapper cost per evaluation: {cost:.1f} µs = {cost / 10 / per_eval_ms[batch]:.3f}% of a digits-ddpm "
+            f"evaluation at batch {batch} ({per_eval_ms[batch]:.2f} ms)",
+            flush=True,
+        )
     if not args.quick:
         r = tuning_time("digits-ddpm", "ddim", 10, device)
-        print(f"tuning digits-ddpm × ddim, NFE {r['nfe']}, default settings ({r['iters']} iterations, teacher "
-              f"included): {r['seconds']:.1f} s")
+        print(
+            f"tuning digits-ddpm × ddim, NFE {r['nfe']}, default settings ({r['iters']} iterations, teacher "
+            f"included): {r['seconds']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

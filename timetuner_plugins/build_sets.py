@@ -23,8 +23,9 @@ SAMPLERS = ("ddim", "dpmpp_2m", "heun", "dpm_2", "ddpm")
 NFES = (5, 10)
 
 
-def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_others: bool = True,
-          schedule: str | None = None) -> None:
+def build(
+    models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_others: bool = True, schedule: str | None = None
+) -> None:
     """``schedule=None`` chooses per model × sampler (see the module docstring)."""
     fixed = schedule
     entries = {(e.model, e.sampler, e.schedule, e.nfe): e for e in shipped.entries()} if keep_others else {}
@@ -36,8 +37,12 @@ def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_other
                 schedule = fixed or model.default_schedule
             else:
                 schedule, scores = choose_schedule(model, spec, max(nfes))
-                print(f"{model_name:<12} {sampler:<9} schedule {schedule} (untuned at NFE {max(nfes)}: "
-                      + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()) + ")", flush=True)
+                print(
+                    f"{model_name:<12} {sampler:<9} schedule {schedule} (untuned at NFE {max(nfes)}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+                    + ")",
+                    flush=True,
+                )
             for nfe in nfes:
                 sigmas, _ = schedule_sigmas(model, spec, schedule, nfe=nfe)
                 steps = len(sigmas) - 1
@@ -47,17 +52,31 @@ def build(models=MODELS, samplers=SAMPLERS, nfes=NFES, n: int = 1000, keep_other
                 rel = f"{model_name}/{sampler}_{schedule}_nfe{ts.nfe}.safetensors"
                 ts.save(shipped.ROOT / rel, overwrite=True)
                 entries[(model_name, sampler, schedule, ts.nfe)] = shipped.Entry(
-                    file=rel, model=model_name, sampler=sampler, schedule=schedule, steps=steps, nfe=ts.nfe,
-                    objective=ts.objective, sha256=shipped.sha256_file(shipped.ROOT / rel),
-                    metrics={"fd_untuned": before["fd"], "fd_tuned": after["fd"], "fd_reference": after["fd_reference"],
-                             "traj_err_untuned": before["traj_err"], "traj_err_tuned": after["traj_err"],
-                             "tune_seconds": round(result.seconds, 1),
-                             "identity_fallback": result.selection.get("fallback_identity", False),
-                             "schedule_chosen": not fixed})
-                print(f"{model_name:<12} {sampler:<9} NFE {ts.nfe:>2}: FD {before['fd']:.4f} -> {after['fd']:.4f} "
-                      f"(ref {after['fd_reference']:.4f}), traj {before['traj_err']:.4f} -> {after['traj_err']:.4f}, "
-                      f"tuned in {result.seconds:.0f} s ({time.perf_counter() - started:.0f} s with evaluation)",
-                      flush=True)
+                    file=rel,
+                    model=model_name,
+                    sampler=sampler,
+                    schedule=schedule,
+                    steps=steps,
+                    nfe=ts.nfe,
+                    objective=ts.objective,
+                    sha256=shipped.sha256_file(shipped.ROOT / rel),
+                    metrics={
+                        "fd_untuned": before["fd"],
+                        "fd_tuned": after["fd"],
+                        "fd_reference": after["fd_reference"],
+                        "traj_err_untuned": before["traj_err"],
+                        "traj_err_tuned": after["traj_err"],
+                        "tune_seconds": round(result.seconds, 1),
+                        "identity_fallback": result.selection.get("fallback_identity", False),
+                        "schedule_chosen": not fixed,
+                    },
+                )
+                print(
+                    f"{model_name:<12} {sampler:<9} NFE {ts.nfe:>2}: FD {before['fd']:.4f} -> {after['fd']:.4f} "
+                    f"(ref {after['fd_reference']:.4f}), traj {before['traj_err']:.4f} -> {after['traj_err']:.4f}, "
+                    f"tuned in {result.seconds:.0f} s ({time.perf_counter() - started:.0f} s with evaluation)",
+                    flush=True,
+                )
                 shipped.write_index(sorted(entries.values(), key=lambda e: (e.model, e.sampler, e.schedule, e.nfe)))
 
 
@@ -68,8 +87,13 @@ def main() -> None:
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
     parser.add_argument("--n", type=int, default=1000, help="evaluation samples")
     parser.add_argument("--schedule", default=None, help="a fixed schedule instead of the per-sampler choice")
-    parser.add_argument("--table", type=Path, default=None, metavar="FILE",
-                        help="only rewrite the shipped-sets table in FILE (between <!-- sets:start/end -->)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="only rewrite the shipped-sets table in FILE (between <!-- sets:start/end -->)",
+    )
     args = parser.parse_args()
     if args.table:
         shipped.update_table(args.table)

@@ -28,8 +28,10 @@ FILES = {
 def weights_path(name: str) -> Path:
     path = WEIGHTS / FILES[name]
     if not path.is_file():
-        raise FileNotFoundError(f"bundled weights for {name!r} are missing at {path}; reinstall the package or "
-                                f"rebuild them with `python -m timetuner_plugins.training {name}`")
+        raise FileNotFoundError(
+            f"bundled weights for {name!r} are missing at {path}; reinstall the package or "
+            f"rebuild them with `python -m timetuner_plugins.training {name}`"
+        )
     return path
 
 
@@ -40,7 +42,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _net(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> torch.nn.Module:
@@ -68,16 +70,27 @@ def load_path(path: Path, name: str | None = None) -> TunableDenoiser:
     if kind == "vp_discrete":
         betas = json.loads(metadata["betas"])
         model: TunableDenoiser = DiscreteVPDenoiser(
-            _net(tensors, metadata), DiscreteVPDenoiser.linear_betas(**betas), metadata["prediction"])
+            _net(tensors, metadata), DiscreteVPDenoiser.linear_betas(**betas), metadata["prediction"]
+        )
     elif kind == "edm":
-        model = EDMDenoiser(_net(tensors, metadata), float(metadata["sigma_data"]), float(metadata["sigma_min"]),
-                            float(metadata["sigma_max"]))
+        model = EDMDenoiser(
+            _net(tensors, metadata),
+            float(metadata["sigma_data"]),
+            float(metadata["sigma_min"]),
+            float(metadata["sigma_max"]),
+        )
     elif kind == "flow":
-        model = FlowDenoiser(_net(tensors, metadata), metadata["prediction"], float(metadata["shift"]),
-                             float(metadata["multiplier"]), int(metadata["timesteps"]))
+        model = FlowDenoiser(
+            _net(tensors, metadata),
+            metadata["prediction"],
+            float(metadata["shift"]),
+            float(metadata["multiplier"]),
+            int(metadata["timesteps"]),
+        )
     elif kind == "gmm":
-        model = GMMDenoiser(tensors["weights"], tensors["means"], tensors["covariances"],
-                            tuple(json.loads(metadata["sample_shape"])))
+        model = GMMDenoiser(
+            tensors["weights"], tensors["means"], tensors["covariances"], tuple(json.loads(metadata["sample_shape"]))
+        )
     else:
         raise ValueError(f"{path}: unknown model kind {kind!r} in its weights file")
     model.sample_shape = tuple(json.loads(metadata.get("sample_shape", "[1, 8, 8]")))

@@ -43,11 +43,18 @@ def save(path: Path, state: TunerState, fingerprint: str) -> None:
         for key, value in state.optimizer["state"].get(0, {}).items():
             tensors[f"adam.{key}"] = torch.as_tensor(value).detach().cpu().clone()
         groups = state.optimizer["param_groups"]
-    meta = {"fingerprint": fingerprint, "phase": str(state.phase), "next_iter": str(state.next_iter),
-            "n_losses": str(len(state.losses)), "library_version": __version__,
-            "param_groups": json.dumps(groups), "best_score": json.dumps(state.best_score),
-            "best_iter": json.dumps(state.best_iter), "scores": json.dumps(state.scores),
-            "stopped_at": json.dumps(state.stopped_at)}
+    meta = {
+        "fingerprint": fingerprint,
+        "phase": str(state.phase),
+        "next_iter": str(state.next_iter),
+        "n_losses": str(len(state.losses)),
+        "library_version": __version__,
+        "param_groups": json.dumps(groups),
+        "best_score": json.dumps(state.best_score),
+        "best_iter": json.dumps(state.best_iter),
+        "scores": json.dumps(state.scores),
+        "stopped_at": json.dumps(state.stopped_at),
+    }
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -60,23 +67,34 @@ def load(path: Path, fingerprint: str, device: torch.device) -> TunerState:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
         if meta.get("fingerprint") != fingerprint:
-            raise CheckpointError(f"checkpoint {path} was written by a run with other settings (model, sampler, "
-                                  f"schedule or options); resume with the same command, or delete it to start over")
+            raise CheckpointError(
+                f"checkpoint {path} was written by a run with other settings (model, sampler, "
+                f"schedule or options); resume with the same command, or delete it to start over"
+            )
         groups = json.loads(meta["param_groups"])
         optimizer = None
         if groups is not None:
-            adam = {k[len("adam."):]: v if k == "adam.step" else v.to(device)
-                    for k, v in tensors.items() if k.startswith("adam.")}
+            adam = {
+                k[len("adam.") :]: v if k == "adam.step" else v.to(device)
+                for k, v in tensors.items()
+                if k.startswith("adam.")
+            }
             optimizer = {"state": {0: adam}, "param_groups": groups}
         return TunerState(
-            raw=tensors["raw"].to(device), phase=int(meta["phase"]), next_iter=int(meta["next_iter"]),
-            losses=tensors["losses"].tolist()[:int(meta["n_losses"])], optimizer=optimizer,
+            raw=tensors["raw"].to(device),
+            phase=int(meta["phase"]),
+            next_iter=int(meta["next_iter"]),
+            losses=tensors["losses"].tolist()[: int(meta["n_losses"])],
+            optimizer=optimizer,
             best_raw=tensors["best_raw"].to(device) if "best_raw" in tensors else None,
-            best_score=json.loads(meta["best_score"]), best_iter=json.loads(meta["best_iter"]),
+            best_score=json.loads(meta["best_score"]),
+            best_iter=json.loads(meta["best_iter"]),
             scores=[tuple(s) for s in json.loads(meta["scores"])],
-            stopped_at=json.loads(meta.get("stopped_at", "null")))
+            stopped_at=json.loads(meta.get("stopped_at", "null")),
+        )
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it and start "
-                              f"over") from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); delete it and start over"
+        ) from None

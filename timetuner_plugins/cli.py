@@ -35,8 +35,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _device_option(f):
-    return click.option("--device", default="auto", show_default=True,
-                        help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N.")(f)
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="Where models run: auto (CUDA when available), cpu, cuda or cuda:N.",
+    )(f)
 
 
 def _load_model(name: str, device: str):
@@ -81,9 +85,19 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (registry.UnknownNameError, registry.SamplerOptionError, registry.SamplerSpaceError, TunedSetError,
-                TuneError, TauLookupError, FileExistsError, OutputPathError, NoShippedSet, CheckpointError,
-                ShardError) as exc:
+        except (
+            registry.UnknownNameError,
+            registry.SamplerOptionError,
+            registry.SamplerSpaceError,
+            TunedSetError,
+            TuneError,
+            TauLookupError,
+            FileExistsError,
+            OutputPathError,
+            NoShippedSet,
+            CheckpointError,
+            ShardError,
+        ) as exc:
             if os.environ.get("TIMETUNER_DEBUG"):
                 raise
             click.echo(f"Error: {exc}", err=True)
@@ -101,13 +115,25 @@ def cli() -> None:
 def samplers(as_json: bool) -> None:
     """List the registered samplers, with the plugin each comes from."""
     specs = registry.samplers()
-    rows = [{"name": s.name, "plugin": s.plugin, "stochastic": s.is_stochastic(), "tunable": s.tunable,
-             "defaults": {k: v for k, v in s.defaults.items()}, "description": s.description,
-             **({"untunable_reason": s.untunable_reason} if not s.tunable else {})} for s in specs.values()]
+    rows = [
+        {
+            "name": s.name,
+            "plugin": s.plugin,
+            "stochastic": s.is_stochastic(),
+            "tunable": s.tunable,
+            "defaults": {k: v for k, v in s.defaults.items()},
+            "description": s.description,
+            **({"untunable_reason": s.untunable_reason} if not s.tunable else {}),
+        }
+        for s in specs.values()
+    ]
     problems = [{"plugin": p.plugin, "message": p.message} for p in registry.problems()]
     width = max((len(r["name"]) for r in rows), default=4)
-    lines = [f"{r['name']:<{width}}  {r['plugin']:<34} {'stochastic' if r['stochastic'] else 'deterministic':<13} "
-             f"{'' if r['tunable'] else '(untunable: ' + r['untunable_reason'] + ') '}{r['description']}" for r in rows]
+    lines = [
+        f"{r['name']:<{width}}  {r['plugin']:<34} {'stochastic' if r['stochastic'] else 'deterministic':<13} "
+        f"{'' if r['tunable'] else '(untunable: ' + r['untunable_reason'] + ') '}{r['description']}"
+        for r in rows
+    ]
     lines += [f"note: plugin {p['plugin']}: {p['message']}" for p in problems]
     _emit({"samplers": rows, "problems": problems}, as_json, "\n".join(lines))
 
@@ -139,63 +165,160 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 
 
 @cli.command(short_help="Train τ for a sampler and save a tuned set.")
-@click.option("--model", required=True, help="A registered model (see `timetuner models`), or diffusers:PATH[?OPTIONS] "
-                                             "(a saved diffusers pipeline or model folder; see the README).")
+@click.option(
+    "--model",
+    required=True,
+    help="A registered model (see `timetuner models`), or diffusers:PATH[?OPTIONS] "
+    "(a saved diffusers pipeline or model folder; see docs/diffusers.md).",
+)
 @click.option("--sampler", required=True, help="A registered sampler (see `timetuner samplers`).")
 @click.option("--steps", type=click.IntRange(1), help="Sampler steps (intervals of the σ schedule).")
 @click.option("--nfe", type=click.IntRange(1), help="Or: the most steps within this many network evaluations.")
-@click.option("--schedule", default=None,
-              help="σ schedule, one of `timetuner schedules` (default: the model's); 'auto' picks the one the "
-                   "untuned sampler does best with.")
-@click.option("--objective", type=click.Choice(["energy", "final", "trajectory", "paper"]), default="energy",
-              show_default=True, help="energy: match the teacher's sample distribution; final/trajectory: match "
-              "its final sample / states per noise; paper: Xia et al.'s per-interval ε-consistency.")
-@click.option("--mode", type=click.Choice(["sequential", "parallel"]), default="sequential", show_default=True,
-              help="For --objective paper.")
+@click.option(
+    "--schedule",
+    default=None,
+    help="σ schedule, one of `timetuner schedules` (default: the model's); 'auto' picks the one the "
+    "untuned sampler does best with.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["energy", "final", "trajectory", "paper"]),
+    default="energy",
+    show_default=True,
+    help="energy: match the teacher's sample distribution; final/trajectory: match "
+    "its final sample / states per noise; paper: Xia et al.'s per-interval ε-consistency.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["sequential", "parallel"]),
+    default="sequential",
+    show_default=True,
+    help="For --objective paper.",
+)
 @click.option("--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper).")
 @click.option("--batch", type=click.IntRange(2), default=None, help="Batch size (default 128; paper 64).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.03; paper 2e-3).")
-@click.option("--param", type=click.Choice(["log_ratio", "t_ratio"]), default=None,
-              help="How τ is parametrised: log_ratio, log(τ/σ) bounded to ±1 (default); t_ratio, the paper's "
-                   "τ = r·t in the model's own time (default for --objective paper).")
-@click.option("--data", type=click.Choice(["teacher", "real"]), default=None,
-              help="teacher: data-free, the model's own high-NFE run; real: the model's data (energy, paper).")
-@click.option("--select/--no-select", default=None,
-              help="Keep the τ that scores best on held-out noise, the untuned sampler included "
-                   "(default on; off for paper).")
-@click.option("--patience", type=click.IntRange(0), default=None,
-              help="Stop after this many validations without a 0.5 % improvement (default 4; 0 runs every iteration).")
-@click.option("--families", default="tau", show_default=True,
-              help="What to train, comma-separated: tau (network time per evaluation), dode (D-ODE λ per "
-                   "evaluation, Kim et al. 2024), sigma (the schedule's interior σ's).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the tuning noise, batches and validation noise; the same seed gives the same set.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Sampler option, repeatable (see `timetuner samplers` for each sampler's defaults).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output tuned set (default: MODEL_SAMPLER_SCHEDULE_nfeK.safetensors).")
+@click.option(
+    "--param",
+    type=click.Choice(["log_ratio", "t_ratio"]),
+    default=None,
+    help="How τ is parametrised: log_ratio, log(τ/σ) bounded to ±1 (default); t_ratio, the paper's "
+    "τ = r·t in the model's own time (default for --objective paper).",
+)
+@click.option(
+    "--data",
+    type=click.Choice(["teacher", "real"]),
+    default=None,
+    help="teacher: data-free, the model's own high-NFE run; real: the model's data (energy, paper).",
+)
+@click.option(
+    "--select/--no-select",
+    default=None,
+    help="Keep the τ that scores best on held-out noise, the untuned sampler included (default on; off for paper).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=None,
+    help="Stop after this many validations without a 0.5 % improvement (default 4; 0 runs every iteration).",
+)
+@click.option(
+    "--families",
+    default="tau",
+    show_default=True,
+    help="What to train, comma-separated: tau (network time per evaluation), dode (D-ODE λ per "
+    "evaluation, Kim et al. 2024), sigma (the schedule's interior σ's).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the tuning noise, batches and validation noise; the same seed gives the same set.",
+)
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Sampler option, repeatable (see `timetuner samplers` for each sampler's defaults).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output tuned set (default: MODEL_SAMPLER_SCHEDULE_nfeK.safetensors).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint an interrupted run left beside --out.")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=25, show_default=True,
-              help="Iterations between checkpoints (OUT.ckpt).")
-@click.option("--eval-n", type=click.IntRange(0), default=1000, show_default=True,
-              help="Samples for the before/after metrics stored in the set (0 skips them).")
-@click.option("--micro-batch", type=click.IntRange(1), default=None,
-              help="Rows per forward/backward pass (default: the whole batch): a batch of 16 in passes of 2 fits "
-                   "where 16 at once does not, with the same result.")
-@click.option("--recompute", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Recompute each network evaluation's activations in the backward pass instead of storing them: "
-                   "memory flat in NFE for about one more forward per evaluation; auto: on for networks of 20 M "
-                   "parameters or more.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
-              help="The network's dtype (the sampler's state, τ and the loss stay float32).")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(1),
+    default=25,
+    show_default=True,
+    help="Iterations between checkpoints (OUT.ckpt).",
+)
+@click.option(
+    "--eval-n",
+    type=click.IntRange(0),
+    default=1000,
+    show_default=True,
+    help="Samples for the before/after metrics stored in the set (0 skips them).",
+)
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(1),
+    default=None,
+    help="Rows per forward/backward pass (default: the whole batch): a batch of 16 in passes of 2 fits "
+    "where 16 at once does not, with the same result.",
+)
+@click.option(
+    "--recompute",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Recompute each network evaluation's activations in the backward pass instead of storing them: "
+    "memory flat in NFE for about one more forward per evaluation; auto: on for networks of 20 M "
+    "parameters or more.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="The network's dtype (the sampler's state, τ and the loss stay float32).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_device_option
-def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule: str | None, objective: str,
-         mode: str, iters: int | None, batch: int | None, lr: float | None, param: str | None, data: str | None,
-         select: bool | None, patience: int | None, families: str, seed: int,
-         options: tuple[str, ...], out: Path | None, overwrite: bool, resume: bool, checkpoint_every: int, eval_n: int,
-         micro_batch: int | None, recompute: str, dtype: str, quiet: bool, device: str) -> None:
+def tune(
+    model: str,
+    sampler: str,
+    steps: int | None,
+    nfe: int | None,
+    schedule: str | None,
+    objective: str,
+    mode: str,
+    iters: int | None,
+    batch: int | None,
+    lr: float | None,
+    param: str | None,
+    data: str | None,
+    select: bool | None,
+    patience: int | None,
+    families: str,
+    seed: int,
+    options: tuple[str, ...],
+    out: Path | None,
+    overwrite: bool,
+    resume: bool,
+    checkpoint_every: int,
+    eval_n: int,
+    micro_batch: int | None,
+    recompute: str,
+    dtype: str,
+    quiet: bool,
+    device: str,
+) -> None:
     """Train τ for a sampler × schedule × model and save a tuned set.
 
     Under torchrun (``torchrun --nproc-per-node N -m timetuner_plugins tune ...``) each process runs its share
@@ -236,14 +359,27 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
     registry.get_schedule(schedule)
     n_steps = _steps(spec, m, schedule, steps, nfe)
     sigmas = make_sigmas(m, schedule, n_steps)
-    given = {k: v for k, v in dict(iters=iters, lr=lr, param=param, data=data, batch=batch, select=select,
-                                   patience=patience).items() if v is not None}
-    base = replace(TuneConfig.paper(mode) if objective == "paper" else TuneConfig(objective=objective), **given,
-                   seed=seed, show_progress=not quiet, checkpoint_every=checkpoint_every, micro_batch=micro_batch,
-                   recompute=recompute, families=tuple(f.strip() for f in families.split(",") if f.strip()))
+    given = {
+        k: v
+        for k, v in dict(
+            iters=iters, lr=lr, param=param, data=data, batch=batch, select=select, patience=patience
+        ).items()
+        if v is not None
+    }
+    base = replace(
+        TuneConfig.paper(mode) if objective == "paper" else TuneConfig(objective=objective),
+        **given,
+        seed=seed,
+        show_progress=not quiet,
+        checkpoint_every=checkpoint_every,
+        micro_batch=micro_batch,
+        recompute=recompute,
+        families=tuple(f.strip() for f in families.split(",") if f.strip()),
+    )
     tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
-    out = check_output_file(out or Path(f"{_file_stem(model)}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"),
-                            overwrite)
+    out = check_output_file(
+        out or Path(f"{_file_stem(model)}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"), overwrite
+    )
     tuner.checkpoint = out.with_name(out.name + ".ckpt")
     try:
         result = tuner.tune(resume=resume)
@@ -253,30 +389,48 @@ def tune(model: str, sampler: str, steps: int | None, nfe: int | None, schedule:
         saved = tuner.checkpoint.exists()
         raise click.ClickException(
             f"interrupted; nothing written to {out}. "
-            + (f"Run the same command with --resume to continue from {tuner.checkpoint}" if saved
-               else "No checkpoint was reached yet: run the same command again")) from None
+            + (
+                f"Run the same command with --resume to continue from {tuner.checkpoint}"
+                if saved
+                else "No checkpoint was reached yet: run the same command again"
+            )
+        ) from None
     if result.selection.get("stopped_early_at"):
         click.echo(f"stopped early at {tuner.stop_reason(result.selection['stopped_early_at'])}", err=True)
     before = after = {}
     if eval_n:
         click.echo(f"evaluating untuned and tuned on {eval_n} samples from held-out noise", err=True)
         try:
-            before, after = measure(m, spec, sigmas, schedule, result, options=tuner.options, n=eval_n,
-                                    progress=not quiet)
+            before, after = measure(
+                m, spec, sigmas, schedule, result, options=tuner.options, n=eval_n, progress=not quiet
+            )
         except KeyboardInterrupt:  # the tuning is done: keep it, without the metrics
             result.tuned_set(m).save(out, overwrite=overwrite)
-            raise click.ClickException(f"interrupted while evaluating; wrote {out} without its before/after "
-                                       f"metrics (`timetuner eval --tuned {out}` measures them)") from None
+            raise click.ClickException(
+                f"interrupted while evaluating; wrote {out} without its before/after "
+                f"metrics (`timetuner eval --tuned {out}` measures them)"
+            ) from None
     result.tuned_set(m, before, after).save(out, overwrite=overwrite)
-    click.echo(f"wrote {out}: {spec.name} on {model}, {schedule}, {n_steps} steps, NFE {len(result.tau)}, "
-               f"{objective}, {result.seconds:.1f} s")
+    click.echo(
+        f"wrote {out}: {spec.name} on {model}, {schedule}, {n_steps} steps, NFE {len(result.tau)}, "
+        f"{objective}, {result.seconds:.1f} s"
+    )
     sel = result.selection
     if sel:
-        click.echo(f"  validation ({sel['metric']}, held-out noise): untuned {sel['untuned']:.4g}, kept "
-                   + ("the untuned sampler: no τ validated better" if sel["fallback_identity"]
-                      else f"iteration {sel['best_iteration']} ({sel['best']:.4g})")
-                   + (f"; stopped early at iteration {sel['stopped_early_at']} of {base.iters} (no gain in "
-                      f"{base.patience} validations)" if sel.get("stopped_early_at") else ""))
+        click.echo(
+            f"  validation ({sel['metric']}, held-out noise): untuned {sel['untuned']:.4g}, kept "
+            + (
+                "the untuned sampler: no τ validated better"
+                if sel["fallback_identity"]
+                else f"iteration {sel['best_iteration']} ({sel['best']:.4g})"
+            )
+            + (
+                f"; stopped early at iteration {sel['stopped_early_at']} of {base.iters} (no gain in "
+                f"{base.patience} validations)"
+                if sel.get("stopped_early_at")
+                else ""
+            )
+        )
     if eval_n:
         click.echo(_metric_line("untuned", before) + "\n" + _metric_line("tuned", after))
 
@@ -306,18 +460,33 @@ def _metric_line(label: str, m: dict[str, Any]) -> str:
 @cli.command(name="eval", short_help="Tuned set vs plain sampler: FD, error, time.")
 @click.option("--tuned", "tuned_path", type=click.Path(path_type=Path), default=None, help="A tuned-set file.")
 @click.option("--model", default=None, help="Model (default: the one the set was tuned for).")
-@click.option("--sampler", default=None, help="The sampler (default with --tuned: the set's; a different one must "
-                                              "pass the set's mismatch check, see --force).")
+@click.option(
+    "--sampler",
+    default=None,
+    help="The sampler (default with --tuned: the set's; a different one must "
+    "pass the set's mismatch check, see --force).",
+)
 @click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (default with --tuned: the set's).")
-@click.option("--schedule", default=None, help="σ schedule, one of `timetuner schedules` (default: the set's, "
-                                               "else the model's).")
+@click.option(
+    "--schedule", default=None, help="σ schedule, one of `timetuner schedules` (default: the set's, else the model's)."
+)
 @click.option("--n", "n", type=click.IntRange(2), default=1000, show_default=True, help="Samples.")
 @click.option("--seed", type=int, default=10_000, show_default=True, help="Evaluation noise seed.")
 @click.option("--force", is_flag=True, help="Apply a set whose model, sampler or schedule does not match.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_device_option
-def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps: int | None, schedule: str | None,
-          n: int, seed: int, force: bool, as_json: bool, device: str) -> None:
+def eval_(
+    tuned_path: Path | None,
+    model: str | None,
+    sampler: str | None,
+    steps: int | None,
+    schedule: str | None,
+    n: int,
+    seed: int,
+    force: bool,
+    as_json: bool,
+    device: str,
+) -> None:
     """Evaluate a tuned set against the untuned sampler: FD, trajectory error, NFE, seconds."""
     from .evaluate import evaluate
     from .run import make_sigmas
@@ -332,8 +501,10 @@ def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps
         else:  # the run the user asked for; the set's check below says where it differs
             schedule = schedule or ts.schedule
             if schedule not in registry.schedules():
-                raise click.UsageError(f"the set's schedule {schedule!r} is not a registered one; give --schedule "
-                                       f"(see `timetuner schedules`) with --steps")
+                raise click.UsageError(
+                    f"the set's schedule {schedule!r} is not a registered one; give --schedule "
+                    f"(see `timetuner schedules`) with --steps"
+                )
             sigmas = make_sigmas(m, schedule, steps or ts.steps)
         options = ts.sampler_options if spec.name == ts.sampler else {}
         with warnings.catch_warnings():
@@ -348,16 +519,24 @@ def eval_(tuned_path: Path | None, model: str | None, sampler: str | None, steps
         schedule = schedule or m.default_schedule
         sigmas, options = make_sigmas(m, schedule, steps), {}
     untuned = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options, progress=not as_json)
-    report: dict[str, Any] = {"model": m.model_id, "sampler": spec.name, "schedule": schedule,
-                              "steps": len(sigmas) - 1, "untuned": untuned}
+    report: dict[str, Any] = {
+        "model": m.model_id,
+        "sampler": spec.name,
+        "schedule": schedule,
+        "steps": len(sigmas) - 1,
+        "untuned": untuned,
+    }
     result = untuned
     if ts is not None:
-        result = evaluate(m, spec, sigmas, schedule, n=n, seed=seed, options=options, lookup=ts.lookup(),
-                          progress=not as_json)
+        result = evaluate(
+            m, spec, sigmas, schedule, n=n, seed=seed, options=options, lookup=ts.lookup(), progress=not as_json
+        )
         report.update(tuned=result, tuned_set=str(tuned_path))
     report.update({k: result[k] for k in ("fd", "fd_reference", "traj_err", "nfe", "seconds")})
-    lines = [f"{m.model_id} × {spec.name}, {schedule}, {len(sigmas) - 1} steps ({n} samples)",
-             _metric_line("untuned", untuned)]
+    lines = [
+        f"{m.model_id} × {spec.name}, {schedule}, {len(sigmas) - 1} steps ({n} samples)",
+        _metric_line("untuned", untuned),
+    ]
     if ts is not None:
         lines.append(_metric_line("tuned", result))
     if result.get("fd_reference") is not None:
@@ -374,11 +553,24 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
     from .tuned_set import TunedSet, TunedSetError
 
     if not files:
-        rows = [{"file": str(e.path), "model": e.model, "sampler": e.sampler, "schedule": e.schedule, "nfe": e.nfe,
-                 "objective": e.objective, "metrics": e.metrics, "unavailable": _unavailable(e.sampler)}
-                for e in shipped.entries()]
-        lines = [f"{r['model']:<12} {r['sampler']:<24} NFE {r['nfe']:<3} {r['schedule']:<12} {r['file']}"
-                 + ("  (sampler not available here)" if r["unavailable"] else "") for r in rows]
+        rows = [
+            {
+                "file": str(e.path),
+                "model": e.model,
+                "sampler": e.sampler,
+                "schedule": e.schedule,
+                "nfe": e.nfe,
+                "objective": e.objective,
+                "metrics": e.metrics,
+                "unavailable": _unavailable(e.sampler),
+            }
+            for e in shipped.entries()
+        ]
+        lines = [
+            f"{r['model']:<12} {r['sampler']:<24} NFE {r['nfe']:<3} {r['schedule']:<12} {r['file']}"
+            + ("  (sampler not available here)" if r["unavailable"] else "")
+            for r in rows
+        ]
         notes = sorted({r["unavailable"] for r in rows if r["unavailable"]})
         _emit(rows, as_json, "\n".join(lines + [f"note: {n}" for n in notes]) or "no shipped tuned sets")
         return
@@ -398,10 +590,12 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
             if "error" in r:
                 click.echo(f"{r['path']}: INVALID\n  {r['error']}")
                 continue
-            click.echo(f"{r['path']}\n  model {r['model_id']} ({r['model_fingerprint'][:16]}…)  sampler {r['sampler']} "
-                       f"{r['sampler_options'] or ''}\n  schedule {r['schedule']}, {r['steps']} steps, NFE {r['nfe']}, "
-                       f"objective {r['objective']} ({r['mode']}), {_iterations(r)}, seed {r['seed']}, "
-                       f"data {r['data_source']}\n  written by timetuner {r['library_version']} at {r['created']}")
+            click.echo(
+                f"{r['path']}\n  model {r['model_id']} ({r['model_fingerprint'][:16]}…)  sampler {r['sampler']} "
+                f"{r['sampler_options'] or ''}\n  schedule {r['schedule']}, {r['steps']} steps, NFE {r['nfe']}, "
+                f"objective {r['objective']} ({r['mode']}), {_iterations(r)}, seed {r['seed']}, "
+                f"data {r['data_source']}\n  written by timetuner {r['library_version']} at {r['created']}"
+            )
             if r["unavailable"]:
                 click.echo(f"  sampler not available here: {r['unavailable']}")
             click.echo("  τ/σ " + " ".join(f"{v:.3f}" for v in r["tau_over_sigma"]))
@@ -410,8 +604,10 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
                 click.echo("  identity: tuning did not validate better than the untuned sampler")
             for label in ("metrics_before", "metrics_after"):
                 if r[label]:
-                    click.echo(f"  {label}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                         for k, v in r[label].items()))
+                    click.echo(
+                        f"  {label}: "
+                        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r[label].items())
+                    )
     if failed:
         sys.exit(1)
 
@@ -437,25 +633,57 @@ def _fractions(text: str) -> list[float]:
 
 @cli.command(short_help="T-Stitch: small model for the first steps.")
 @click.option("--model", default="digits-ddpm", show_default=True, help="The large model.")
-@click.option("--small", default="digits-ddpm-small", show_default=True,
-              help="The small model: registered, on the large one's noise schedule.")
+@click.option(
+    "--small",
+    default="digits-ddpm-small",
+    show_default=True,
+    help="The small model: registered, on the large one's noise schedule.",
+)
 @click.option("--sampler", default="ddim", show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--schedule", default=None, help="σ schedule (default: the large model's).")
-@click.option("--fractions", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", show_default=True,
-              help="Switch fractions: the share of evaluations, from the first, made by the small model.")
-@click.option("--tune", "tune_at", is_flag=False, flag_value="all", default=None, metavar="[FRACTIONS]",
-              help="Also tune τ for the stitched pair: at every fraction, or at the comma-separated ones given.")
+@click.option(
+    "--fractions",
+    default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    show_default=True,
+    help="Switch fractions: the share of evaluations, from the first, made by the small model.",
+)
+@click.option(
+    "--tune",
+    "tune_at",
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    metavar="[FRACTIONS]",
+    help="Also tune τ for the stitched pair: at every fraction, or at the comma-separated ones given.",
+)
 @click.option("--tune-iters", type=click.IntRange(1), default=250, show_default=True)
 @click.option("--n", "n", type=click.IntRange(2), default=1000, show_default=True, help="Samples for FD.")
 @click.option("--batch", type=click.IntRange(1), default=500, show_default=True, help="Samples per timed batch.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Timing rounds, each timing every fraction once; the fastest run per fraction is kept.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/stitch"),
-              show_default=True)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Timing rounds, each timing every fraction once; the fastest run per fraction is kept.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/stitch"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | None, fractions: str,
-           tune_at: str | None, tune_iters: int, n: int, batch: int, repeats: int, out: Path, quiet: bool) -> None:
+def stitch(
+    model: str,
+    small: str,
+    sampler: str,
+    steps: int,
+    schedule: str | None,
+    fractions: str,
+    tune_at: str | None,
+    tune_iters: int,
+    n: int,
+    batch: int,
+    repeats: int,
+    out: Path,
+    quiet: bool,
+) -> None:
     """T-Stitch (Pan et al. 2024): FD and time over the fraction of evaluations given to a small model."""
     from .io import check_output_dir
     from .stitch_report import StitchPlan, markdown, run_stitch
@@ -463,8 +691,19 @@ def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | Non
     check_output_dir(out)
     fr = _fractions(fractions)
     tune_fr = [] if tune_at is None else fr if tune_at == "all" else _fractions(tune_at)
-    plan = StitchPlan(model=model, small=small, sampler=sampler, steps=steps, schedule=schedule, fractions=fr,
-                      tune_fractions=tune_fr, tune_iters=tune_iters, n=n, batch=min(batch, n), repeats=repeats)
+    plan = StitchPlan(
+        model=model,
+        small=small,
+        sampler=sampler,
+        steps=steps,
+        schedule=schedule,
+        fractions=fr,
+        tune_fractions=tune_fr,
+        tune_iters=tune_iters,
+        n=n,
+        batch=min(batch, n),
+        repeats=repeats,
+    )
     try:
         data = run_stitch(plan, out, log=click.echo, progress=not quiet)
     except ValueError as exc:  # StitchError included: a bad fraction or small model
@@ -479,20 +718,59 @@ def stitch(model: str, small: str, sampler: str, steps: int, schedule: str | Non
 @click.option("--models", default=None, help="Comma-separated (default: all bundled).")
 @click.option("--samplers", default=None, help="Comma-separated (default: native + importable k-diffusion ones).")
 @click.option("--nfe", "nfes", default=None, help="Comma-separated NFEs (default: 4,5,6,8,10,15,20).")
-@click.option("--methods", default=None, help="Comma-separated (default: all): " + ", ".join(
-    ["untuned", "time-shift", "paper-seq", "paper-par", "final", "trajectory", "energy", "ours", "ours-real", "dode",
-     "schedule", "joint", "ours-full"]))
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated (default: all): "
+    + ", ".join(
+        [
+            "untuned",
+            "time-shift",
+            "paper-seq",
+            "paper-par",
+            "final",
+            "trajectory",
+            "energy",
+            "ours",
+            "ours-real",
+            "dode",
+            "schedule",
+            "joint",
+            "ours-full",
+        ]
+    ),
+)
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Tuning seeds per method (default 3).")
 @click.option("--n", "n", type=click.IntRange(50), default=None, help="Evaluation samples (default 1000).")
-@click.option("--update-readme", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Rewrite the generated results section (<!-- bench:start/end -->) in this file, e.g. docs/results.md.")
-@click.option("--merge", "merge", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Run nothing: combine these results.json files (repeat the option) into one report in --out.")
+@click.option(
+    "--update-readme",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Rewrite the generated results section (<!-- bench:start/end -->) in this file, e.g. docs/results.md.",
+)
+@click.option(
+    "--merge",
+    "merge",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Run nothing: combine these results.json files (repeat the option) into one report in --out.",
+)
 @click.option("--resume", is_flag=True, help="Keep the results already in --out and run only what they lack.")
 @_device_option
-def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes: str | None, methods: str | None,
-          seeds: int | None, n: int | None, update_readme: Path | None, merge: tuple[Path, ...], resume: bool,
-          device: str) -> None:
+def bench(
+    quick: bool,
+    out: Path,
+    models: str | None,
+    samplers: str | None,
+    nfes: str | None,
+    methods: str | None,
+    seeds: int | None,
+    n: int | None,
+    update_readme: Path | None,
+    merge: tuple[Path, ...],
+    resume: bool,
+    device: str,
+) -> None:
     """Side-by-side benchmark of the tuning methods on the bundled models; JSON, Markdown and plots."""
     from . import bench as b
     from .io import check_output_dir
@@ -547,15 +825,28 @@ def bench(quick: bool, out: Path, models: str | None, samplers: str | None, nfes
 
 
 @cli.command(name="bench-scale", short_help="Memory and time per tuning iteration, real architectures.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench-scale"),
-              show_default=True)
-@click.option("--curves/--no-curves", default=True, show_default=True,
-              help="SD1.5's layout at a fifth of its widths: NFE 4/8/16 with and without recompute, batch, resolution.")
-@click.option("--full", is_flag=True, help="Also SD1.5 at full size (860 M parameters, ~3.5 GB of weights; minutes "
-                                           "per iteration on a CPU), NFE 8, 32² latent, CFG, with and without recompute.")
-@click.option("--estimate", is_flag=True, help="Also count SD1.5, SDXL, SD3 and Flux at their default image sizes in "
-                                               "half precision on fake tensors (nothing allocated): weights, "
-                                               "activations per evaluation, projected peaks.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/bench-scale"), show_default=True
+)
+@click.option(
+    "--curves/--no-curves",
+    default=True,
+    show_default=True,
+    help="SD1.5's layout at a fifth of its widths: NFE 4/8/16 with and without recompute, batch, resolution.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Also SD1.5 at full size (860 M parameters, ~3.5 GB of weights; minutes "
+    "per iteration on a CPU), NFE 8, 32² latent, CFG, with and without recompute.",
+)
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Also count SD1.5, SDXL, SD3 and Flux at their default image sizes in "
+    "half precision on fake tensors (nothing allocated): weights, "
+    "activations per evaluation, projected peaks.",
+)
 @_device_option
 def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str) -> None:
     """Peak memory and seconds per tuning iteration against NFE, batch, resolution and recompute (each point in a
@@ -568,8 +859,10 @@ def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str
     where = str(resolve_device(device))
     points = bs.curve_points(device=where) if curves else []
     if full:
-        points += [bs.Point("sd15", 8, batch=2, micro_batch=1, latent=32, recompute=r, iters=1, device=where)
-                   for r in (True, False)]
+        points += [
+            bs.Point("sd15", 8, batch=2, micro_batch=1, latent=32, recompute=r, iters=1, device=where)
+            for r in (True, False)
+        ]
     if points:
         results = bs.run(points, out, log=click.echo)
         bs.plot(results, out / "memory_time.png")
@@ -577,7 +870,10 @@ def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str
     if estimate:
         rows = bs.estimates(log=click.echo)
         out.mkdir(parents=True, exist_ok=True)
-        for name, text in (("estimates.json", json.dumps(rows, indent=1)), ("estimates.md", bs.estimates_markdown(rows))):
+        for name, text in (
+            ("estimates.json", json.dumps(rows, indent=1)),
+            ("estimates.md", bs.estimates_markdown(rows)),
+        ):
             with atomic_path(out / name, overwrite=True) as tmp:
                 tmp.write_text(text + "\n")
         click.echo(f"wrote {out / 'estimates.json'} and {out / 'estimates.md'}")
@@ -592,32 +888,79 @@ def _update_readme(b, readme: Path, data: dict, out: Path) -> None:
 
 
 @cli.command(short_help="Recover the noise of BDIA samples exactly.")
-@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="States to invert: .safetensors or .pt with 'sample' (and 'previous', the state before it), "
-                   "or a bare sample tensor (.pt).")
-@click.option("--generate", "generate_n", type=click.IntRange(1), default=None, metavar="N",
-              help="Instead of inverting: write N BDIA samples, the state before each and their noise to --out.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output .safetensors or .pt: the recovered noise (or, with --generate, the samples).")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="States to invert: .safetensors or .pt with 'sample' (and 'previous', the state before it), "
+    "or a bare sample tensor (.pt).",
+)
+@click.option(
+    "--generate",
+    "generate_n",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Instead of inverting: write N BDIA samples, the state before each and their noise to --out.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output .safetensors or .pt: the recovered noise (or, with --generate, the samples).",
+)
 @click.option("--model", default=None, help="Model (default: the one recorded in --input).")
-@click.option("--sampler", type=click.Choice(["bdia_ddim", "bdia_edm"]), default=None,
-              help="BDIA variant (default: the one recorded in --input, else bdia_ddim).")
+@click.option(
+    "--sampler",
+    type=click.Choice(["bdia_ddim", "bdia_edm"]),
+    default=None,
+    help="BDIA variant (default: the one recorded in --input, else bdia_ddim).",
+)
 @click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (default: recorded in --input).")
 @click.option("--schedule", default=None, help="σ schedule (default: recorded in --input, else the model's).")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Sampler option, repeatable (gamma, frame, backward); default: recorded in --input.")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Sampler option, repeatable (gamma, frame, backward); default: recorded in --input.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed for --generate.")
 @click.option("--float64", "use_float64", is_flag=True, help="Run the model and states in float64.")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Re-sample from the recovered noise and report the round-trip error.")
-@click.option("--previous-iters", type=click.IntRange(0), default=3, show_default=True,
-              help="Without a 'previous' state: fixed-point iterations of the DDIM inversion that estimates it.")
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Re-sample from the recovered noise and report the round-trip error.",
+)
+@click.option(
+    "--previous-iters",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Without a 'previous' state: fixed-point iterations of the DDIM inversion that estimates it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_device_option
-def invert(input_path: Path | None, generate_n: int | None, out: Path, model: str | None, sampler: str | None,
-           steps: int | None, schedule: str | None, options: tuple[str, ...], seed: int, use_float64: bool,
-           check: bool, previous_iters: int, overwrite: bool, as_json: bool, device: str) -> None:
+def invert(
+    input_path: Path | None,
+    generate_n: int | None,
+    out: Path,
+    model: str | None,
+    sampler: str | None,
+    steps: int | None,
+    schedule: str | None,
+    options: tuple[str, ...],
+    seed: int,
+    use_float64: bool,
+    check: bool,
+    previous_iters: int,
+    overwrite: bool,
+    as_json: bool,
+    device: str,
+) -> None:
     """Recover the initial noise of BDIA samples exactly (Zhang et al., ECCV 2024), or --generate some."""
     import torch
 
@@ -657,28 +1000,46 @@ def invert(input_path: Path | None, generate_n: int | None, out: Path, model: st
             noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             written = inv.generate(m, sampler, sigmas, noise.to(where, torch_dtype), opts)
             inv.write_states(out, written, {**run, "seed": str(seed), "dtype": dtype}, overwrite=overwrite)
-            _emit({"out": str(out), "n": generate_n, **run}, as_json,
-                  f"wrote {out}: {generate_n} {sampler} samples of {model} ({schedule}, {steps} steps, "
-                  f"{', '.join(f'{k}={v}' for k, v in opts.items())}) with their previous states and noise")
+            _emit(
+                {"out": str(out), "n": generate_n, **run},
+                as_json,
+                f"wrote {out}: {generate_n} {sampler} samples of {model} ({schedule}, {steps} steps, "
+                f"{', '.join(f'{k}={v}' for k, v in opts.items())}) with their previous states and noise",
+            )
             return
         states = {k: v.to(where, torch_dtype) for k, v in tensors.items()}
         if states["sample"].shape[1:] != tuple(m.sample_shape):
-            raise click.UsageError(f"samples have shape {tuple(states['sample'].shape[1:])} but {model} makes "
-                                   f"{tuple(m.sample_shape)}")
+            raise click.UsageError(
+                f"samples have shape {tuple(states['sample'].shape[1:])} but {model} makes {tuple(m.sample_shape)}"
+            )
         result, report = inv.invert(m, sampler, sigmas, states, opts, previous_iters=previous_iters, check=check)
         report = {"input": str(input_path), "out": str(out), "model": model, "schedule": schedule, **report}
-        inv.write_states(out, result, {**run, "dtype": dtype, **({"round_trip_sample_max_abs":
-                         str(report["round_trip_sample_max_abs"])} if check else {})}, overwrite=overwrite)
+        inv.write_states(
+            out,
+            result,
+            {
+                **run,
+                "dtype": dtype,
+                **({"round_trip_sample_max_abs": str(report["round_trip_sample_max_abs"])} if check else {}),
+            },
+            overwrite=overwrite,
+        )
     except (SamplerOptionError, inv.StatesFileError) as exc:
         raise click.ClickException(str(exc)) from None
-    lines = [f"wrote {out}: the noise of {len(result['noise'])} samples ({sampler}, {schedule}, {steps} steps, "
-             f"{', '.join(f'{k}={v}' for k, v in opts.items())}, {dtype}); previous state {report['previous']}"]
+    lines = [
+        f"wrote {out}: the noise of {len(result['noise'])} samples ({sampler}, {schedule}, {steps} steps, "
+        f"{', '.join(f'{k}={v}' for k, v in opts.items())}, {dtype}); previous state {report['previous']}"
+    ]
     if check:
-        lines.append(f"  round trip from (noise, next), max abs error: sample "
-                     f"{report['round_trip_sample_max_abs']:.3g}, previous {report['round_trip_previous_max_abs']:.3g} "
-                     f"(samples up to {report['sample_max_abs']:.3g})")
-        lines.append(f"  from the noise alone: sample {report['noise_alone_sample_max_abs']:.3g} (exact only for "
-                     f"samples a BDIA run made; otherwise keep 'next')")
+        lines.append(
+            f"  round trip from (noise, next), max abs error: sample "
+            f"{report['round_trip_sample_max_abs']:.3g}, previous {report['round_trip_previous_max_abs']:.3g} "
+            f"(samples up to {report['sample_max_abs']:.3g})"
+        )
+        lines.append(
+            f"  from the noise alone: sample {report['noise_alone_sample_max_abs']:.3g} (exact only for "
+            f"samples a BDIA run made; otherwise keep 'next')"
+        )
         if "noise_max_abs_error" in report:
             lines.append(f"  recovered noise vs the file's noise, max abs error: {report['noise_max_abs_error']:.3g}")
     _emit(report, as_json, "\n".join(lines))

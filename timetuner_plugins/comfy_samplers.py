@@ -37,8 +37,10 @@ from typing import Any, Callable
 import torch
 
 PREFIX = "comfy."
-UNAVAILABLE = ("ComfyUI samplers unavailable: ComfyUI is not importable here (they are registered inside "
-               "ComfyUI, or from Python with COMFYUI_PATH set to a ComfyUI checkout)")
+UNAVAILABLE = (
+    "ComfyUI samplers unavailable: ComfyUI is not importable here (they are registered inside "
+    "ComfyUI, or from Python with COMFYUI_PATH set to a ComfyUI checkout)"
+)
 _DRY_SHAPE = (1, 1, 2, 2)  # the tiny input of a counting dry run
 _PROBE_STEPS = 6
 
@@ -100,11 +102,13 @@ class _Helpers:
         if not isinstance(value, types.FunctionType):
             return value
         if name not in self._functions:
+
             def call(*args: Any, _fn=value, **kwargs: Any) -> Any:
                 if _carries_grad(args) or _carries_grad(kwargs.values()):
                     return _fn(*args, **kwargs)
                 with torch.no_grad():
                     return _fn(*args, **kwargs)
+
             self._functions[name] = functools.wraps(value)(call)
         return self._functions[name]
 
@@ -142,6 +146,7 @@ def differentiable(fn: Callable) -> Callable:
 
 # ----- what a ComfyUI sampler sees as its model ---------------------------------------------------------------
 
+
 class _Patcher:
     """``model_patcher.get_model_object`` for what ComfyUI's samplers read: the model's ``model_sampling``."""
 
@@ -151,8 +156,10 @@ class _Patcher:
     def get_model_object(self, name: str) -> Any:
         if name == "model_sampling":
             return self.model_sampling
-        raise AttributeError(f"{name!r} is not available to a ComfyUI sampler run outside ComfyUI's own sampling "
-                             f"(only 'model_sampling' is)")
+        raise AttributeError(
+            f"{name!r} is not available to a ComfyUI sampler run outside ComfyUI's own sampling "
+            f"(only 'model_sampling' is)"
+        )
 
 
 class _Base:
@@ -191,8 +198,9 @@ def model_sampling_for(denoiser: Any) -> Any:
     model's σ table (``sigma_table()``; ComfyUI's SD1 table when it has none)."""
     space = getattr(denoiser, "space", "ve")
     if space == "flow":
-        return _built_sampling("flow", float(getattr(denoiser, "shift", 1.0)),
-                               float(getattr(denoiser, "multiplier", 1000.0)), b"")
+        return _built_sampling(
+            "flow", float(getattr(denoiser, "shift", 1.0)), float(getattr(denoiser, "multiplier", 1000.0)), b""
+        )
     table = getattr(denoiser, "sigma_table", None)
     key = b""
     if callable(table):
@@ -239,13 +247,26 @@ class ComfyView:
         if post:
             scale = getattr(self.denoiser, "scale", 1.0)
             if type(self.denoiser).__name__ == "CFGDenoiser" and float(scale) != 1.0:
-                raise ValueError("CFG++ samplers need the unguided prediction, which ComfyUI's guider gives them; "
-                                 "timetuner's CFGDenoiser with scale != 1 does not: tune them in ComfyUI (Tune node)")
+                raise ValueError(
+                    "CFG++ samplers need the unguided prediction, which ComfyUI's guider gives them; "
+                    "timetuner's CFGDenoiser with scale != 1 does not: tune them in ComfyUI (Tune node)"
+                )
         denoised = self.model(x, sigma, **extra)
         for fn in post:  # an unguided denoiser: the uncond prediction is the denoised x itself
-            denoised = fn({"denoised": denoised, "cond_denoised": denoised, "uncond_denoised": denoised,
-                           "cond_scale": 1.0, "sigma": sigma, "input": x, "model_options": options, "model": None,
-                           "cond": None, "uncond": None})
+            denoised = fn(
+                {
+                    "denoised": denoised,
+                    "cond_denoised": denoised,
+                    "uncond_denoised": denoised,
+                    "cond_scale": 1.0,
+                    "sigma": sigma,
+                    "input": x,
+                    "model_options": options,
+                    "model": None,
+                    "cond": None,
+                    "uncond": None,
+                }
+            )
         return denoised
 
 
@@ -273,6 +294,7 @@ def wrap(real: Callable) -> Callable:
 
 # ----- counting dry runs --------------------------------------------------------------------------------------
 
+
 class _Zero:
     """A stand-in denoiser returning zeros, with the σ space (and ComfyUI guider) of the model it stands for."""
 
@@ -290,9 +312,20 @@ class _Zero:
         denoised = torch.zeros_like(x)
         options = extra.get("model_options") or {}
         for fn in options.get("sampler_post_cfg_function", []):  # CFG++: as ComfyUI's guider would call it
-            denoised = fn({"denoised": denoised, "cond_denoised": denoised, "uncond_denoised": denoised,
-                           "cond_scale": 1.0, "sigma": sigma, "input": x, "model_options": options, "model": None,
-                           "cond": None, "uncond": None})
+            denoised = fn(
+                {
+                    "denoised": denoised,
+                    "cond_denoised": denoised,
+                    "uncond_denoised": denoised,
+                    "cond_scale": 1.0,
+                    "sigma": sigma,
+                    "input": x,
+                    "model_options": options,
+                    "model": None,
+                    "cond": None,
+                    "uncond": None,
+                }
+            )
         return denoised
 
 
@@ -400,9 +433,11 @@ def untunable_reason(fn: Callable, name: str) -> str:
     except Exception as exc:  # noqa: BLE001
         return f"its dry run outside ComfyUI's own sampling failed ({type(exc).__name__}: {exc})"
     if a.sigmas == b.sigmas:
-        return ("it picks its own step sizes: its network evaluations ignore the schedule's interior σ's (it lays out "
-                "its steps from the schedule's ends, or adapts them to the model's output), so τ cannot be keyed to "
-                "a schedule")
+        return (
+            "it picks its own step sizes: its network evaluations ignore the schedule's interior σ's (it lays out "
+            "its steps from the schedule's ends, or adapts them to the model's output), so τ cannot be keyed to "
+            "a schedule"
+        )
     return ""
 
 

@@ -46,13 +46,13 @@ _NODES, _WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss
 
 def vp_time(sigma: torch.Tensor) -> torch.Tensor:
     """t ∈ [0, 1] of the linear-β VP-SDE at ᾱ = 1/(1 + σ²) (the root of β_min·t + Δβ·t²/2 = log(1 + σ²))."""
-    b = torch.log1p(sigma ** 2)
-    return 2 * b / ((BETA_MIN ** 2 + 2 * (BETA_MAX - BETA_MIN) * b).sqrt() + BETA_MIN)
+    b = torch.log1p(sigma**2)
+    return 2 * b / ((BETA_MIN**2 + 2 * (BETA_MAX - BETA_MIN) * b).sqrt() + BETA_MIN)
 
 
 def _vp_time_host(sigma: float) -> float:
     b = math.log1p(sigma * sigma)
-    return 2 * b / (math.sqrt(BETA_MIN ** 2 + 2 * (BETA_MAX - BETA_MIN) * b) + BETA_MIN)
+    return 2 * b / (math.sqrt(BETA_MIN**2 + 2 * (BETA_MAX - BETA_MIN) * b) + BETA_MIN)
 
 
 def conjugate_coefficients(sigmas: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,11 +75,13 @@ def _check(lam: float, host: list[float]) -> None:
             raise SamplerOptionError(
                 f"conjugate_ddim: lam={lam:g} is too large for step {i} (σ {a:.4g} → {b:.4g}, VP time step "
                 f"{h:.3g}): the Euler factor 1 + lam·h must stay positive; use |lam| < {1 / abs(h):.3g} or more "
-                f"steps")
+                f"steps"
+            )
 
 
-def sample_conjugate_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                          lam: float = DEFAULT_LAM) -> torch.Tensor:
+def sample_conjugate_ddim(
+    model, x, sigmas, extra_args=None, callback=None, disable=None, lam: float = DEFAULT_LAM
+) -> torch.Tensor:
     """λ-DDIM, Pandey et al.'s conjugate integrator with B_t = λ·I (ICLR 2024): x_{i+1} = e^{−λh}(1+λh)·x_i
     + Φ_i·ε̂_i on the VP clock t(σ); λ = 0 is DDIM bit for bit."""
     lam = check_finite("conjugate_ddim", "lam", lam, "0.5")

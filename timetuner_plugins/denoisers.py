@@ -125,8 +125,9 @@ class TunableDenoiser(nn.Module):
     space: str = "ve"  # the sampler's state: "ve", x = x₀ + σ·ε (k-diffusion's σ); "flow", x = (1 − σ)·x₀ + σ·ε
     tau_max: float | None = None  # the largest noise level the network was trained on, where τ must stop
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None,
-                **extra: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None, **extra: Any
+    ) -> torch.Tensor:
         """Denoised x in x's dtype (the network may run in another, e.g. a half-precision model). Inside
         :func:`recompute_evaluations`, a call that records gradients keeps only its inputs and recomputes its
         activations in the backward pass."""
@@ -161,8 +162,10 @@ class TunableDenoiser(nn.Module):
     @property
     def t_range(self) -> tuple[float, float]:
         """(t at sigma_min, t at sigma_max)."""
-        return (float(self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))),
-                float(self.sigma_to_t(torch.tensor(self.sigma_max, dtype=torch.float64))))
+        return (
+            float(self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))),
+            float(self.sigma_to_t(torch.tensor(self.sigma_max, dtype=torch.float64))),
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -243,11 +246,11 @@ class DiscreteVPDenoiser(TunableDenoiser):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         s = append_dims(sigma, x.ndim)
-        c_in = 1 / (s ** 2 + 1) ** 0.5
+        c_in = 1 / (s**2 + 1) ** 0.5
         out = self.net(x * c_in, self.sigma_to_t(cond_sigma), **extra)
         if self.prediction == "eps":
             return x - s * out
-        return x / (s ** 2 + 1) - s * c_in * out
+        return x / (s**2 + 1) - s * c_in * out
 
 
 class EDMDenoiser(TunableDenoiser):
@@ -267,10 +270,10 @@ class EDMDenoiser(TunableDenoiser):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         s = append_dims(sigma, x.ndim)
-        sd2 = self.sigma_data ** 2
-        c_skip = sd2 / (s ** 2 + sd2)
-        c_out = s * self.sigma_data / (s ** 2 + sd2) ** 0.5
-        c_in = 1 / (s ** 2 + sd2) ** 0.5
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (s**2 + sd2)
+        c_out = s * self.sigma_data / (s**2 + sd2) ** 0.5
+        c_in = 1 / (s**2 + sd2) ** 0.5
         return c_skip * x + c_out * self.net(x * c_in, cond_sigma.log() / 4, **extra)
 
 
@@ -294,8 +297,14 @@ class FlowDenoiser(TunableDenoiser):
     sigma_max = 1.0
     tau_max = 1.0
 
-    def __init__(self, net: nn.Module, prediction: str = "v", shift: float = 1.0, multiplier: float = 1000.0,
-                 timesteps: int = 1000):
+    def __init__(
+        self,
+        net: nn.Module,
+        prediction: str = "v",
+        shift: float = 1.0,
+        multiplier: float = 1000.0,
+        timesteps: int = 1000,
+    ):
         super().__init__()
         if prediction not in ("v", "x0"):
             raise ValueError(f"prediction must be 'v' (velocity ε − x₀) or 'x0', got {prediction!r}")
@@ -316,8 +325,11 @@ class FlowDenoiser(TunableDenoiser):
     def sigma_table(self) -> SigmaTable:
         """ComfyUI's ModelSamplingDiscreteFlow: σ(i / timesteps) for i = 1…timesteps, timestep σ·multiplier."""
         t = torch.arange(1, self.timesteps + 1) / self.timesteps * self.multiplier
-        return SigmaTable(flow_shift(self.shift, t / self.multiplier), lambda sigma: sigma * self.multiplier,
-                          lambda t: flow_shift(self.shift, torch.as_tensor(t) / self.multiplier))
+        return SigmaTable(
+            flow_shift(self.shift, t / self.multiplier),
+            lambda sigma: sigma * self.multiplier,
+            lambda t: flow_shift(self.shift, torch.as_tensor(t) / self.multiplier),
+        )
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         out = self.net(x, cond_sigma.clamp(max=self.tau_max) * self.multiplier, **extra)
@@ -336,8 +348,16 @@ class CFGDenoiser(TunableDenoiser):
     def __init__(self, inner: TunableDenoiser, scale: float, cond_key: str = "label"):
         super().__init__()
         self.inner, self.scale, self.cond_key = inner, scale, cond_key
-        for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "model_id", "space", "tau_max",
-                     "time_offset"):
+        for attr in (
+            "sigma_min",
+            "sigma_max",
+            "sample_shape",
+            "default_schedule",
+            "model_id",
+            "space",
+            "tau_max",
+            "time_offset",
+        ):
             setattr(self, attr, getattr(inner, attr))
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -353,13 +373,25 @@ class CFGDenoiser(TunableDenoiser):
     def fingerprint(self) -> str:
         return self.inner.fingerprint
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, cond: Any = None,
-                uncond: Any = None, **extra: Any) -> torch.Tensor:
+    def denoise(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        cond_sigma: torch.Tensor,
+        cond: Any = None,
+        uncond: Any = None,
+        **extra: Any,
+    ) -> torch.Tensor:
         if cond is None or uncond is None:
             raise ValueError("CFGDenoiser needs extra_args 'cond' and 'uncond' (the two branches' conditioning)")
         b = x.shape[0]
         both = lambda v: torch.cat([v, v]) if v.ndim else v  # noqa: E731
-        out = self.inner(torch.cat([x, x]), both(sigma), cond_sigma=both(cond_sigma),
-                         **{self.cond_key: torch.cat([uncond, cond])}, **extra)
+        out = self.inner(
+            torch.cat([x, x]),
+            both(sigma),
+            cond_sigma=both(cond_sigma),
+            **{self.cond_key: torch.cat([uncond, cond])},
+            **extra,
+        )
         d_uncond, d_cond = out[:b], out[b:]
         return d_uncond + (d_cond - d_uncond) * self.scale

@@ -37,11 +37,25 @@ INSTALL_HINT = "pip install 'timetuner[diffusers]'"
 VP_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 FLOW_CLASSES = ("SD3Transformer2DModel", "FluxTransformer2DModel")
 # keyword arguments whose first dimension is the batch (batch-1 tensors are expanded to the batch)
-BATCHED = ("encoder_hidden_states", "pooled_projections", "text_embeds", "time_ids", "class_labels", "guidance",
-           "encoder_attention_mask", "timestep_cond")
+BATCHED = (
+    "encoder_hidden_states",
+    "pooled_projections",
+    "text_embeds",
+    "time_ids",
+    "class_labels",
+    "guidance",
+    "encoder_attention_mask",
+    "timestep_cond",
+)
 EMBEDDINGS = ("encoder_hidden_states", "pooled_projections", "text_embeds", "timestep_cond")  # cast to the net's dtype
-BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-             "rescale_betas_zero_snr")
+BETA_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+)
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}
 
 
@@ -104,16 +118,18 @@ def sampled_fingerprint(module: nn.Module, extra: dict[str, Any], samples: int =
     digest = hashlib.sha256()
     cfg = dict(getattr(module, "config", {}) or {})
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    digest.update(json.dumps({"class": type(module).__name__, "config": cfg, **extra}, sort_keys=True,
-                             default=str).encode())
+    digest.update(
+        json.dumps({"class": type(module).__name__, "config": cfg, **extra}, sort_keys=True, default=str).encode()
+    )
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         n = flat.numel()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         if n:
             picked = flat[sample_positions(n, samples).to(flat.device)].cpu().contiguous()
-            digest.update(picked.view(torch.uint8).numpy().tobytes() if picked.dtype != torch.bool
-                          else picked.numpy().tobytes())
+            digest.update(
+                picked.view(torch.uint8).numpy().tobytes() if picked.dtype != torch.bool else picked.numpy().tobytes()
+            )
     return digest.hexdigest()
 
 
@@ -132,8 +148,9 @@ def _net_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def prepare_kwargs(extra: dict[str, Any], batch: int, dtype: torch.dtype, kind: str,
-                   device: torch.device | None = None) -> dict[str, Any]:
+def prepare_kwargs(
+    extra: dict[str, Any], batch: int, dtype: torch.dtype, kind: str, device: torch.device | None = None
+) -> dict[str, Any]:
     """The network's keyword arguments from a sampler's extra arguments: tensors moved to ``device``, batch-1
     conditioning expanded to ``batch``, text embeddings cast to ``dtype``; SDXL's flat ``text_embeds`` /
     ``time_ids`` gathered into ``added_cond_kwargs``."""
@@ -213,16 +230,25 @@ class _DiffusersMixin:
     def parameterisation_extra(self) -> dict[str, Any]:
         """Recorded in a tuned set (``extra["model"]``): the scheduler config the diffusers samplers started from,
         so that applying the set to a pipeline can compare its scheduler's settings."""
-        return {"diffusers_scheduler": json.loads(json.dumps(
-            {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}, default=str))}
+        return {
+            "diffusers_scheduler": json.loads(
+                json.dumps({k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}, default=str)
+            )
+        }
 
 
 class DiffusersVPDenoiser(_DiffusersMixin, DiscreteVPDenoiser):
     """A :class:`diffusers.UNet2DModel` or :class:`diffusers.UNet2DConditionModel` with its scheduler config, as a
     tunable denoiser (ε- or v-prediction by the config's ``prediction_type``)."""
 
-    def __init__(self, model: nn.Module, scheduler_config: dict[str, Any], sample_shape: tuple[int, ...] | None = None,
-                 model_id: str = "", prediction: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        scheduler_config: dict[str, Any],
+        sample_shape: tuple[int, ...] | None = None,
+        model_id: str = "",
+        prediction: str | None = None,
+    ):
         kind = class_name(model)
         if kind not in VP_CLASSES:
             raise TypeError(f"DiffusersVPDenoiser takes a {' or '.join(VP_CLASSES)}, got {type(model).__name__}")
@@ -230,8 +256,10 @@ class DiffusersVPDenoiser(_DiffusersMixin, DiscreteVPDenoiser):
         if prediction is None:
             ptype = scheduler_config.get("prediction_type", "epsilon")
             if ptype not in PREDICTIONS:
-                raise ValueError(f"scheduler prediction_type {ptype!r} is not supported: the adapter takes "
-                                 f"{', '.join(PREDICTIONS)} (ε- or v-prediction)")
+                raise ValueError(
+                    f"scheduler prediction_type {ptype!r} is not supported: the adapter takes "
+                    f"{', '.join(PREDICTIONS)} (ε- or v-prediction)"
+                )
             prediction = PREDICTIONS[ptype]
         model.requires_grad_(False)  # τ is trained, never the network: no gradients into its weights
         super().__init__(DiffusersNet(model, kind), alphas_cumprod(scheduler_config), prediction)
@@ -243,8 +271,11 @@ class DiffusersVPDenoiser(_DiffusersMixin, DiscreteVPDenoiser):
         self.model_id = model_id or f"diffusers-{kind}"
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"adapter": "vp", "prediction": self.prediction,
-                "betas": {k: self.scheduler_config.get(k) for k in BETA_KEYS}}
+        return {
+            "adapter": "vp",
+            "prediction": self.prediction,
+            "betas": {k: self.scheduler_config.get(k) for k in BETA_KEYS},
+        }
 
 
 class DiffusersFlowDenoiser(_DiffusersMixin, FlowDenoiser):
@@ -256,8 +287,13 @@ class DiffusersFlowDenoiser(_DiffusersMixin, FlowDenoiser):
     conditioning must bring ``img_ids`` for that size (``diffusers_configs.flux_image_ids``) and ``txt_ids``.
     """
 
-    def __init__(self, model: nn.Module, scheduler_config: dict[str, Any], latent_size: tuple[int, int] | None = None,
-                 model_id: str = ""):
+    def __init__(
+        self,
+        model: nn.Module,
+        scheduler_config: dict[str, Any],
+        latent_size: tuple[int, int] | None = None,
+        model_id: str = "",
+    ):
         kind = class_name(model)
         if kind not in FLOW_CLASSES:
             raise TypeError(f"DiffusersFlowDenoiser takes a {' or '.join(FLOW_CLASSES)}, got {type(model).__name__}")
@@ -278,8 +314,13 @@ class DiffusersFlowDenoiser(_DiffusersMixin, FlowDenoiser):
             sample_shape, multiplier = (cfg.in_channels, h, w), 1000.0
         shift = flow_shift_for(scheduler_config, seq_len)
         model.requires_grad_(False)
-        super().__init__(DiffusersNet(model, kind), prediction="v", shift=shift, multiplier=multiplier,
-                         timesteps=int(scheduler_config.get("num_train_timesteps", 1000)))
+        super().__init__(
+            DiffusersNet(model, kind),
+            prediction="v",
+            shift=shift,
+            multiplier=multiplier,
+            timesteps=int(scheduler_config.get("num_train_timesteps", 1000)),
+        )
         self.kind, self.scheduler_config, self.latent_size, self.image_seq_len = kind, scheduler_config, (h, w), seq_len
         self.sample_shape = sample_shape
         self.model_id = model_id or f"diffusers-{kind}"
@@ -299,15 +340,23 @@ class DiffusersFlowDenoiser(_DiffusersMixin, FlowDenoiser):
         return kwargs
 
 
-def adapt(model: nn.Module, scheduler_config: dict[str, Any] | Any = None, *,
-          sample_shape: tuple[int, ...] | None = None, latent_size: tuple[int, int] | None = None, model_id: str = "") -> TunableDenoiser:
+def adapt(
+    model: nn.Module,
+    scheduler_config: dict[str, Any] | Any = None,
+    *,
+    sample_shape: tuple[int, ...] | None = None,
+    latent_size: tuple[int, int] | None = None,
+    model_id: str = "",
+) -> TunableDenoiser:
     """The tunable denoiser for a supported diffusers model and its scheduler config (a dict or a scheduler, whose
     ``config`` is read). Without a config: DDPM's linear ε schedule for a UNet, SD3's shift 3 for a flow model
     — pass the pipeline's ``scheduler.config`` for the real one."""
     kind = class_name(model)
     if kind is None:
-        raise TypeError(f"no diffusers adapter for {type(model).__module__}.{type(model).__qualname__}; supported: "
-                        f"{', '.join(VP_CLASSES + FLOW_CLASSES)}")
+        raise TypeError(
+            f"no diffusers adapter for {type(model).__module__}.{type(model).__qualname__}; supported: "
+            f"{', '.join(VP_CLASSES + FLOW_CLASSES)}"
+        )
     if scheduler_config is not None and not isinstance(scheduler_config, dict):
         scheduler_config = dict(scheduler_config.config)
     if kind in VP_CLASSES:
@@ -339,14 +388,32 @@ class DiffusersCFGDenoiser(TunableDenoiser):
     ``diffusers:PATH`` models carry their prompts this way.
     """
 
-    def __init__(self, inner: TunableDenoiser, guidance_scale: float, cond: dict[str, Any] | None = None,
-                 negative: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        inner: TunableDenoiser,
+        guidance_scale: float,
+        cond: dict[str, Any] | None = None,
+        negative: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.inner, self.guidance_scale = inner, float(guidance_scale)
         self.cond = dict(cond or {})
         self.negative = {k if k.startswith("negative_") else f"negative_{k}": v for k, v in (negative or {}).items()}
-        for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "model_id", "space", "tau_max",
-                     "time_offset", "shift", "multiplier", "timesteps", "scheduler_config", "kind"):
+        for attr in (
+            "sigma_min",
+            "sigma_max",
+            "sample_shape",
+            "default_schedule",
+            "model_id",
+            "space",
+            "tau_max",
+            "time_offset",
+            "shift",
+            "multiplier",
+            "timesteps",
+            "scheduler_config",
+            "kind",
+        ):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
 

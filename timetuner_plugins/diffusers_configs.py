@@ -35,105 +35,232 @@ from typing import Any
 import torch
 
 SD_SCHEDULER = {  # SD1.5's scheduler_config.json (PNDMScheduler)
-    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-    "trained_betas": None, "clip_sample": False, "prediction_type": "epsilon", "timestep_spacing": "leading",
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
 }
 SDXL_SCHEDULER = {  # SDXL base 1.0's scheduler_config.json (EulerDiscreteScheduler)
-    "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
-    "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
-    "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False,
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
 }
 SD3_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 FLUX_SCHEDULER = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
-    "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0,
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
     "use_dynamic_shifting": True,
 }
 DDPM_SCHEDULER = {  # DDPM's linear β (Ho et al. 2020), diffusers' DDPMScheduler defaults
-    "_class_name": "DDPMScheduler", "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "num_train_timesteps": 1000, "clip_sample": False, "prediction_type": "epsilon",
+    "_class_name": "DDPMScheduler",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
 }
 
 FULL = {
     "sd15": {
-        "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-        "center_input_sample": False, "cross_attention_dim": 768,
+        "act_fn": "silu",
+        "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": 768,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-        "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "sample_size": 64,
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     },
     "sdxl": {
-        "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
-        "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-        "center_input_sample": False, "cross_attention_dim": 2048,
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "downsample_padding": 1,
-        "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-        "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05,
-        "norm_num_groups": 32, "out_channels": 4, "projection_class_embeddings_input_dim": 2816, "sample_size": 128,
+        "act_fn": "silu",
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256,
+        "attention_head_dim": [5, 10, 20],
+        "block_out_channels": [320, 640, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": 2048,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "projection_class_embeddings_input_dim": 2816,
+        "sample_size": 128,
         "transformer_layers_per_block": [1, 2, 10],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "use_linear_projection": True,
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "use_linear_projection": True,
     },
     "sd3": {
-        "attention_head_dim": 64, "caption_projection_dim": 1536, "in_channels": 16, "joint_attention_dim": 4096,
-        "num_attention_heads": 24, "num_layers": 24, "out_channels": 16, "patch_size": 2,
-        "pooled_projection_dim": 2048, "pos_embed_max_size": 192, "sample_size": 128,
+        "attention_head_dim": 64,
+        "caption_projection_dim": 1536,
+        "in_channels": 16,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 24,
+        "num_layers": 24,
+        "out_channels": 16,
+        "patch_size": 2,
+        "pooled_projection_dim": 2048,
+        "pos_embed_max_size": 192,
+        "sample_size": 128,
     },
     "flux": {
-        "attention_head_dim": 128, "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096,
-        "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1,
-        "pooled_projection_dim": 768, "axes_dims_rope": [16, 56, 56],
+        "attention_head_dim": 128,
+        "guidance_embeds": True,
+        "in_channels": 64,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 24,
+        "num_layers": 19,
+        "num_single_layers": 38,
+        "patch_size": 1,
+        "pooled_projection_dim": 768,
+        "axes_dims_rope": [16, 56, 56],
     },
 }
 
 TINY = {
     "ddpm": {
-        "sample_size": 8, "in_channels": 3, "out_channels": 3, "layers_per_block": 1, "block_out_channels": [16, 32],
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 8, "attention_head_dim": 8,
+        "sample_size": 8,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": 1,
+        "block_out_channels": [16, 32],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 8,
+        "attention_head_dim": 8,
     },
     "sd15": {
-        "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": [32, 64],
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64],
         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8,
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
     },
     "sdxl": {
-        "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": [32, 64],
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64],
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "attention_head_dim": [2, 4], "cross_attention_dim": 64, "transformer_layers_per_block": [1, 2],
-        "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-        "projection_class_embeddings_input_dim": 32 + 6 * 8, "norm_num_groups": 8,
+        "attention_head_dim": [2, 4],
+        "cross_attention_dim": 64,
+        "transformer_layers_per_block": [1, 2],
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 32 + 6 * 8,
+        "norm_num_groups": 8,
     },
     "sd3": {
-        "sample_size": 8, "patch_size": 2, "in_channels": 4, "out_channels": 4, "num_layers": 2,
-        "attention_head_dim": 8, "num_attention_heads": 4, "joint_attention_dim": 32, "caption_projection_dim": 32,
-        "pooled_projection_dim": 16, "pos_embed_max_size": 16,
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_layers": 2,
+        "attention_head_dim": 8,
+        "num_attention_heads": 4,
+        "joint_attention_dim": 32,
+        "caption_projection_dim": 32,
+        "pooled_projection_dim": 16,
+        "pos_embed_max_size": 16,
     },
     "flux": {
-        "patch_size": 1, "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
-        "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 16, "guidance_embeds": True,
+        "patch_size": 1,
+        "in_channels": 16,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 32,
+        "pooled_projection_dim": 16,
+        "guidance_embeds": True,
         "axes_dims_rope": [4, 6, 6],
     },
 }
 
-CLASSES = {"ddpm": "UNet2DModel", "sd15": "UNet2DConditionModel", "sdxl": "UNet2DConditionModel",
-           "sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}
-SCHEDULERS = {"ddpm": DDPM_SCHEDULER, "sd15": SD_SCHEDULER, "sdxl": SDXL_SCHEDULER, "sd3": SD3_SCHEDULER,
-              "flux": FLUX_SCHEDULER}
+CLASSES = {
+    "ddpm": "UNet2DModel",
+    "sd15": "UNet2DConditionModel",
+    "sdxl": "UNet2DConditionModel",
+    "sd3": "SD3Transformer2DModel",
+    "flux": "FluxTransformer2DModel",
+}
+SCHEDULERS = {
+    "ddpm": DDPM_SCHEDULER,
+    "sd15": SD_SCHEDULER,
+    "sdxl": SDXL_SCHEDULER,
+    "sd3": SD3_SCHEDULER,
+    "flux": FLUX_SCHEDULER,
+}
 TEXT = {  # (text tokens, embedding width, pooled width) of the conditioning each model takes
-    ("sd15", "full"): (77, 768, None), ("sdxl", "full"): (77, 2048, 1280), ("sd3", "full"): (333, 4096, 2048),
+    ("sd15", "full"): (77, 768, None),
+    ("sdxl", "full"): (77, 2048, 1280),
+    ("sd3", "full"): (333, 4096, 2048),
     ("flux", "full"): (512, 4096, 768),
-    ("sd15", "tiny"): (8, 32, None), ("sdxl", "tiny"): (8, 64, 32), ("sd3", "tiny"): (8, 32, 16),
+    ("sd15", "tiny"): (8, 32, None),
+    ("sdxl", "tiny"): (8, 64, 32),
+    ("sd3", "tiny"): (8, 32, 16),
     ("flux", "tiny"): (8, 32, 16),
 }
 LATENT = {  # the latent (channels, height, width) of a default-size image: SD1.5 512², SDXL / SD3 / Flux 1024²
-    ("ddpm", "tiny"): (3, 8, 8), ("sd15", "full"): (4, 64, 64), ("sdxl", "full"): (4, 128, 128),
-    ("sd3", "full"): (16, 128, 128), ("flux", "full"): (16, 128, 128),
-    ("sd15", "tiny"): (4, 8, 8), ("sdxl", "tiny"): (4, 8, 8), ("sd3", "tiny"): (4, 8, 8), ("flux", "tiny"): (4, 8, 8),
+    ("ddpm", "tiny"): (3, 8, 8),
+    ("sd15", "full"): (4, 64, 64),
+    ("sdxl", "full"): (4, 128, 128),
+    ("sd3", "full"): (16, 128, 128),
+    ("flux", "full"): (16, 128, 128),
+    ("sd15", "tiny"): (4, 8, 8),
+    ("sdxl", "tiny"): (4, 8, 8),
+    ("sd3", "tiny"): (4, 8, 8),
+    ("flux", "tiny"): (4, 8, 8),
 }
 
 
@@ -165,8 +292,15 @@ def model_class(name: str) -> type:
     return getattr(diffusers, CLASSES[name])
 
 
-def build(name: str, size: str = "tiny", *, seed: int = 0, dtype: torch.dtype = torch.float32,
-          device: str | torch.device = "cpu", scheduler_overrides: dict[str, Any] | None = None) -> Built:
+def build(
+    name: str,
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    scheduler_overrides: dict[str, Any] | None = None,
+) -> Built:
     """Build ``name`` at ``size`` with random weights (seeded) on ``device`` (``"meta"`` allocates nothing)."""
     cls = model_class(name)
     cfg = config(name, size)
@@ -188,8 +322,9 @@ def parameter_count(name: str, size: str = "full") -> int:
     return sum(p.numel() for p in build(name, size, device="meta").model.parameters())
 
 
-def conditioning(name: str, size: str = "tiny", batch: int = 1, seed: int = 0,
-                 latent: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+def conditioning(
+    name: str, size: str = "tiny", batch: int = 1, seed: int = 0, latent: tuple[int, int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """Random conditioning of the shapes ``name`` takes (text embeddings, pooled embeddings, SDXL's time ids,
     Flux's position ids and guidance), as the adapters' extra arguments; ``{}`` for the unconditional ``ddpm``."""
     if name == "ddpm":
@@ -253,8 +388,15 @@ def tiny_pipeline(name: str = "sd15", scheduler: str | None = None, seed: int = 
     config.pop("_class_name", None)
     sched = cls.from_config(config)
     if name == "flux":
-        return diffusers.FluxPipeline(scheduler=sched, vae=None, text_encoder=None, tokenizer=None,
-                                      text_encoder_2=None, tokenizer_2=None, transformer=built.model)
+        return diffusers.FluxPipeline(
+            scheduler=sched,
+            vae=None,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=built.model,
+        )
     if name != "sd15":
         raise ValueError(f"tiny pipelines: sd15, flux; not {name!r}")
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -271,12 +413,37 @@ def tiny_pipeline(name: str = "sd15", scheduler: str | None = None, seed: int = 
         tokenizer = CLIPTokenizer(f"{tmp}/vocab.json", f"{tmp}/merges.txt", model_max_length=8)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                            num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=8,
-                                            projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-        vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16],
-                                      down_block_types=["DownEncoderBlock2D"] * 2,
-                                      up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8, sample_size=16)
-    return diffusers.StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer,
-                                             unet=built.model, scheduler=sched, safety_checker=None,
-                                             feature_extractor=None, requires_safety_checker=False)
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=8,
+                projection_dim=32,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        )
+        vae = diffusers.AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=[8, 16],
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            norm_num_groups=8,
+            sample_size=16,
+        )
+    return diffusers.StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text.eval(),
+        tokenizer=tokenizer,
+        unet=built.model,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -34,8 +34,7 @@ from urllib.parse import parse_qsl
 
 import torch
 
-from .diffusers_adapters import (FLOW_CLASSES, VP_CLASSES, DiffusersCFGDenoiser, adapt, class_name,
-                                 require_diffusers)
+from .diffusers_adapters import FLOW_CLASSES, VP_CLASSES, DiffusersCFGDenoiser, adapt, class_name, require_diffusers
 from .tuned_set import SIGMA_RTOL, TunedSet, TunedSetMismatch
 
 FORCE_HINT = "pass force=True to apply it anyway (by σ matching)"
@@ -47,8 +46,10 @@ def network_of(pipe: Any) -> tuple[str, torch.nn.Module]:
         net = getattr(pipe, attr, None)
         if net is not None and class_name(net) is not None:
             return attr, net
-    raise TypeError(f"{type(pipe).__name__} has no unet or transformer of a supported class "
-                    f"({', '.join(VP_CLASSES + FLOW_CLASSES)})")
+    raise TypeError(
+        f"{type(pipe).__name__} has no unet or transformer of a supported class "
+        f"({', '.join(VP_CLASSES + FLOW_CLASSES)})"
+    )
 
 
 def sampler_name(scheduler: Any) -> str:
@@ -73,24 +74,29 @@ class TunedPipeline:
         self._ds = ds
         problems = self._apply_problems()
         if problems and not force:
-            raise TunedSetMismatch(tuned.path, "; ".join(problems),
-                                   f"Use a set tuned for this pipeline, or {FORCE_HINT}")
+            raise TunedSetMismatch(
+                tuned.path, "; ".join(problems), f"Use a set tuned for this pipeline, or {FORCE_HINT}"
+            )
         for problem in problems:
             warnings.warn(f"{tuned.path or 'tuned set'}: {problem} (applied anyway: force)", stacklevel=3)
         self._handle = self.network.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def _apply_problems(self) -> list[str]:
         ts, scheduler = self.tuned, self.pipe.scheduler
-        proxy = types.SimpleNamespace(fingerprint=self.adapter.fingerprint, model_id=self.adapter.model_id,
-                                      space=self.adapter.space)  # no shift: the σ check at each run covers it
+        proxy = types.SimpleNamespace(
+            fingerprint=self.adapter.fingerprint, model_id=self.adapter.model_id, space=self.adapter.space
+        )  # no shift: the σ check at each run covers it
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # collected here, raised or warned once below
             problems = ts.check(model=proxy, sampler=sampler_name(scheduler), force=True)
         recorded = (ts.extra.get("model") or {}).get("diffusers_scheduler")
         entry = self._ds.BY_NAME.get(sampler_name(scheduler))
         if recorded is not None and entry is not None and ts.sampler == sampler_name(scheduler):
-            tuned_cfg = self._ds.run_config(entry, types.SimpleNamespace(scheduler_config=recorded),
-                                            (ts.sampler_options or {}).get("scheduler_config"))
+            tuned_cfg = self._ds.run_config(
+                entry,
+                types.SimpleNamespace(scheduler_config=recorded),
+                (ts.sampler_options or {}).get("scheduler_config"),
+            )
             ours = self._ds.run_config(entry, types.SimpleNamespace(scheduler_config=dict(scheduler.config)), None)
             differ = sorted(k for k in set(tuned_cfg) | set(ours) if tuned_cfg.get(k) != ours.get(k))
             if differ:
@@ -107,23 +113,32 @@ class TunedPipeline:
     def _start_run(self, scheduler: Any) -> None:
         self._timesteps, self.calls = scheduler.timesteps, []
         if type(scheduler).__name__ != self.tuned.sampler.removeprefix("diffusers.") and not self.force:
-            raise TunedSetMismatch(self.tuned.path, f"tuned for sampler {self.tuned.sampler!r} but the pipeline's "
-                                   f"scheduler is now {type(scheduler).__name__}",
-                                   f"Apply a set tuned for it, or {FORCE_HINT}")
+            raise TunedSetMismatch(
+                self.tuned.path,
+                f"tuned for sampler {self.tuned.sampler!r} but the pipeline's "
+                f"scheduler is now {type(scheduler).__name__}",
+                f"Apply a set tuned for it, or {FORCE_HINT}",
+            )
         run = self._ds.read_plan(scheduler, final=False).eval_sigmas
         ev = self.tuned.eval_sigmas.double().tolist()
         same = len(run) == len(ev) and all(abs(a - b) <= SIGMA_RTOL * b for a, b in zip(run, ev))
         self._run_sigmas, self._matching = run, not same
         if not same:
+
             def fmt(v: list[float]) -> str:
                 return "[" + ", ".join(f"{x:.4g}" for x in (v if len(v) <= 6 else v[:3] + v[-2:])) + "]"
 
-            problem = (f"tuned for {len(ev)} evaluations at σ {fmt(ev)} but this run's scheduler makes {len(run)} at "
-                       f"{fmt(run)} (another step count, image size or schedule)")
+            problem = (
+                f"tuned for {len(ev)} evaluations at σ {fmt(ev)} but this run's scheduler makes {len(run)} at "
+                f"{fmt(run)} (another step count, image size or schedule)"
+            )
             if not self.force:
-                raise TunedSetMismatch(self.tuned.path, problem,
-                                       f"Run with the set's {self.tuned.steps} steps and its image size, tune a set "
-                                       f"for this run, or {FORCE_HINT}")
+                raise TunedSetMismatch(
+                    self.tuned.path,
+                    problem,
+                    f"Run with the set's {self.tuned.steps} steps and its image size, tune a set "
+                    f"for this run, or {FORCE_HINT}",
+                )
             warnings.warn(f"{self.tuned.path or 'tuned set'}: {problem}; applied by σ matching (force)", stacklevel=4)
 
     def _sigma_of(self, scheduler: Any, t: Any) -> float:
@@ -194,26 +209,44 @@ def _short(value: Any) -> str:
 # ----- loading a saved folder for tuning ---------------------------------------------------------------------------
 
 EMBED_KEYS = {  # diffusers' argument names in an embeddings file -> the adapters' extra arguments
-    "prompt_embeds": "encoder_hidden_states", "negative_prompt_embeds": "negative_encoder_hidden_states",
-    "pooled_prompt_embeds": "pooled", "negative_pooled_prompt_embeds": "negative_pooled",
-    "add_time_ids": "time_ids", "text_ids": "txt_ids",
+    "prompt_embeds": "encoder_hidden_states",
+    "negative_prompt_embeds": "negative_encoder_hidden_states",
+    "pooled_prompt_embeds": "pooled",
+    "negative_pooled_prompt_embeds": "negative_pooled",
+    "add_time_ids": "time_ids",
+    "text_ids": "txt_ids",
 }
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
     if name in (None, ""):
         return None
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
     return table[name]
 
 
-def load(path: str | Path, *, prompts: list[str] | None = None, negative_prompt: str | None = None,
-         embeds: str | Path | dict | None = None, guidance_scale: float = 1.0, height: int | None = None,
-         width: int | None = None, dtype: str | torch.dtype | None = None, flux_guidance: float = 3.5,
-         model_id: str | None = None) -> DiffusersCFGDenoiser:
+def load(
+    path: str | Path,
+    *,
+    prompts: list[str] | None = None,
+    negative_prompt: str | None = None,
+    embeds: str | Path | dict | None = None,
+    guidance_scale: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+    dtype: str | torch.dtype | None = None,
+    flux_guidance: float = 3.5,
+    model_id: str | None = None,
+) -> DiffusersCFGDenoiser:
     """A saved pipeline or model folder as a tunable denoiser with its conditioning (see the module docstring).
 
     ``prompts`` need a pipeline with its text encoders and tokenizers; ``embeds`` (a safetensors file or a dict
@@ -227,13 +260,23 @@ def load(path: str | Path, *, prompts: list[str] | None = None, negative_prompt:
     kwargs = {"local_files_only": True, **({"torch_dtype": torch_dtype} if torch_dtype else {})}
     if (path / "model_index.json").is_file():
         pipe = diffusers.DiffusionPipeline.from_pretrained(path, **kwargs)
-        return model_from_pipeline(pipe, prompts=prompts, negative_prompt=negative_prompt, embeds=embeds,
-                                   guidance_scale=guidance_scale, height=height, width=width,
-                                   flux_guidance=flux_guidance, model_id=model_id or f"diffusers:{path}")
+        return model_from_pipeline(
+            pipe,
+            prompts=prompts,
+            negative_prompt=negative_prompt,
+            embeds=embeds,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            flux_guidance=flux_guidance,
+            model_id=model_id or f"diffusers:{path}",
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has neither model_index.json (a pipeline) nor config.json (a model): give a "
-                                f"folder written by save_pretrained")
+        raise FileNotFoundError(
+            f"{path} has neither model_index.json (a pipeline) nor config.json (a model): give a "
+            f"folder written by save_pretrained"
+        )
     cls_name = json.loads(config_file.read_text()).get("_class_name")
     if cls_name not in VP_CLASSES + FLOW_CLASSES:
         raise ValueError(f"{path} holds a {cls_name}; supported models: {', '.join(VP_CLASSES + FLOW_CLASSES)}")
@@ -244,15 +287,20 @@ def load(path: str | Path, *, prompts: list[str] | None = None, negative_prompt:
             scheduler = json.loads(candidate.read_text())
             break
     if scheduler is None:
-        raise FileNotFoundError(f"{path} has no scheduler_config.json (beside the model or in ../scheduler/): the "
-                                f"adapter needs the scheduler config the model was trained with")
+        raise FileNotFoundError(
+            f"{path} has no scheduler_config.json (beside the model or in ../scheduler/): the "
+            f"adapter needs the scheduler config the model was trained with"
+        )
     if prompts:
         raise ValueError("prompts need a pipeline folder (its text encoders); give embeddings for a model folder")
     latent = None
     if height is not None:  # a model folder has no VAE: the usual 8× latent scale (Flux packs 2 × 2 patches)
         width = width or height
-        latent = (2 * (height // 16), 2 * (width // 16)) if cls_name == "FluxTransformer2DModel" else \
-            (height // 8, width // 8)
+        latent = (
+            (2 * (height // 16), 2 * (width // 16))
+            if cls_name == "FluxTransformer2DModel"
+            else (height // 8, width // 8)
+        )
     inner = adapt(net, scheduler, latent_size=latent, model_id=model_id or f"diffusers:{path}")
     cond, negative = _from_embeds(embeds, inner, guidance_scale)
     if class_name(net) == "FluxTransformer2DModel":
@@ -290,10 +338,18 @@ def _from_embeds(embeds: Any, inner: Any, guidance_scale: float) -> tuple[dict, 
     return cond, negative
 
 
-def model_from_pipeline(pipe: Any, *, prompts: list[str] | None = None, negative_prompt: str | None = None,
-                        embeds: Any = None, guidance_scale: float = 1.0, height: int | None = None,
-                        width: int | None = None, flux_guidance: float = 3.5,
-                        model_id: str = "") -> DiffusersCFGDenoiser:
+def model_from_pipeline(
+    pipe: Any,
+    *,
+    prompts: list[str] | None = None,
+    negative_prompt: str | None = None,
+    embeds: Any = None,
+    guidance_scale: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+    flux_guidance: float = 3.5,
+    model_id: str = "",
+) -> DiffusersCFGDenoiser:
     """A pipeline's network and scheduler config as a tunable denoiser, conditioned on ``prompts`` (encoded by the
     pipeline's ``encode_prompt``; one row per prompt, cycled over a batch) or ``embeds``, with CFG at
     ``guidance_scale``."""
@@ -321,8 +377,15 @@ def model_from_pipeline(pipe: Any, *, prompts: list[str] | None = None, negative
     return DiffusersCFGDenoiser(inner, guidance_scale, cond, negative)
 
 
-def _encode(pipe: Any, kind: str, prompts: list[str], negative_prompt: str | None, guidance_scale: float,
-            height: int, width: int) -> tuple[dict, dict]:
+def _encode(
+    pipe: Any,
+    kind: str,
+    prompts: list[str],
+    negative_prompt: str | None,
+    guidance_scale: float,
+    height: int,
+    width: int,
+) -> tuple[dict, dict]:
     """Prompts through the pipeline's own ``encode_prompt`` (SD, SDXL, SD3 and Flux pipelines' signatures)."""
     device = next(network_of(pipe)[1].parameters()).device
     cfg = guidance_scale != 1.0
@@ -337,17 +400,30 @@ def _encode(pipe: Any, kind: str, prompts: list[str], negative_prompt: str | Non
                 negative = {"encoder_hidden_states": npe, "pooled_projections": npooled}
             return cond, negative
         if kind == "SD3Transformer2DModel":
-            pe, npe, pooled, npooled = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
-                                                          do_classifier_free_guidance=cfg,
-                                                          negative_prompt=[negative_prompt] * len(prompts))
-            return ({"encoder_hidden_states": pe, "pooled_projections": pooled},
-                    {"encoder_hidden_states": npe[:1], "pooled_projections": npooled[:1]} if cfg else {})
+            pe, npe, pooled, npooled = pipe.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                prompt_3=None,
+                device=device,
+                do_classifier_free_guidance=cfg,
+                negative_prompt=[negative_prompt] * len(prompts),
+            )
+            return (
+                {"encoder_hidden_states": pe, "pooled_projections": pooled},
+                {"encoder_hidden_states": npe[:1], "pooled_projections": npooled[:1]} if cfg else {},
+            )
         if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
-            pe, npe, pooled, npooled = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
-                                                          do_classifier_free_guidance=cfg,
-                                                          negative_prompt=[negative_prompt] * len(prompts))
-            return ({"encoder_hidden_states": pe, "text_embeds": pooled},
-                    {"encoder_hidden_states": npe[:1], "text_embeds": npooled[:1]} if cfg else {})
+            pe, npe, pooled, npooled = pipe.encode_prompt(
+                prompt=prompts,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg,
+                negative_prompt=[negative_prompt] * len(prompts),
+            )
+            return (
+                {"encoder_hidden_states": pe, "text_embeds": pooled},
+                {"encoder_hidden_states": npe[:1], "text_embeds": npooled[:1]} if cfg else {},
+            )
         pe, npe = pipe.encode_prompt(prompts, device, 1, cfg, negative_prompt=[negative_prompt] * len(prompts))
         return {"encoder_hidden_states": pe}, ({"encoder_hidden_states": npe[:1]} if cfg else {})
 
@@ -375,6 +451,15 @@ def load_spec(spec: str) -> DiffusersCFGDenoiser:
     if options.get("size"):
         h, _, w = options["size"].lower().partition("x")
         height, width = int(h), int(w or h)
-    return load(path, prompts=prompts, negative_prompt=options.get("negative"), embeds=options.get("embeds"),
-                guidance_scale=float(options.get("guidance", 1.0)), height=height, width=width,
-                dtype=options.get("dtype"), flux_guidance=float(options.get("flux_guidance", 3.5)), model_id=spec)
+    return load(
+        path,
+        prompts=prompts,
+        negative_prompt=options.get("negative"),
+        embeds=options.get("embeds"),
+        guidance_scale=float(options.get("guidance", 1.0)),
+        height=height,
+        width=width,
+        dtype=options.get("dtype"),
+        flux_guidance=float(options.get("flux_guidance", 3.5)),
+        model_id=spec,
+    )

@@ -102,8 +102,10 @@ def base_config(entry: Entry, model: Any) -> dict[str, Any] | None:
     if own is not None:
         return {k: v for k, v in dict(own).items() if not k.startswith("_")}
     if find_attr(model, "space") == "flow":
-        return {"shift": float(find_attr(model, "shift") or 1.0),
-                "num_train_timesteps": int(find_attr(model, "timesteps") or 1000)}
+        return {
+            "shift": float(find_attr(model, "shift") or 1.0),
+            "num_train_timesteps": int(find_attr(model, "timesteps") or 1000),
+        }
     log_sigmas = find_attr(model, "log_sigmas")
     if log_sigmas is None:
         return None
@@ -112,8 +114,10 @@ def base_config(entry: Entry, model: Any) -> dict[str, Any] | None:
     return {"num_train_timesteps": len(betas), "trained_betas": betas.tolist(), "clip_sample": False}
 
 
-NO_CONFIG = ("needs a discrete-time VP model — a diffusers adapter (timetuner_plugins.diffusers_adapters) or a "
-             "DiscreteVPDenoiser, whose σ table it turns into the scheduler's β's — or a flow model")
+NO_CONFIG = (
+    "needs a discrete-time VP model — a diffusers adapter (timetuner_plugins.diffusers_adapters) or a "
+    "DiscreteVPDenoiser, whose σ table it turns into the scheduler's β's — or a flow model"
+)
 
 
 def _scheduler_class(entry: Entry) -> type:
@@ -133,25 +137,34 @@ def run_config(entry: Entry, model: Any, overrides: dict[str, Any] | None) -> di
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     base = base_config(entry, model)
     if base is None:
-        raise DiffusersScheduleError(f"diffusers.{entry.cls} {NO_CONFIG}; this model has neither a scheduler config "
-                                     f"nor a σ table")
+        raise DiffusersScheduleError(
+            f"diffusers.{entry.cls} {NO_CONFIG}; this model has neither a scheduler config nor a σ table"
+        )
     cfg = {**base, **(overrides or {})}
     unknown = sorted(set(overrides or {}) - accepted)
     if unknown:
-        raise DiffusersScheduleError(f"{entry.cls} has no setting {', '.join(map(repr, unknown))}; it takes: "
-                                     f"{', '.join(sorted(accepted))}")
+        raise DiffusersScheduleError(
+            f"{entry.cls} has no setting {', '.join(map(repr, unknown))}; it takes: {', '.join(sorted(accepted))}"
+        )
     cfg = {k: v for k, v in cfg.items() if k in accepted}
     if entry.space != "flow" and "prediction_type" in accepted:
         cfg["prediction_type"] = "epsilon"
     if entry.cls == "PNDMScheduler":
         if (overrides or {}).get("skip_prk_steps") is False or (base.get("skip_prk_steps") is False):
-            raise DiffusersScheduleError("diffusers.PNDMScheduler is registered as PLMS (skip_prk_steps, as Stable "
-                                         "Diffusion's configs set it): its Runge-Kutta warm-up steps are not supported")
+            raise DiffusersScheduleError(
+                "diffusers.PNDMScheduler is registered as PLMS (skip_prk_steps, as Stable "
+                "Diffusion's configs set it): its Runge-Kutta warm-up steps are not supported"
+            )
         cfg["skip_prk_steps"] = True
-    if str(cfg.get("algorithm_type", "")).startswith("sde") or cfg.get("stochastic_sampling") or \
-            float(cfg.get("eta", 0) or 0) > 0:
-        raise DiffusersScheduleError(f"diffusers.{entry.cls} with {cfg.get('algorithm_type') or 'noise'} adds noise "
-                                     f"from its own generator; only deterministic settings are registry samplers")
+    if (
+        str(cfg.get("algorithm_type", "")).startswith("sde")
+        or cfg.get("stochastic_sampling")
+        or float(cfg.get("eta", 0) or 0) > 0
+    ):
+        raise DiffusersScheduleError(
+            f"diffusers.{entry.cls} with {cfg.get('algorithm_type') or 'noise'} adds noise "
+            f"from its own generator; only deterministic settings are registry samplers"
+        )
     return cfg
 
 
@@ -170,8 +183,9 @@ _TEMPLATES: dict[str, Plan] = {}
 _BY_SIGMAS: dict[tuple, str] = {}  # (class, settings, step σ's in float32) -> template key
 
 
-def plan(entry: Entry, model: Any, steps: int, overrides: dict[str, Any] | None = None,
-         sigmas: torch.Tensor | None = None) -> Plan:
+def plan(
+    entry: Entry, model: Any, steps: int, overrides: dict[str, Any] | None = None, sigmas: torch.Tensor | None = None
+) -> Plan:
     """A fresh scheduler for ``steps`` steps on ``model`` (built once per setting, copied per run).
 
     A model with no scheduler config or σ table — the registry's stand-in that records a run's evaluation σ's
@@ -180,8 +194,10 @@ def plan(entry: Entry, model: Any, steps: int, overrides: dict[str, Any] | None 
     if base_config(entry, model) is None and sigmas is not None:
         key = _BY_SIGMAS.get((entry.cls, overrides_key, tuple(sigmas[:-1].detach().float().cpu().tolist())))
         if key is None:
-            raise DiffusersScheduleError(f"diffusers.{entry.cls} {NO_CONFIG}; or σ's that one of its schedules gave "
-                                         f"(--schedule diffusers.{entry.cls})")
+            raise DiffusersScheduleError(
+                f"diffusers.{entry.cls} {NO_CONFIG}; or σ's that one of its schedules gave "
+                f"(--schedule diffusers.{entry.cls})"
+            )
     else:
         cfg = run_config(entry, model, overrides)
         setter = find_attr(model, "set_timesteps_kwargs")
@@ -192,8 +208,13 @@ def plan(entry: Entry, model: Any, steps: int, overrides: dict[str, Any] | None 
             step_key = tuple(torch.tensor(made.step_sigmas, dtype=torch.float32).tolist())
             _BY_SIGMAS[(entry.cls, overrides_key, step_key)] = key
     template = _TEMPLATES[key]
-    return Plan(copy.deepcopy(template.scheduler), template.eval_sigmas, template.step_of, template.step_sigmas,
-                template.final_sigma)
+    return Plan(
+        copy.deepcopy(template.scheduler),
+        template.eval_sigmas,
+        template.step_of,
+        template.step_sigmas,
+        template.final_sigma,
+    )
 
 
 def _make_plan(entry: Entry, cfg: dict[str, Any], steps: int, kwargs: dict[str, Any]) -> Plan:
@@ -243,27 +264,32 @@ def _probe_final_sigma(scheduler: Any, first_sigma: float) -> float:
     sample = torch.full((1, 1), start, dtype=torch.float64)
     for t in probe.timesteps:
         sample = probe.step(torch.zeros_like(sample), t, sample, return_dict=False)[0]
-    alpha = float(sample.reshape(-1)[0]) / start / (1 + first_sigma ** 2) ** 0.5
-    return 0.0 if alpha >= 1 - 1e-6 else ((1 - alpha ** 2) ** 0.5) / alpha
+    alpha = float(sample.reshape(-1)[0]) / start / (1 + first_sigma**2) ** 0.5
+    return 0.0 if alpha >= 1 - 1e-6 else ((1 - alpha**2) ** 0.5) / alpha
 
 
 def check_sigmas(name: str, p: Plan, sigmas: torch.Tensor) -> None:
     host = sigmas.detach().double().cpu().tolist()
-    ok = len(host) == len(p.step_sigmas) + 1 and host[-1] == 0.0 and all(
-        abs(a - b) <= SIGMA_RTOL * b for a, b in zip(host[:-1], p.step_sigmas))
+    ok = (
+        len(host) == len(p.step_sigmas) + 1
+        and host[-1] == 0.0
+        and all(abs(a - b) <= SIGMA_RTOL * b for a, b in zip(host[:-1], p.step_sigmas))
+    )
     if not ok:
         fmt = lambda v: "[" + ", ".join(f"{x:.5g}" for x in v) + "]"  # noqa: E731
         raise DiffusersScheduleError(
             f"sampler {name!r} runs the σ's its scheduler sets for {len(host) - 1} steps, {fmt(p.step_sigmas)} then 0, "
             f"but the run's σ's are {fmt(host)}: the scheduler's timesteps decide the schedule. Use the schedule "
-            f"{name!r} (--schedule {name}), which gives exactly those σ's")
+            f"{name!r} (--schedule {name}), which gives exactly those σ's"
+        )
 
 
 def make_sampler(entry: Entry) -> Callable[..., torch.Tensor]:
     name = f"diffusers.{entry.cls}"
 
-    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None,
-               scheduler_config: dict | None = None) -> torch.Tensor:
+    def sample(
+        model, x, sigmas, extra_args=None, callback=None, disable=None, scheduler_config: dict | None = None
+    ) -> torch.Tensor:
         extra_args = extra_args or {}
         p = plan(entry, model, len(sigmas) - 1, scheduler_config, sigmas)
         check_sigmas(name, p, sigmas)
@@ -277,7 +303,7 @@ def make_sampler(entry: Entry) -> Callable[..., torch.Tensor]:
         for i, t in enumerate(scheduler.timesteps):
             j = p.step_of[i]
             sigma = sigmas[j]
-            current = state * (1 + sigma ** 2) ** 0.5 if vp else state
+            current = state * (1 + sigma**2) ** 0.5 if vp else state
             denoised = model(current, sigma * ones, **extra_args)
             if callback is not None and (i == 0 or p.step_of[i - 1] != j):
                 callback({"x": current, "i": j, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
@@ -285,7 +311,7 @@ def make_sampler(entry: Entry) -> Callable[..., torch.Tensor]:
             if scale is not None:
                 scale(state, t)  # the pipeline's protocol (Euler-style schedulers expect the call before step())
             state = scheduler.step(output.to(state.dtype), t, state, return_dict=False)[0]
-        return state * (1 + p.final_sigma ** 2) ** 0.5 if vp and p.final_sigma else state
+        return state * (1 + p.final_sigma**2) ** 0.5 if vp and p.final_sigma else state
 
     sample.__name__ = f"sample_{entry.cls}"
     sample.__doc__ = f"{entry.description}: drives {entry.cls}.step() (see timetuner_plugins.diffusers_samplers)."

@@ -22,8 +22,14 @@ class GMMDenoiser(TunableDenoiser):
     default_schedule = "quadratic_t"
     time_offset = 1.0
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor,
-                 sample_shape: tuple[int, ...], alphas_cumprod: torch.Tensor | None = None):
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        means: torch.Tensor,
+        covariances: torch.Tensor,
+        sample_shape: tuple[int, ...],
+        alphas_cumprod: torch.Tensor | None = None,
+    ):
         super().__init__()
         if alphas_cumprod is None:
             alphas_cumprod = DiscreteVPDenoiser.linear_betas()
@@ -54,9 +60,10 @@ class GMMDenoiser(TunableDenoiser):
         a = torch.as_tensor(alpha, dtype=torch.float64, device=x.device).reshape(-1, 1, 1)
         diff = x[:, None, :] - a * self.means[None]  # (B, K, D)
         proj = torch.einsum("bkd,kde->bke", diff, self.eigvecs)
-        total = a ** 2 * self.eigvals[None] + var  # (B, K, D): the component's covariance, per eigenvector
-        log_like = (-0.5 * (proj ** 2 / total).sum(-1) - 0.5 * total.log().sum(-1)
-                    - 0.5 * x.shape[1] * math.log(2 * math.pi))
+        total = a**2 * self.eigvals[None] + var  # (B, K, D): the component's covariance, per eigenvector
+        log_like = (
+            -0.5 * (proj**2 / total).sum(-1) - 0.5 * total.log().sum(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+        )
         resp = torch.softmax(self.weights.log()[None] + log_like, dim=1)  # (B, K)
         shrunk = a * self.eigvals[None] / total * proj
         comp_means = self.means[None] + torch.einsum("bke,kde->bkd", shrunk, self.eigvecs)
@@ -67,16 +74,18 @@ class GMMDenoiser(TunableDenoiser):
         s = append_dims(sigma, x.ndim).double()
         tau = cond_sigma.double().reshape(-1) if cond_sigma.ndim else cond_sigma.double().expand(b)
         t = append_dims(tau, x.ndim)
-        x_in = x.double() / (s ** 2 + 1) ** 0.5          # the network's input c_in(σ)·x
-        x_at_tau = x_in * (t ** 2 + 1) ** 0.5              # read as a VP sample at level τ
+        x_in = x.double() / (s**2 + 1) ** 0.5  # the network's input c_in(σ)·x
+        x_at_tau = x_in * (t**2 + 1) ** 0.5  # read as a VP sample at level τ
         x0 = self.posterior_mean(x_at_tau.reshape(b, -1), tau).reshape(x.shape)
-        eps = (x_at_tau - x0) / t                          # exact ε-prediction at τ
+        eps = (x_at_tau - x0) / t  # exact ε-prediction at τ
         return (x.double() - s * eps).to(x.dtype)
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixture's exact mean and covariance (flat, float64)."""
         mean = (self.weights[:, None] * self.means).sum(0)
-        second = (self.weights[:, None, None] * (self.covariances + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        second = (
+            self.weights[:, None, None] * (self.covariances + self.means[:, :, None] * self.means[:, None, :])
+        ).sum(0)
         return mean, second - mean[:, None] * mean[None, :]
 
     def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:

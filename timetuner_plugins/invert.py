@@ -49,8 +49,9 @@ def read_states(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             if torch.is_tensor(obj):
                 obj = {"sample": obj}
             if not isinstance(obj, dict):
-                raise StatesFileError(f"{path}: a .pt states file holds a tensor or a dict of tensors, not "
-                                      f"{type(obj).__name__}")
+                raise StatesFileError(
+                    f"{path}: a .pt states file holds a tensor or a dict of tensors, not {type(obj).__name__}"
+                )
             meta = {str(k): str(v) for k, v in dict(obj.pop("metadata", {}) or {}).items()}
             tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
         else:
@@ -60,17 +61,22 @@ def read_states(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     except Exception as exc:  # a corrupt or foreign file: one clear line
         raise StatesFileError(f"{path}: cannot read it as a states file ({type(exc).__name__}: {exc})") from None
     if "sample" not in tensors:
-        raise StatesFileError(f"{path}: no 'sample' tensor (found: {', '.join(sorted(tensors)) or 'none'}); "
-                              f"write the samples under the name 'sample'")
+        raise StatesFileError(
+            f"{path}: no 'sample' tensor (found: {', '.join(sorted(tensors)) or 'none'}); "
+            f"write the samples under the name 'sample'"
+        )
     for name in ("previous", "noise"):
         if name in tensors and tensors[name].shape != tensors["sample"].shape:
-            raise StatesFileError(f"{path}: '{name}' has shape {tuple(tensors[name].shape)} but 'sample' has "
-                                  f"{tuple(tensors['sample'].shape)}")
+            raise StatesFileError(
+                f"{path}: '{name}' has shape {tuple(tensors[name].shape)} but 'sample' has "
+                f"{tuple(tensors['sample'].shape)}"
+            )
     return tensors, meta
 
 
-def write_states(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
-                 overwrite: bool = False) -> Path:
+def write_states(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], overwrite: bool = False
+) -> Path:
     path = Path(path)
     if path.suffix not in (".safetensors", ".pt"):
         raise StatesFileError(f"{path}: use a .safetensors or .pt file")
@@ -85,28 +91,44 @@ def write_states(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
 
 
 def run_meta(model_name: str, sampler: str, schedule: str, steps: int, options: dict[str, Any]) -> dict[str, str]:
-    return {"model": model_name, "sampler": sampler, "schedule": schedule, "steps": str(steps),
-            "options": json.dumps(options, sort_keys=True)}
+    return {
+        "model": model_name,
+        "sampler": sampler,
+        "schedule": schedule,
+        "steps": str(steps),
+        "options": json.dumps(options, sort_keys=True),
+    }
 
 
-def generate(model: Any, sampler: str, sigmas: torch.Tensor, noise: torch.Tensor, options: dict[str, Any]
-             ) -> dict[str, torch.Tensor]:
+def generate(
+    model: Any, sampler: str, sigmas: torch.Tensor, noise: torch.Tensor, options: dict[str, Any]
+) -> dict[str, torch.Tensor]:
     """BDIA samples from standard-normal ``noise`` with the state before each."""
     with torch.no_grad():
         sample, previous = bdia_sample(model, noise * sigmas[0].to(noise), sigmas.to(noise.device), sampler, **options)
     return {"sample": sample, "previous": previous, "noise": noise}
 
 
-def invert(model: Any, sampler: str, sigmas: torch.Tensor, tensors: dict[str, torch.Tensor],
-           options: dict[str, Any], previous_iters: int = 3, check: bool = True
-           ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def invert(
+    model: Any,
+    sampler: str,
+    sigmas: torch.Tensor,
+    tensors: dict[str, torch.Tensor],
+    options: dict[str, Any],
+    previous_iters: int = 3,
+    check: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The noise of ``tensors['sample']`` and its ``previous`` state (estimated if absent), with ``next``,
     the state after the first step, which together with the noise regenerates any pair exactly. With
     ``check``, the round trip's max abs errors: from (noise, next) against the given pair, from the noise
     alone (exact only for pairs a BDIA run made), and against the file's own ``noise`` when it has one."""
     sigmas = sigmas.to(tensors["sample"].device)
-    report: dict[str, Any] = {"sampler": sampler, "steps": len(sigmas) - 1, "options": options,
-                              "dtype": str(tensors["sample"].dtype).removeprefix("torch.")}
+    report: dict[str, Any] = {
+        "sampler": sampler,
+        "steps": len(sigmas) - 1,
+        "options": options,
+        "dtype": str(tensors["sample"].dtype).removeprefix("torch."),
+    }
     with torch.no_grad():
         sample = tensors["sample"]
         previous = tensors.get("previous")

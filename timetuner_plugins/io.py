@@ -78,8 +78,10 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False, flag: st
     if path.is_dir():
         raise OutputPathError(f"{path} is a directory; give {flag} a file name such as {path / 'out.safetensors'}")
     if not folder.is_dir():
-        raise OutputPathError(f"cannot write {path}: the folder {folder} does not exist; create it "
-                              f"(mkdir -p {folder}) or choose another {flag}")
+        raise OutputPathError(
+            f"cannot write {path}: the folder {folder} does not exist; create it "
+            f"(mkdir -p {folder}) or choose another {flag}"
+        )
     if not os.access(folder, os.W_OK):
         raise OutputPathError(f"cannot write {path}: the folder {folder} is not writable; choose another {flag}")
     if path.exists() and not overwrite:

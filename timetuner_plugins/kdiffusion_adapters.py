@@ -20,8 +20,15 @@ class KDiffusionDenoiser(TunableDenoiser):
     """``kind``: ``eps`` (DiscreteEpsDDPMDenoiser, CompVisDenoiser, OpenAIDenoiser), ``discrete_v``
     (DiscreteVDDPMDenoiser, CompVisVDenoiser), ``continuous_v`` (VDenoiser) or ``karras`` (layers.Denoiser)."""
 
-    def __init__(self, wrapper: torch.nn.Module, kind: str, sample_shape: tuple[int, ...] = (),
-                 sigma_min: float | None = None, sigma_max: float | None = None, model_id: str = ""):
+    def __init__(
+        self,
+        wrapper: torch.nn.Module,
+        kind: str,
+        sample_shape: tuple[int, ...] = (),
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        model_id: str = "",
+    ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -76,7 +76,7 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
             for c, d_old in zip(nums[1:], reversed(history)):
                 slope = slope + c * d_old
             x = x + (sigmas[i + 1] - sigmas[i]) * slope / den
-        history = (history + [d])[-(max_order - 1):] if max_order > 1 else []
+        history = (history + [d])[-(max_order - 1) :] if max_order > 1 else []
     return x
 
 
@@ -99,7 +99,7 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int = 3, n: int = 10_000)
     eps_s, s_min, s_max = 1e-3, 0.002, 80.0
     beta_d = 2 * (_f32_log1p_sq(s_min) / eps_s - _f32_log1p_sq(s_max)) / (eps_s - 1)
     beta_min = _f32_log1p_sq(s_max) - 0.5 * beta_d
-    t = ((beta_min ** 2 + 2 * beta_d * (sigmas ** 2 + 1).log()).sqrt() - beta_min) / beta_d
+    t = ((beta_min**2 + 2 * beta_d * (sigmas**2 + 1).log()).sqrt() - beta_min) / beta_d
     grid = torch.linspace(0, 1, n, dtype=sigmas.dtype, device=sigmas.device)
     host = sigmas.tolist()
     table: list[list[torch.Tensor]] = [[] for _ in host[1:]]
@@ -108,11 +108,11 @@ def deis_coefficients(sigmas: torch.Tensor, max_order: int = 3, n: int = 10_000)
         if not rows:
             continue
         lo, hi = rows[0], rows[-1] + 1  # consecutive steps: slices, no index tensor to copy to the device
-        span = (t[lo + 1:hi + 1] - t[lo:hi])[:, None]
+        span = (t[lo + 1 : hi + 1] - t[lo:hi])[:, None]
         taus = t[lo:hi, None] + span * grid
-        alpha_bar = torch.exp(-0.5 * taus ** 2 * beta_d - taus * beta_min)
+        alpha_bar = torch.exp(-0.5 * taus**2 * beta_d - taus * beta_min)
         weight = 0.5 * (taus * beta_d + beta_min) / torch.sqrt(alpha_bar * (1 - alpha_bar)) * (span / n)
-        nodes = [t[lo - k:hi - k, None] for k in range(order)]
+        nodes = [t[lo - k : hi - k, None] for k in range(order)]
         columns = []
         for j in range(order):
             basis = torch.ones_like(taus)
@@ -142,7 +142,7 @@ def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         else:
             for c, d_j in zip(table[i], [d, *reversed(history)]):
                 x = x + c * d_j
-        history = (history + [d])[-(max_order - 1):] if max_order > 1 else []
+        history = (history + [d])[-(max_order - 1) :] if max_order > 1 else []
     return x
 
 
@@ -209,7 +209,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None,
             b.append(h_phi_k * fact / b_h)
             fact *= k + 1
             h_phi_k = h_phi_k / hh - 1 / fact
-        big_r = torch.stack([r ** k for k in range(p)])
+        big_r = torch.stack([r**k for k in range(p)])
         b = torch.stack(b)
         x_base = (sd[s] / sd[j0]) * x - (alpha[s] * h_phi_1) * m0
         x_pred = x_base

@@ -48,11 +48,13 @@ class DigitsUNet(nn.Module):
     sinusoidal embedding; ``label`` is a class 0-9 or ``NULL_LABEL``.
     """
 
-    def __init__(self, channels: int = 32, width: int = 256, blocks: int = 3, label_scale: float = 1.0,
-                 num_classes: int = 10):
+    def __init__(
+        self, channels: int = 32, width: int = 256, blocks: int = 3, label_scale: float = 1.0, num_classes: int = 10
+    ):
         super().__init__()
-        self.config = dict(channels=channels, width=width, blocks=blocks, label_scale=label_scale,
-                           num_classes=num_classes)
+        self.config = dict(
+            channels=channels, width=width, blocks=blocks, label_scale=label_scale, num_classes=num_classes
+        )
         c = channels
         self.label_scale = label_scale
         self.stem = nn.Conv2d(1, c, 3, padding=1)
@@ -92,10 +94,15 @@ class DigitsClassifier(nn.Module):
         self.config = dict(channels=channels, features=features)
         c = channels
         self.body = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.SiLU(),
-            nn.Flatten(), nn.Linear(2 * c * 16, features), nn.SiLU(),
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(2 * c * 16, features),
+            nn.SiLU(),
         )
         self.logits = nn.Linear(features, 10)
 

@@ -32,9 +32,13 @@ class BrownianNoise:
 
         self.like = like
         w0 = torch.zeros_like(like, dtype=torch.float64, device="cpu")
-        self.tree = torchsde.BrownianTree(torch.tensor(float(sigma_min) * 0.5, dtype=torch.float64), w0,
-                                          torch.tensor(float(sigma_max) * 1.5, dtype=torch.float64),
-                                          entropy=seed, tol=1e-6)
+        self.tree = torchsde.BrownianTree(
+            torch.tensor(float(sigma_min) * 0.5, dtype=torch.float64),
+            w0,
+            torch.tensor(float(sigma_max) * 1.5, dtype=torch.float64),
+            entropy=seed,
+            tol=1e-6,
+        )
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         t0, t1 = float(sigma), float(sigma_next)

@@ -12,8 +12,9 @@ class SamplerOptionError(ValueError):
     """A sampler option out of its range (or a run the option cannot serve); the message says what to pass."""
 
 
-def check_range(sampler: str, name: str, value: Any, low: float, high: float, why: str = "",
-                low_open: bool = False) -> float:
+def check_range(
+    sampler: str, name: str, value: Any, low: float, high: float, why: str = "", low_open: bool = False
+) -> float:
     """``value`` as a float in [low, high] (or (low, high] with ``low_open``), else :class:`SamplerOptionError`."""
     try:
         v = float(value)
@@ -23,8 +24,10 @@ def check_range(sampler: str, name: str, value: Any, low: float, high: float, wh
     if not ok:
         lo = "(" if low_open else "["
         note = f" ({why})" if why else ""
-        raise SamplerOptionError(f"{sampler}: {name} must be in {lo}{low:g}, {high:g}]{note}, got {value!r}; "
-                                 f"pass e.g. --option {name}={high:g}")
+        raise SamplerOptionError(
+            f"{sampler}: {name} must be in {lo}{low:g}, {high:g}]{note}, got {value!r}; "
+            f"pass e.g. --option {name}={high:g}"
+        )
     return v
 
 
@@ -34,16 +37,19 @@ def check_finite(sampler: str, name: str, value: Any, example: str) -> float:
     except (TypeError, ValueError):
         v = math.nan
     if not math.isfinite(v):
-        raise SamplerOptionError(f"{sampler}: {name} must be a finite number, got {value!r}; pass e.g. "
-                                 f"--option {name}={example}")
+        raise SamplerOptionError(
+            f"{sampler}: {name} must be a finite number, got {value!r}; pass e.g. --option {name}={example}"
+        )
     return v
 
 
 def check_choice(sampler: str, name: str, value: Any, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:
-        raise SamplerOptionError(f"{sampler}: {name} must be one of {', '.join(choices)}, got {value!r}; pass e.g. "
-                                 f"--option {name}={choices[0]}")
+        raise SamplerOptionError(
+            f"{sampler}: {name} must be one of {', '.join(choices)}, got {value!r}; pass e.g. "
+            f"--option {name}={choices[0]}"
+        )
     return value
 
 

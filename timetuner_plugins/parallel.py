@@ -46,8 +46,9 @@ class Shards:
 
     def check(self, n: int, what: str = "batch") -> None:
         if n % self.world:
-            raise ShardError(f"{what} {n} does not split evenly over {self.world} processes; use a multiple of "
-                             f"{self.world}")
+            raise ShardError(
+                f"{what} {n} does not split evenly over {self.world} processes; use a multiple of {self.world}"
+            )
 
     def own(self, n: int) -> slice:
         """This process's rows of an ``n``-row batch."""
@@ -83,8 +84,10 @@ class Shards:
         dist.all_gather_object(values, value)
         if len(set(values)) > 1:
             differing = [r for r, v in enumerate(values) if v != values[0]]
-            raise ShardError(f"the processes disagree on the {what} (ranks {differing} differ from rank 0): start "
-                             f"every rank with the same command, model files and settings")
+            raise ShardError(
+                f"the processes disagree on the {what} (ranks {differing} differ from rank 0): start "
+                f"every rank with the same command, model files and settings"
+            )
 
     def barrier(self) -> None:
         if self.distributed:

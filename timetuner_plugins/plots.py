@@ -17,8 +17,9 @@ def sample_grid(panels: dict[str, dict[str, torch.Tensor]], path: Path, per_row:
     n_panels = len(panels)
     n_rows = max(len(rows) for rows in panels.values())
     width = 3.6  # inches per panel; a row is a strip of ``per_row`` images, so its height follows
-    fig, axes = plt.subplots(n_rows, n_panels, figsize=(width * n_panels, n_rows * (width / per_row * 1.15 + 0.12) + 0.45),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_panels, figsize=(width * n_panels, n_rows * (width / per_row * 1.15 + 0.12) + 0.45), squeeze=False
+    )
     for col, (title, rows) in enumerate(panels.items()):
         for row, (label, samples) in enumerate(rows.items()):
             imgs = samples[:per_row, 0].clamp(-1, 1).cpu()
@@ -51,8 +52,12 @@ def _measured_runs(nfes: Sequence[int], grid: Sequence[int]) -> list[list[int]]:
     return runs
 
 
-def fd_vs_nfe(series: dict[str, tuple[Sequence[int], Sequence[float]]], path: Path, reference: float | None = None,
-              title: str = "FD vs NFE") -> Path:
+def fd_vs_nfe(
+    series: dict[str, tuple[Sequence[int], Sequence[float]]],
+    path: Path,
+    reference: float | None = None,
+    title: str = "FD vs NFE",
+) -> Path:
     """FD over NFE, a marker per measured point; lines join only neighbouring NFEs that were both measured, so
     no line crosses an NFE a series did not run. Tuned series (a name with 'tuned', not 'untuned') are dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -63,8 +68,14 @@ def fd_vs_nfe(series: dict[str, tuple[Sequence[int], Sequence[float]]], path: Pa
         line = None
         for run in _measured_runs(nfes, grid):
             color = line.get_color() if line is not None else None
-            (line,) = ax.plot([nfes[i] for i in run], [fds[i] for i in run], marker="s" if dashed else "o",
-                              linestyle="--" if dashed else "-", color=color, label=None if color else name)
+            (line,) = ax.plot(
+                [nfes[i] for i in run],
+                [fds[i] for i in run],
+                marker="s" if dashed else "o",
+                linestyle="--" if dashed else "-",
+                color=color,
+                label=None if color else name,
+            )
     if reference is not None:
         ax.axhline(reference, color="gray", linestyle=":", label="500-NFE reference")
     ax.set_xlabel("NFE")
@@ -98,8 +109,9 @@ def tau_ratios(series: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path,
     return path
 
 
-def comparison_grid(cases: dict[str, dict[str, tuple[torch.Tensor, str]]], path: Path, per_row: int = 8,
-                    columns: int = 2) -> Path:
+def comparison_grid(
+    cases: dict[str, dict[str, tuple[torch.Tensor, str]]], path: Path, per_row: int = 8, columns: int = 2
+) -> Path:
     """Panels of sample rows, ``{panel title: {row label: (images (n, 1, H, W) in −1…1, kind)}}``; kind 'sample'
     is drawn in grey (ink dark), kind 'error' (|sample − reference|, 0…2) in a heat map, so the rows that
     differ are visible at a glance."""
@@ -108,8 +120,12 @@ def comparison_grid(cases: dict[str, dict[str, tuple[torch.Tensor, str]]], path:
     cols = min(columns, len(titles))
     panel_rows = (len(titles) + cols - 1) // cols
     cell = 0.55  # inches per image
-    fig, axes = plt.subplots(panel_rows * rows, cols, squeeze=False,
-                             figsize=(cols * (per_row * cell + 1.3), panel_rows * (rows * cell * 1.15 + 0.5)))
+    fig, axes = plt.subplots(
+        panel_rows * rows,
+        cols,
+        squeeze=False,
+        figsize=(cols * (per_row * cell + 1.3), panel_rows * (rows * cell * 1.15 + 0.5)),
+    )
     for p, title in enumerate(titles):
         top, col = (p // cols) * rows, p % cols
         for r, (label, (images, kind)) in enumerate(cases[title].items()):

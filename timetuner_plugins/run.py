@@ -35,8 +35,10 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but this torch build sees no CUDA GPU "
-                         f"(torch {torch.__version__}); use --device cpu or auto")
+        raise ValueError(
+            f"device {name!r} was asked for but this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     return device
@@ -81,10 +83,20 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def run_sampler(model: Callable[..., torch.Tensor], spec: SamplerSpec, x: torch.Tensor, sigmas: torch.Tensor, *,
-                lookup: TauLookup | None = None, extra_args: dict | None = None, options: dict | None = None,
-                noise_sampler: Callable | None = None, seed: int = 0, callback: Callable | None = None,
-                disable: bool = True) -> torch.Tensor:
+def run_sampler(
+    model: Callable[..., torch.Tensor],
+    spec: SamplerSpec,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    lookup: TauLookup | None = None,
+    extra_args: dict | None = None,
+    options: dict | None = None,
+    noise_sampler: Callable | None = None,
+    seed: int = 0,
+    callback: Callable | None = None,
+    disable: bool = True,
+) -> torch.Tensor:
     """One run of ``spec`` from ``x`` (already at σ₀) over ``sigmas``.
 
     The registry's ``model_for_run`` hook picks the callable for the run's evaluations (the
@@ -101,16 +113,32 @@ def run_sampler(model: Callable[..., torch.Tensor], spec: SamplerSpec, x: torch.
     call = registry.model_for_run(model, spec, sigmas)
     call = call if lookup is None else registry.wrap_model(call, lookup, spec)
     with seeded(seed, x.device):
-        out = spec.fn(call, x, sigmas.to(x.device), extra_args=extra_args, callback=callback, disable=disable,
-                      **run_options(spec.fn, opts))
+        out = spec.fn(
+            call,
+            x,
+            sigmas.to(x.device),
+            extra_args=extra_args,
+            callback=callback,
+            disable=disable,
+            **run_options(spec.fn, opts),
+        )
     check = getattr(call, "check_complete", None)
     if lookup is not None and check is not None:
         check()
     return out
 
 
-def sample(model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, noise: torch.Tensor, *,
-           tuned: Any = None, lookup: TauLookup | None = None, force: bool = False, **kwargs: Any) -> torch.Tensor:
+def sample(
+    model: Any,
+    sampler: str | SamplerSpec,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    tuned: Any = None,
+    lookup: TauLookup | None = None,
+    force: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
     """Sample from standard-normal ``noise`` (scaled to σ₀ here), optionally with a tuned set.
 
     A ``tuned`` set is checked against the model, sampler and σ's first; a mismatch
@@ -130,8 +158,19 @@ class _Zero:
 
     def __init__(self, like: Any = None):
         self.inner_model = None
-        for attr in ("space", "shift", "multiplier", "sigma_table", "comfy_guider", "sigma_min", "sigma_max",
-                     "log_sigmas", "timesteps", "scheduler_config", "set_timesteps_kwargs"):
+        for attr in (
+            "space",
+            "shift",
+            "multiplier",
+            "sigma_table",
+            "comfy_guider",
+            "sigma_min",
+            "sigma_max",
+            "log_sigmas",
+            "timesteps",
+            "scheduler_config",
+            "set_timesteps_kwargs",
+        ):
             if like is not None and hasattr(like, attr):
                 setattr(self, attr, getattr(like, attr))
 
@@ -139,8 +178,13 @@ class _Zero:
         return torch.zeros_like(x)
 
 
-def eval_sigmas(spec: SamplerSpec, sigmas: torch.Tensor, sample_shape: tuple[int, ...],
-                options: dict | None = None, model: Any = None) -> torch.Tensor:
+def eval_sigmas(
+    spec: SamplerSpec,
+    sigmas: torch.Tensor,
+    sample_shape: tuple[int, ...],
+    options: dict | None = None,
+    model: Any = None,
+) -> torch.Tensor:
     """The σ of each network evaluation a run on ``sigmas`` makes (found by running it on a stand-in
     denoiser that returns zeros, of ``model``'s σ space; samplers whose σ's depend on the model's output are
     not tunable)."""
@@ -153,6 +197,8 @@ def eval_sigmas(spec: SamplerSpec, sigmas: torch.Tensor, sample_shape: tuple[int
         return recorded
     expected = spec.nfe(sigmas)
     if len(recorded) != expected:
-        raise RuntimeError(f"sampler {spec.name!r} made {len(recorded)} evaluations on {len(sigmas) - 1} steps but "
-                           f"its spec says {expected}; fix the nfe function its plugin registers")
+        raise RuntimeError(
+            f"sampler {spec.name!r} made {len(recorded)} evaluations on {len(sigmas) - 1} steps but "
+            f"its spec says {expected}; fix the nfe function its plugin registers"
+        )
     return recorded

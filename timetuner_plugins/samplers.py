@@ -25,12 +25,14 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.
     return (x - denoised) / append_dims(sigma, x.ndim)
 
 
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ancestral_step(
+    sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(σ_down, σ_up) for an ancestral step σ → σ_next; η=1 is DDPM's posterior variance."""
     if not eta:
         return sigma_next, torch.zeros_like(sigma_next)
-    sigma_up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
-    return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - sigma_up**2) ** 0.5, sigma_up
 
 
 def is_flow(model: Any) -> bool:
@@ -54,8 +56,14 @@ def _randn_sampler(x: torch.Tensor) -> NoiseSampler:
     return lambda sigma, sigma_next: torch.randn_like(x)
 
 
-def _report(callback: Callable | None, x: torch.Tensor, i: int, sigma: torch.Tensor, sigma_hat: torch.Tensor,
-            denoised: torch.Tensor) -> None:
+def _report(
+    callback: Callable | None,
+    x: torch.Tensor,
+    i: int,
+    sigma: torch.Tensor,
+    sigma_hat: torch.Tensor,
+    denoised: torch.Tensor,
+) -> None:
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
 
@@ -71,8 +79,17 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
     return x
 
 
-def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 1.0,
-                           s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+def sample_euler_ancestral(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
     """Ancestral Euler steps; η=1 is DDPM's ancestral sampler (Ho et al. 2020) in σ space. On a flow model each
     step goes deterministically to σ_down = σ_next·(1 + (σ_next/σ − 1)·η), rescales the signal to σ_next's
     1 − σ_next and adds the noise that brings the total back to σ_next (ComfyUI's rectified-flow form)."""
@@ -85,8 +102,9 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         denoised = model(x, sigmas[i] * ones, **extra_args)
         _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if flow:
-            x = _flow_ancestral_step(x, denoised, sigmas[i], sigmas[i + 1], eta, s_noise, noise_sampler,
-                                     positive[i + 1])
+            x = _flow_ancestral_step(
+                x, denoised, sigmas[i], sigmas[i + 1], eta, s_noise, noise_sampler, positive[i + 1]
+            )
             continue
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
@@ -95,8 +113,16 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
-def _flow_ancestral_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                         eta: float, s_noise: float, noise_sampler: NoiseSampler, renoise: bool) -> torch.Tensor:
+def _flow_ancestral_step(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    eta: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler,
+    renoise: bool,
+) -> torch.Tensor:
     if not renoise:
         return denoised
     sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
@@ -105,30 +131,51 @@ def _flow_ancestral_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.T
     if not eta:
         return x
     alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
-    renoise_scale = (sigma_next ** 2 - sigma_down ** 2 * alpha_next ** 2 / alpha_down ** 2) ** 0.5
+    renoise_scale = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
     return (alpha_next / alpha_down) * x + noise_sampler(sigma, sigma_next) * s_noise * renoise_scale
 
 
 def _check_churn(model: Any, s_churn: float) -> None:
     if s_churn > 0 and is_flow(model):
-        raise ValueError("s_churn adds noise for a VE state (x = x₀ + σ·ε), not a flow model's; keep s_churn = 0 "
-                         "on flow models, or use 'ddpm' for ancestral sampling")
+        raise ValueError(
+            "s_churn adds noise for a VE state (x = x₀ + σ·ε), not a flow model's; keep s_churn = 0 "
+            "on flow models, or use 'ddpm' for ancestral sampling"
+        )
 
 
-def _churn(x: torch.Tensor, sigmas: torch.Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float,
-           s_noise: float, noise_sampler: NoiseSampler | None, host: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def _churn(
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    i: int,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    noise_sampler: NoiseSampler | None,
+    host: list[float],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """EDM's stochastic churn (Karras et al. 2022, Alg. 2): raise σ_i to σ̂ and add matching noise."""
-    gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= host[i] <= s_tmax else 0.0
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= host[i] <= s_tmax else 0.0
     sigma_hat = sigmas[i] * (gamma + 1)
     if gamma > 0:
         noise = noise_sampler(sigmas[i], sigma_hat) if noise_sampler else torch.randn_like(x)
-        x = x + noise * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+        x = x + noise * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
     return x, sigma_hat
 
 
-def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+def sample_heun(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 2); the step to σ=0 is Euler."""
     _check_churn(model, s_churn)
     extra_args = extra_args or {}
@@ -149,9 +196,19 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     return x
 
 
-def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn: float = 0.0,
-                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                 noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
+def sample_dpm_2(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
     """DPM-Solver-2 (Lu et al. 2022) as a midpoint method in log σ; the step to σ=0 is Euler."""
     _check_churn(model, s_churn)
     extra_args = extra_args or {}

@@ -32,8 +32,11 @@ def quadratic_t(n: int, model: TunableDenoiser) -> torch.Tensor:
 
 def logsnr_uniform(n: int, model: TunableDenoiser) -> torch.Tensor:
     """Evenly spaced in log-SNR = −2 log σ (DPM-Solver's recommended spacing)."""
-    return _finish(torch.linspace(torch.tensor(model.sigma_max).log(), torch.tensor(model.sigma_min).log(), n,
-                                  dtype=torch.float64).exp())
+    return _finish(
+        torch.linspace(
+            torch.tensor(model.sigma_max).log(), torch.tensor(model.sigma_min).log(), n, dtype=torch.float64
+        ).exp()
+    )
 
 
 def karras(n: int, model: TunableDenoiser, rho: float = 7.0) -> torch.Tensor:
@@ -55,8 +58,9 @@ def refine(sigmas: torch.Tensor, substeps: int, sigma_floor: float) -> tuple[tor
             pts = torch.logspace(torch.tensor(a).log10(), torch.tensor(b).log10(), substeps + 1, dtype=torch.float64)
             out += pts[1:].tolist()
         elif a > sigma_floor * 1.0001:
-            pts = torch.logspace(torch.tensor(a).log10(), torch.tensor(sigma_floor).log10(), substeps,
-                                 dtype=torch.float64)
+            pts = torch.logspace(
+                torch.tensor(a).log10(), torch.tensor(sigma_floor).log10(), substeps, dtype=torch.float64
+            )
             out += pts[1:].tolist() + [0.0]
         else:
             out.append(0.0)
@@ -66,6 +70,7 @@ def refine(sigmas: torch.Tensor, substeps: int, sigma_floor: float) -> tuple[tor
 
 # ComfyUI's schedulers, by its names, on the model's σ table (``TunableDenoiser.sigma_table``), so a set tuned
 # here matches a ComfyUI run with the same scheduler and steps. Each returns float32 σ's ending at 0.
+
 
 def _with_zero(values: list[float]) -> torch.Tensor:
     return torch.tensor([*values, 0.0], dtype=torch.float32)
@@ -133,10 +138,10 @@ def linear_quadratic(n: int, model: TunableDenoiser, threshold: float = 0.025) -
     lin = n // 2
     quad = n - lin
     gap = lin - threshold * n
-    a = gap / (lin * quad ** 2)
-    b = threshold / lin - 2 * gap / quad ** 2
-    c = a * lin ** 2
-    done = [i * threshold / lin for i in range(lin)] + [a * i ** 2 + b * i + c for i in range(lin, n)] + [1.0]
+    a = gap / (lin * quad**2)
+    b = threshold / lin - 2 * gap / quad**2
+    c = a * lin**2
+    done = [i * threshold / lin for i in range(lin)] + [a * i**2 + b * i + c for i in range(lin, n)] + [1.0]
     return torch.tensor([1.0 - d for d in done], dtype=torch.float32) * sigma_max
 
 
@@ -148,4 +153,3 @@ def kl_optimal(n: int, model: TunableDenoiser) -> torch.Tensor:
     w = torch.arange(n, dtype=torch.float32) / (n - 1)
     lo, hi = math.atan(float(table.sigma_min)), math.atan(float(table.sigma_max))
     return torch.cat([(w * lo + (1 - w) * hi).tan(), torch.zeros(1)])
-

@@ -53,19 +53,28 @@ def entries() -> list[Entry]:
     return [Entry(**{**item, "metrics": item.get("metrics") or {}}) for item in raw.get("sets", [])]
 
 
-def find(model: str, sampler: str, nfe: int | None = None, steps: int | None = None,
-         schedule: str | None = None) -> Entry:
+def find(
+    model: str, sampler: str, nfe: int | None = None, steps: int | None = None, schedule: str | None = None
+) -> Entry:
     """The shipped set for model × sampler at ``nfe`` evaluations (or ``steps`` steps); without a
     ``schedule``, the one on the schedule chosen for that sampler (listed first)."""
-    matches = [e for e in entries() if e.model == model and e.sampler == sampler
-               and (nfe is None or e.nfe == nfe) and (steps is None or e.steps == steps)
-               and (schedule is None or e.schedule == schedule)]
+    matches = [
+        e
+        for e in entries()
+        if e.model == model
+        and e.sampler == sampler
+        and (nfe is None or e.nfe == nfe)
+        and (steps is None or e.steps == steps)
+        and (schedule is None or e.schedule == schedule)
+    ]
     matches.sort(key=lambda e: not e.metrics.get("schedule_chosen", True))
     if not matches:
         have = sorted({f"{e.sampler}@{e.nfe}" for e in entries() if e.model == model})
-        raise NoShippedSet(f"no shipped tuned set for {model} × {sampler} at "
-                          f"{f'NFE {nfe}' if nfe is not None else f'{steps} steps'}; shipped for {model}: "
-                          f"{', '.join(have) or 'none'}. Tune one with `timetuner tune`.")
+        raise NoShippedSet(
+            f"no shipped tuned set for {model} × {sampler} at "
+            f"{f'NFE {nfe}' if nfe is not None else f'{steps} steps'}; shipped for {model}: "
+            f"{', '.join(have) or 'none'}. Tune one with `timetuner tune`."
+        )
     return matches[0]
 
 
@@ -75,8 +84,11 @@ def load(entry: Entry) -> TunedSet:
         raise TunedSetError(entry.path, "is listed in the index but missing", "Reinstall the package")
     digest = sha256_file(entry.path)
     if digest != entry.sha256:
-        raise TunedSetError(entry.path, f"has sha256 {digest[:12]}… but the index records {entry.sha256[:12]}…",
-                            "The file was modified or damaged: reinstall the package")
+        raise TunedSetError(
+            entry.path,
+            f"has sha256 {digest[:12]}… but the index records {entry.sha256[:12]}…",
+            "The file was modified or damaged: reinstall the package",
+        )
     return TunedSet.load(entry.path)
 
 
@@ -86,8 +98,10 @@ def write_index(items: list[Entry]) -> None:
 
     body = {"format": 1, "sets": [{k: getattr(e, k) for k in Entry.__dataclass_fields__} for e in items]}
     with atomic_path(INDEX, overwrite=True) as tmp:
-        tmp.write_text("# Shipped tuned sets; regenerate with `python -m timetuner_plugins.build_sets`.\n"
-                       + yaml.safe_dump(body, sort_keys=False))
+        tmp.write_text(
+            "# Shipped tuned sets; regenerate with `python -m timetuner_plugins.build_sets`.\n"
+            + yaml.safe_dump(body, sort_keys=False)
+        )
 
 
 TABLE_START, TABLE_END = "<!-- sets:start -->", "<!-- sets:end -->"
@@ -99,16 +113,21 @@ def _g(value: Any) -> str:
 
 def markdown(items: list[Entry] | None = None) -> str:
     """The shipped sets as a Markdown table: FD and trajectory error, untuned → tuned, side by side."""
-    lines = ["| model | sampler | schedule | NFE | FD untuned → tuned | FD 500-NFE ref | traj err untuned → tuned | "
-             "fallback |", "|---|---|---|---:|---|---:|---|---|"]
+    lines = [
+        "| model | sampler | schedule | NFE | FD untuned → tuned | FD 500-NFE ref | traj err untuned → tuned | "
+        "fallback |",
+        "|---|---|---|---:|---|---:|---|---|",
+    ]
     for e in items if items is not None else entries():
         m = e.metrics
         fd = f"{_g(m.get('fd_untuned'))} → {_g(m.get('fd_tuned'))}"
         traj = f"{_g(m.get('traj_err_untuned'))} → {_g(m.get('traj_err_tuned'))}"
         worse = m.get("traj_err_tuned") is not None and m["traj_err_tuned"] > m["traj_err_untuned"] * 1.001
         fallback = "identity" if m.get("identity_fallback") else ("traj worse" if worse else "")
-        lines.append(f"| {e.model} | {e.sampler} | {e.schedule} | {e.nfe} | {fd} | {_g(m.get('fd_reference'))} | "
-                     f"{traj} | {fallback} |")
+        lines.append(
+            f"| {e.model} | {e.sampler} | {e.schedule} | {e.nfe} | {fd} | {_g(m.get('fd_reference'))} | "
+            f"{traj} | {fallback} |"
+        )
     return "\n".join(lines)
 
 

@@ -61,8 +61,9 @@ def _timings(runs: list[Callable[[], Any]], repeats: int, progress: bool) -> lis
     return best
 
 
-def run_stitch(plan: StitchPlan, out: Path | None = None, log: Callable[[str], None] = print,
-               progress: bool = True) -> dict[str, Any]:
+def run_stitch(
+    plan: StitchPlan, out: Path | None = None, log: Callable[[str], None] = print, progress: bool = True
+) -> dict[str, Any]:
     """Measure FD and time per fraction (and FD with tuned τ at ``tune_fractions``); write the report."""
     plan.validate()
     large = registry.load_model(plan.model)
@@ -71,7 +72,7 @@ def run_stitch(plan: StitchPlan, out: Path | None = None, log: Callable[[str], N
     schedule = plan.schedule or large.default_schedule
     sigmas = make_sigmas(large, schedule, plan.steps)
     noise = eval_noise(plan.n, tuple(large.sample_shape), plan.seed)
-    timing = noise[:plan.batch].to(model_device(large))
+    timing = noise[: plan.batch].to(model_device(large))
     fd = fd_metric(large)
     if fd is None:
         raise ValueError(f"model {plan.model!r} has no FD metric; the stitch report needs one")
@@ -84,32 +85,49 @@ def run_stitch(plan: StitchPlan, out: Path | None = None, log: Callable[[str], N
         if any(abs(f - t) < 1e-9 for t in plan.tune_fractions):
             row.update(_tuned(model, spec, sigmas, schedule, noise, plan, fd))
         rows.append(row)
-    runs = [lambda m=StitchedDenoiser(large, small, r["fraction"]): generate(m, spec, sigmas, timing, seed=plan.seed)
-            for r in rows]
+    runs = [
+        lambda m=StitchedDenoiser(large, small, r["fraction"]): generate(m, spec, sigmas, timing, seed=plan.seed)
+        for r in rows
+    ]
     for r, seconds in zip(rows, _timings(runs, plan.repeats, progress)):
         r["seconds"] = round(seconds, 5)
         log(_line(r))
     base = next((r["seconds"] for r in rows if r["fraction"] == 0.0), rows[0]["seconds"])
     for r in rows:
         r["speedup"] = round(base / r["seconds"], 3)
-    data = {"plan": asdict(plan) | {"schedule": schedule}, "rows": rows,
-            "params": {plan.model: _params(large), plan.small: _params(small)},
-            "torch_threads": torch.get_num_threads(), "device": str(model_device(large))}
+    data = {
+        "plan": asdict(plan) | {"schedule": schedule},
+        "rows": rows,
+        "params": {plan.model: _params(large), plan.small: _params(small)},
+        "torch_threads": torch.get_num_threads(),
+        "device": str(model_device(large)),
+    }
     if out is not None:
         write(data, out)
     return data
 
 
-def _tuned(model: Any, spec: Any, sigmas: torch.Tensor, schedule: str, noise: torch.Tensor, plan: StitchPlan,
-           fd: Callable[[torch.Tensor], float]) -> dict[str, Any]:
+def _tuned(
+    model: Any,
+    spec: Any,
+    sigmas: torch.Tensor,
+    schedule: str,
+    noise: torch.Tensor,
+    plan: StitchPlan,
+    fd: Callable[[torch.Tensor], float],
+) -> dict[str, Any]:
     """τ tuned by the generic tuner with the stitched pair as the model, evaluated on the report's noise."""
     config = TuneConfig(iters=plan.tune_iters, show_progress=False)
     result = tune_set(model, spec, sigmas, schedule, config, eval_n=0).result
     lookup = TauLookup(result.eval_sigmas, result.tau, dode_lambda=result.dode_lambda)
     samples = generate(model, spec, sigmas, noise, lookup=lookup, seed=plan.seed)
     sel = result.selection
-    return {"fd_tuned": fd(samples), "tau_ratio": [round(v, 4) for v in (result.tau / result.eval_sigmas).tolist()],
-            "tune_seconds": round(result.seconds, 1), "kept_identity": bool(sel.get("fallback_identity", False))}
+    return {
+        "fd_tuned": fd(samples),
+        "tau_ratio": [round(v, 4) for v in (result.tau / result.eval_sigmas).tolist()],
+        "tune_seconds": round(result.seconds, 1),
+        "kept_identity": bool(sel.get("fallback_identity", False)),
+    }
 
 
 def _params(model: Any) -> int:
@@ -118,25 +136,39 @@ def _params(model: Any) -> int:
 
 def _line(r: dict[str, Any]) -> str:
     tuned = f"  FD tuned τ {r['fd_tuned']:.3f}" if "fd_tuned" in r else ""
-    return (f"f={r['fraction']:.2f}  small evals {r['small_evals']}/{r['nfe']}  FD {r['fd']:.3f}  "
-            f"{r['seconds'] * 1e3:.1f} ms/batch{tuned}")
+    return (
+        f"f={r['fraction']:.2f}  small evals {r['small_evals']}/{r['nfe']}  FD {r['fd']:.3f}  "
+        f"{r['seconds'] * 1e3:.1f} ms/batch{tuned}"
+    )
 
 
 def markdown(data: dict[str, Any]) -> str:
     p = data["plan"]
     tuned = any("fd_tuned" in r for r in data["rows"])
-    head = "| fraction | small / total evals | FD | s per batch | speedup |" + (" FD, τ tuned for the pair |" if tuned else "")
+    head = "| fraction | small / total evals | FD | s per batch | speedup |" + (
+        " FD, τ tuned for the pair |" if tuned else ""
+    )
     rule = "|---:|---:|---:|---:|---:|" + ("---:|" if tuned else "")
-    lines = [f"T-Stitch: {p['small']} for the first evaluations, then {p['model']}; {p['sampler']}, {p['steps']} "
-             f"steps ({p['schedule']}), FD on {p['n']} samples, time = fastest of {p['repeats']} interleaved runs of "
-             f"{p['batch']} samples ({data['device']}, {data['torch_threads']} threads).", "", head, rule]
+    lines = [
+        f"T-Stitch: {p['small']} for the first evaluations, then {p['model']}; {p['sampler']}, {p['steps']} "
+        f"steps ({p['schedule']}), FD on {p['n']} samples, time = fastest of {p['repeats']} interleaved runs of "
+        f"{p['batch']} samples ({data['device']}, {data['torch_threads']} threads).",
+        "",
+        head,
+        rule,
+    ]
     for r in data["rows"]:
         cell = ""
         if tuned:
-            cell = " – |" if "fd_tuned" not in r else \
-                f" {r['fd_tuned']:.3f}{' (identity kept)' if r['kept_identity'] else ''} |"
-        lines.append(f"| {r['fraction']:.2f} | {r['small_evals']} / {r['nfe']} | {r['fd']:.3f} | "
-                     f"{r['seconds']:.4f} | {r['speedup']:.2f}× |{cell}")
+            cell = (
+                " – |"
+                if "fd_tuned" not in r
+                else f" {r['fd_tuned']:.3f}{' (identity kept)' if r['kept_identity'] else ''} |"
+            )
+        lines.append(
+            f"| {r['fraction']:.2f} | {r['small_evals']} / {r['nfe']} | {r['fd']:.3f} | "
+            f"{r['seconds']:.4f} | {r['speedup']:.2f}× |{cell}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -30,8 +30,10 @@ class StitchError(ValueError):
 def check_fraction(fraction: float) -> float:
     fraction = float(fraction)
     if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
-        raise StitchError(f"switch fraction must be in [0, 1], got {fraction}: it is the share of a run's network "
-                          f"evaluations the small model makes (0: only the large model, 1: only the small one)")
+        raise StitchError(
+            f"switch fraction must be in [0, 1], got {fraction}: it is the share of a run's network "
+            f"evaluations the small model makes (0: only the large model, 1: only the small one)"
+        )
     return fraction
 
 
@@ -47,20 +49,30 @@ def _sigma_space(model: Any) -> str:
 def check_pair(large: Any, small: Any) -> None:
     """Raise :class:`StitchError` unless both models share one σ space and sample shape: the run's state
     passes from one to the other at one σ, so both must read it the same way."""
-    names = f"small model {getattr(small, 'model_id', '') or 'small'!r} and large model " \
-            f"{getattr(large, 'model_id', '') or 'large'!r}"
+    names = (
+        f"small model {getattr(small, 'model_id', '') or 'small'!r} and large model "
+        f"{getattr(large, 'model_id', '') or 'large'!r}"
+    )
     if tuple(large.sample_shape) != tuple(small.sample_shape):
-        raise StitchError(f"{names} make samples of different shapes ({tuple(small.sample_shape)} vs "
-                          f"{tuple(large.sample_shape)}); stitch models of one data set")
+        raise StitchError(
+            f"{names} make samples of different shapes ({tuple(small.sample_shape)} vs "
+            f"{tuple(large.sample_shape)}); stitch models of one data set"
+        )
     a, b = getattr(large, "log_sigmas", None), getattr(small, "log_sigmas", None)
     spaces = getattr(large, "space", "ve"), getattr(small, "space", "ve")
-    same = spaces[0] == spaces[1] and (a is None) == (b is None) and math.isclose(large.sigma_min, small.sigma_min, rel_tol=1e-6) \
+    same = (
+        spaces[0] == spaces[1]
+        and (a is None) == (b is None)
+        and math.isclose(large.sigma_min, small.sigma_min, rel_tol=1e-6)
         and math.isclose(large.sigma_max, small.sigma_max, rel_tol=1e-6)
+    )
     if same and a is not None:
         same = a.shape == b.shape and bool(torch.allclose(a.cpu().double(), b.cpu().double(), rtol=1e-6, atol=0))
     if not same:
-        raise StitchError(f"{names} have different σ spaces ({_sigma_space(small)} vs {_sigma_space(large)}); "
-                          f"T-Stitch needs a small model trained on the same noise schedule: {SMALL_HINT}")
+        raise StitchError(
+            f"{names} have different σ spaces ({_sigma_space(small)} vs {_sigma_space(large)}); "
+            f"T-Stitch needs a small model trained on the same noise schedule: {SMALL_HINT}"
+        )
 
 
 class StitchedDenoiser(TunableDenoiser):
@@ -101,8 +113,9 @@ class StitchedDenoiser(TunableDenoiser):
         text = f"t-stitch|{self.large.fingerprint}|{self.small.fingerprint}|{self.fraction!r}"
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None,
-                **extra: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None, **extra: Any
+    ) -> torch.Tensor:
         """A call outside a sampler run (no evaluation index): the large model."""
         return self.large(x, sigma, cond_sigma=cond_sigma, **extra)
 
@@ -114,8 +127,9 @@ class StitchRun:
         self.stitched, self.total, self.calls = stitched, total, 0
         self.switch = stitched.small_evaluations(total)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None,
-                 **extra: Any) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None, **extra: Any
+    ) -> torch.Tensor:
         k, self.calls = self.calls, self.calls + 1
         net = self.stitched.small if k < self.switch else self.stitched.large
         return net(x, sigma, cond_sigma=cond_sigma, **extra)
@@ -137,6 +151,7 @@ def stitch(large: Any, small: Any, fraction: float) -> StitchedDenoiser:
         try:
             small = registry.load_model(small)
         except registry.UnknownNameError as exc:
-            raise StitchError(f"{exc}. The small model must be a registered model on the large one's noise "
-                              f"schedule ({SMALL_HINT})") from None
+            raise StitchError(
+                f"{exc}. The small model must be a registered model on the large one's noise schedule ({SMALL_HINT})"
+            ) from None
     return StitchedDenoiser(large, small.to(model_device(large)), fraction)

@@ -21,14 +21,17 @@ class TauLookupError(RuntimeError):
 class TauLookup:
     """τ_k (σ units) for evaluation k at σ_k; ``tau`` may require grad (tuning)."""
 
-    def __init__(self, eval_sigmas: torch.Tensor, tau: torch.Tensor, rtol: float = 1e-4,
-                 dode_lambda: torch.Tensor | None = None):
+    def __init__(
+        self, eval_sigmas: torch.Tensor, tau: torch.Tensor, rtol: float = 1e-4, dode_lambda: torch.Tensor | None = None
+    ):
         if eval_sigmas.ndim != 1 or tau.shape != eval_sigmas.shape:
-            raise ValueError(f"eval_sigmas and tau must be 1-D of one length, got {tuple(eval_sigmas.shape)} "
-                             f"and {tuple(tau.shape)}")
+            raise ValueError(
+                f"eval_sigmas and tau must be 1-D of one length, got {tuple(eval_sigmas.shape)} and {tuple(tau.shape)}"
+            )
         if dode_lambda is not None and dode_lambda.shape != tau.shape:
-            raise ValueError(f"dode_lambda must have one value per evaluation ({len(tau)}), got "
-                             f"{tuple(dode_lambda.shape)}")
+            raise ValueError(
+                f"dode_lambda must have one value per evaluation ({len(tau)}), got {tuple(dode_lambda.shape)}"
+            )
         self.eval_sigmas, self.tau, self.rtol, self.dode_lambda = eval_sigmas, tau, rtol, dode_lambda
         self.ratio = tau / eval_sigmas
         self._host_sigmas: list[float] | None = None
@@ -104,7 +107,8 @@ class TauModel:
         if k >= len(ratios):
             raise TauLookupError(
                 f"the sampler made more than {len(ratios)} network evaluations, the number this τ set "
-                f"was made for: it was tuned for another sampler, schedule or step count")
+                f"was made for: it was tuned for another sampler, schedule or step count"
+            )
         self.calls = k + 1
         out = self.inner_model(x, sigma, cond_sigma=sigma * ratios[k], **extra)
         if self._lambdas is None:
@@ -115,8 +119,10 @@ class TauModel:
     def check_complete(self) -> None:
         """Raise if the run made fewer evaluations than the lookup has."""
         if self.calls != len(self.lookup):
-            raise TauLookupError(f"the sampler made {self.calls} network evaluations but this τ set has "
-                                 f"{len(self.lookup)}: it was tuned for another sampler, schedule or step count")
+            raise TauLookupError(
+                f"the sampler made {self.calls} network evaluations but this τ set has "
+                f"{len(self.lookup)}: it was tuned for another sampler, schedule or step count"
+            )
 
 
 class RecordingModel:

@@ -38,7 +38,9 @@ class TimeShift:
         return False
 
 
-def _time_axis(model: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], int]:
+def _time_axis(
+    model: Any,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], int]:
     """(σ → grid position, grid position → σ, grid size): the model's own discrete steps when it has
     them (DDPM), else ``GRID`` steps uniform in log σ over its range."""
     if getattr(model, "log_sigmas", None) is not None:
@@ -53,8 +55,10 @@ class TimeShiftModel:
 
     def __init__(self, model: Callable[..., torch.Tensor], rule: TimeShift):
         if is_flow(model):
-            raise ValueError("Time-Shift (Li et al. 2024) matches a sample's variance to the VP forward process's "
-                             "1 − ᾱ; it is not defined for flow models (x = (1 − σ)·x₀ + σ·ε)")
+            raise ValueError(
+                "Time-Shift (Li et al. 2024) matches a sample's variance to the VP forward process's "
+                "1 − ᾱ; it is not defined for flow models (x = (1 − σ)·x₀ + σ·ε)"
+            )
         self.inner_model, self.rule, self.calls = model, rule, 0
         self.to_u, self.from_u, self.size = _time_axis(model)
         self.shifts: list[torch.Tensor] = []  # per shifted evaluation: grid steps each sample moved
@@ -65,15 +69,14 @@ class TimeShiftModel:
         if k == 0:  # the first step, from pure noise, is never shifted
             return self.inner_model(x, sigma, **extra)
         with torch.no_grad():
-            var = x.reshape(x.shape[0], -1).var(dim=1) / (1 + s ** 2)
+            var = x.reshape(x.shape[0], -1).var(dim=1) / (1 + s**2)
             half = self.rule.window // 2
             centre = self.to_u(s.double()).round()
             u = (centre[:, None] + torch.arange(-half, half + 1, device=x.device)).clamp(0, self.size - 1)
             cand = self.from_u(u).to(s.dtype)
-            best = (var[:, None] - cand ** 2 / (1 + cand ** 2)).abs().argmin(dim=1)
+            best = (var[:, None] - cand**2 / (1 + cand**2)).abs().argmin(dim=1)
             shifted = cand.gather(1, best[:, None])[:, 0]
             keep = s <= self.rule.cutoff_sigma
             cond = torch.where(keep, s, shifted)
             self.shifts.append((u.gather(1, best[:, None])[:, 0] - centre).where(~keep, torch.zeros_like(centre)))
-        return self.inner_model(x, sigma, cond_sigma=cond.reshape(sigma.shape) if sigma.numel() > 1 else cond,
-                                **extra)
+        return self.inner_model(x, sigma, cond_sigma=cond.reshape(sigma.shape) if sigma.numel() > 1 else cond, **extra)

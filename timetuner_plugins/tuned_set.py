@@ -29,12 +29,27 @@ FORMAT_VERSION = 2  # 2 adds the optional ``dode_lambda`` tensor
 TENSORS = ("sigmas", "eval_sigmas", "tau")
 OPTIONAL_TENSORS = {"dode_lambda": 2}  # name → the format version that introduced it
 MAX_DODE_LAMBDA = 10.0  # |λ|; the tuner bounds it to 1
-MAX_FILE_BYTES = 16 * 2 ** 20      # a tuned set is a few kB; anything this big is not one
-MAX_HEADER_BYTES = 256 * 2 ** 10
+MAX_FILE_BYTES = 16 * 2**20  # a tuned set is a few kB; anything this big is not one
+MAX_HEADER_BYTES = 256 * 2**10
 SIGMA_RTOL = 1e-4
 MIN_RATIO, MAX_RATIO = 1e-3, 1e3  # τ/σ; the tuner bounds it to e^±1
-REQUIRED = ("format_version", "model_id", "model_fingerprint", "sampler", "sampler_options", "schedule", "steps",
-            "nfe", "objective", "mode", "iterations", "seed", "data_source", "library_version", "created")
+REQUIRED = (
+    "format_version",
+    "model_id",
+    "model_fingerprint",
+    "sampler",
+    "sampler_options",
+    "schedule",
+    "steps",
+    "nfe",
+    "objective",
+    "mode",
+    "iterations",
+    "seed",
+    "data_source",
+    "library_version",
+    "created",
+)
 JSON_FIELDS = ("sampler_options", "metrics_before", "metrics_after", "extra")
 INT_FIELDS = ("format_version", "steps", "nfe", "iterations", "seed")
 
@@ -97,16 +112,20 @@ class TunedSet:
 
     def metadata(self) -> dict[str, str]:
         meta: dict[str, Any] = {k: v for k, v in asdict(self).items() if k not in (*TENSORS, *OPTIONAL_TENSORS, "path")}
-        meta.update(steps=self.steps, nfe=self.nfe, created=self.created or
-                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    format_version=max([1] + [OPTIONAL_TENSORS[k] for k in self.tensors() if k in OPTIONAL_TENSORS]))
+        meta.update(
+            steps=self.steps,
+            nfe=self.nfe,
+            created=self.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            format_version=max([1] + [OPTIONAL_TENSORS[k] for k in self.tensors() if k in OPTIONAL_TENSORS]),
+        )
         return {k: json.dumps(v, sort_keys=True) if k in JSON_FIELDS else str(v) for k, v in meta.items()}
 
     def to_bytes(self) -> bytes:
         _validate_tensors(None, self.tensors())
         # copies: an identity set's τ may be the very tensor of its eval σ's, which safetensors refuses to save
-        tensors = {name: t.detach().to("cpu", torch.float32, copy=True).contiguous()
-                   for name, t in self.tensors().items()}
+        tensors = {
+            name: t.detach().to("cpu", torch.float32, copy=True).contiguous() for name, t in self.tensors().items()
+        }
         return save_safetensors(tensors, metadata=self.metadata())
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -129,8 +148,11 @@ class TunedSet:
             raise TunedSetError(path, "is a directory, not a tuned-set file", "Pass the .safetensors file inside it")
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise TunedSetError(path, f"is {size} bytes, far larger than any tuned set",
-                                "Check that this is a tuned-set file and not a model checkpoint")
+            raise TunedSetError(
+                path,
+                f"is {size} bytes, far larger than any tuned set",
+                "Check that this is a tuned-set file and not a model checkpoint",
+            )
         return cls.from_bytes(path.read_bytes(), path)
 
     @classmethod
@@ -139,27 +161,47 @@ class TunedSet:
         try:
             tensors = load_safetensors(data)
         except Exception as exc:
-            raise TunedSetError(path, f"is not a valid safetensors file ({exc})",
-                                "The file is corrupt or truncated: download or tune it again") from None
+            raise TunedSetError(
+                path,
+                f"is not a valid safetensors file ({exc})",
+                "The file is corrupt or truncated: download or tune it again",
+            ) from None
         _validate_tensors(path, tensors)
         meta = _parse_metadata(path, metadata)
         if meta["nfe"] != len(tensors["tau"]) or meta["steps"] != len(tensors["sigmas"]) - 1:
-            raise TunedSetError(path, f"metadata says {meta['steps']} steps / {meta['nfe']} evaluations but the tensors "
-                                f"hold {len(tensors['sigmas']) - 1} / {len(tensors['tau'])}",
-                                "The file was edited or corrupted: tune it again")
+            raise TunedSetError(
+                path,
+                f"metadata says {meta['steps']} steps / {meta['nfe']} evaluations but the tensors "
+                f"hold {len(tensors['sigmas']) - 1} / {len(tensors['tau'])}",
+                "The file was edited or corrupted: tune it again",
+            )
         for name, since in OPTIONAL_TENSORS.items():
             if name in tensors and meta["format_version"] < since:
-                raise TunedSetError(path, f"holds {name!r}, which format {meta['format_version']} does not have",
-                                    "The file was edited or corrupted: tune it again")
+                raise TunedSetError(
+                    path,
+                    f"holds {name!r}, which format {meta['format_version']} does not have",
+                    "The file was edited or corrupted: tune it again",
+                )
         meta.pop("steps")
         meta.pop("nfe")
         lam = tensors.get("dode_lambda")
-        return cls(**{k: tensors[k].float() for k in TENSORS}, **meta, path=Path(path) if path else None,
-                   dode_lambda=None if lam is None else lam.float())
+        return cls(
+            **{k: tensors[k].float() for k in TENSORS},
+            **meta,
+            path=Path(path) if path else None,
+            dode_lambda=None if lam is None else lam.float(),
+        )
 
-    def check(self, *, model: Any = None, sampler: str | None = None, sigmas: torch.Tensor | None = None,
-              nfe: int | None = None, force: bool = False,
-              force_hint: str = "pass --force (force=True) to apply it anyway") -> list[str]:
+    def check(
+        self,
+        *,
+        model: Any = None,
+        sampler: str | None = None,
+        sigmas: torch.Tensor | None = None,
+        nfe: int | None = None,
+        force: bool = False,
+        force_hint: str = "pass --force (force=True) to apply it anyway",
+    ) -> list[str]:
         """Compare against a run; raise :class:`TunedSetMismatch` on any difference unless ``force``
         (then warn); ``force_hint`` says how the caller's user forces it. Returns the differences."""
         problems = []
@@ -167,18 +209,23 @@ class TunedSet:
             problems += self._space_problems(model)
         fingerprint = getattr(model, "fingerprint", None)
         if model is not None and fingerprint != self.model_fingerprint:
-            problems.append(f"tuned for model {self.model_id!r} (fingerprint {self.model_fingerprint[:12]}…) but the "
-                            f"run's model is {getattr(model, 'model_id', '?')!r} ({str(fingerprint)[:12]}…)")
+            problems.append(
+                f"tuned for model {self.model_id!r} (fingerprint {self.model_fingerprint[:12]}…) but the "
+                f"run's model is {getattr(model, 'model_id', '?')!r} ({str(fingerprint)[:12]}…)"
+            )
         if sampler is not None and sampler != self.sampler:
             problems.append(f"tuned for sampler {self.sampler!r} but the run uses {sampler!r}")
         if sigmas is not None and not sigmas_match(self.sigmas, sigmas):
-            problems.append(f"tuned on the {self.schedule} schedule with {self.steps} steps "
-                            f"{_short(self.sigmas)} but the run's σ's are {_short(sigmas)} ({len(sigmas) - 1} steps)")
+            problems.append(
+                f"tuned on the {self.schedule} schedule with {self.steps} steps "
+                f"{_short(self.sigmas)} but the run's σ's are {_short(sigmas)} ({len(sigmas) - 1} steps)"
+            )
         if nfe is not None and nfe != self.nfe:
             problems.append(f"tuned for {self.nfe} network evaluations but the run makes {nfe}")
         if problems and not force:
-            raise TunedSetMismatch(self.path, "; ".join(problems),
-                                   f"Use a set tuned for this run (`timetuner tune ...`), or {force_hint}")
+            raise TunedSetMismatch(
+                self.path, "; ".join(problems), f"Use a set tuned for this run (`timetuner tune ...`), or {force_hint}"
+            )
         for problem in problems:
             warnings.warn(f"{self.path or 'tuned set'}: {problem} (applied anyway: force)", stacklevel=2)
         return problems
@@ -189,19 +236,31 @@ class TunedSet:
         recorded = self.extra.get("model") or {"space": "ve"}  # sets from before flow models are VE/VP
         space = getattr(model, "space", "ve")
         if recorded.get("space", "ve") != space:
-            raise TunedSetMismatch(self.path, f"tuned for {SPACES.get(recorded.get('space'), recorded.get('space'))} "
-                                   f"but the run's model is {SPACES.get(space, space)}",
-                                   "A set only applies to models of its own parameterisation: tune one for this model")
+            raise TunedSetMismatch(
+                self.path,
+                f"tuned for {SPACES.get(recorded.get('space'), recorded.get('space'))} "
+                f"but the run's model is {SPACES.get(space, space)}",
+                "A set only applies to models of its own parameterisation: tune one for this model",
+            )
         shift = getattr(model, "shift", None)
-        if space == "flow" and shift is not None and "shift" in recorded and \
-                abs(float(recorded["shift"]) - float(shift)) > 1e-6 * abs(float(shift)):
+        if (
+            space == "flow"
+            and shift is not None
+            and "shift" in recorded
+            and abs(float(recorded["shift"]) - float(shift)) > 1e-6 * abs(float(shift))
+        ):
             return [f"tuned for flow shift {recorded['shift']:g} but the run's model has shift {float(shift):g}"]
         return []
 
     def summary(self) -> dict[str, Any]:
         meta = {k: (json.loads(v) if k in JSON_FIELDS else v) for k, v in self.metadata().items()}
-        meta.update(sigmas=self.sigmas.tolist(), eval_sigmas=self.eval_sigmas.tolist(), tau=self.tau.tolist(),
-                    tau_over_sigma=(self.tau / self.eval_sigmas).tolist(), path=str(self.path) if self.path else None)
+        meta.update(
+            sigmas=self.sigmas.tolist(),
+            eval_sigmas=self.eval_sigmas.tolist(),
+            tau=self.tau.tolist(),
+            tau_over_sigma=(self.tau / self.eval_sigmas).tolist(),
+            path=str(self.path) if self.path else None,
+        )
         if self.dode_lambda is not None:
             meta["dode_lambda"] = self.dode_lambda.tolist()
         return meta
@@ -219,23 +278,35 @@ def _short(sigmas: torch.Tensor) -> str:
 
 def _read_header(data: bytes, path: str | Path | None) -> dict[str, str]:
     if len(data) < 8:
-        raise TunedSetError(path, f"is {len(data)} bytes long, too short for a safetensors file",
-                            "The file is truncated: download or tune it again")
+        raise TunedSetError(
+            path,
+            f"is {len(data)} bytes long, too short for a safetensors file",
+            "The file is truncated: download or tune it again",
+        )
     (length,) = struct.unpack("<Q", data[:8])
     if length > MAX_HEADER_BYTES or length > len(data) - 8:
-        raise TunedSetError(path, f"declares a {length}-byte header in a {len(data)}-byte file",
-                            "The file is corrupt, truncated or not a tuned set: download or tune it again")
+        raise TunedSetError(
+            path,
+            f"declares a {length}-byte header in a {len(data)}-byte file",
+            "The file is corrupt, truncated or not a tuned set: download or tune it again",
+        )
     try:
-        header = json.loads(data[8:8 + length])
+        header = json.loads(data[8 : 8 + length])
     except (UnicodeDecodeError, ValueError) as exc:
         raise TunedSetError(path, f"has an unreadable header ({exc})", "The file is corrupt: tune it again") from None
     if not isinstance(header, dict):
         raise TunedSetError(path, "has a header that is not a JSON object", "The file is corrupt: tune it again")
     metadata = header.get("__metadata__")
-    if (not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
-            or "format_version" not in metadata):
-        raise TunedSetError(path, "has no tuned-set metadata (it is a safetensors file, but not a tuned set)",
-                            "Pass a file written by `timetuner tune`")
+    if (
+        not isinstance(metadata, dict)
+        or not all(isinstance(v, str) for v in metadata.values())
+        or "format_version" not in metadata
+    ):
+        raise TunedSetError(
+            path,
+            "has no tuned-set metadata (it is a safetensors file, but not a tuned set)",
+            "Pass a file written by `timetuner tune`",
+        )
     return metadata
 
 
@@ -244,36 +315,54 @@ def _validate_tensors(path: str | Path | None, tensors: dict[str, torch.Tensor])
     if not set(TENSORS) <= names <= set(TENSORS) | set(OPTIONAL_TENSORS):
         missing, unknown = sorted(set(TENSORS) - names), sorted(names - set(TENSORS) - set(OPTIONAL_TENSORS))
         detail = "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unexpected {unknown}"]))
-        raise TunedSetError(path, f"has the wrong tensors ({detail})",
-                            f"A tuned set holds {list(TENSORS)} and optionally {list(OPTIONAL_TENSORS)}")
+        raise TunedSetError(
+            path,
+            f"has the wrong tensors ({detail})",
+            f"A tuned set holds {list(TENSORS)} and optionally {list(OPTIONAL_TENSORS)}",
+        )
     for name, t in tensors.items():
         if t.dtype not in (torch.float32, torch.float64):
             raise TunedSetError(path, f"tensor {name!r} has dtype {t.dtype}", "Tuned-set tensors are float32")
         if t.ndim != 1:
             raise TunedSetError(path, f"tensor {name!r} has shape {tuple(t.shape)}", "Tuned-set tensors are 1-D")
         if not bool(torch.isfinite(t).all()):
-            raise TunedSetError(path, f"tensor {name!r} holds NaN or infinite values",
-                                "The tuning run diverged: tune again (a lower learning rate helps)")
+            raise TunedSetError(
+                path,
+                f"tensor {name!r} holds NaN or infinite values",
+                "The tuning run diverged: tune again (a lower learning rate helps)",
+            )
     sig, ev, tau = tensors["sigmas"], tensors["eval_sigmas"], tensors["tau"]
     if len(sig) < 2 or float(sig[-1]) != 0.0 or not bool((sig[:-1] > 0).all()) or not bool((sig[1:] < sig[:-1]).all()):
-        raise TunedSetError(path, f"its σ schedule {_short(sig)} is not strictly decreasing from positive values to 0",
-                            "The file is corrupt: tune it again")
+        raise TunedSetError(
+            path,
+            f"its σ schedule {_short(sig)} is not strictly decreasing from positive values to 0",
+            "The file is corrupt: tune it again",
+        )
     if len(ev) != len(tau) or len(tau) == 0:
         raise TunedSetError(path, f"has {len(ev)} evaluation σ's but {len(tau)} τ's", "The file is corrupt: tune again")
     if not bool((ev > 0).all()) or not bool((tau > 0).all()):
         raise TunedSetError(path, "has a non-positive σ or τ", "τ must be a positive noise level: tune it again")
     if float(ev.max()) > 1.5 * float(sig[0]) or float(ev.min()) < float(sig[-2]) * 0.5:
-        raise TunedSetError(path, f"has evaluation σ's {_short(ev)} outside its schedule {_short(sig)}",
-                            "The file is corrupt: tune it again")
+        raise TunedSetError(
+            path,
+            f"has evaluation σ's {_short(ev)} outside its schedule {_short(sig)}",
+            "The file is corrupt: tune it again",
+        )
     lam = tensors.get("dode_lambda")
     if lam is not None and (len(lam) != len(tau) or float(lam.abs().max()) > MAX_DODE_LAMBDA):
-        raise TunedSetError(path, f"has {len(lam)} D-ODE λ's for {len(tau)} evaluations, or |λ| above "
-                            f"{MAX_DODE_LAMBDA}", "No tuner writes such values: the file is corrupt or crafted")
-    ratio = (tau.double() / ev.double())
+        raise TunedSetError(
+            path,
+            f"has {len(lam)} D-ODE λ's for {len(tau)} evaluations, or |λ| above {MAX_DODE_LAMBDA}",
+            "No tuner writes such values: the file is corrupt or crafted",
+        )
+    ratio = tau.double() / ev.double()
     if float(ratio.min()) < MIN_RATIO or float(ratio.max()) > MAX_RATIO:
-        raise TunedSetError(path, f"has τ/σ between {float(ratio.min()):.3g} and {float(ratio.max()):.3g}, outside "
-                            f"[{MIN_RATIO}, {MAX_RATIO}]", "No tuner writes such values: the file is corrupt or "
-                            "crafted; do not use it")
+        raise TunedSetError(
+            path,
+            f"has τ/σ between {float(ratio.min()):.3g} and {float(ratio.max()):.3g}, outside "
+            f"[{MIN_RATIO}, {MAX_RATIO}]",
+            "No tuner writes such values: the file is corrupt or crafted; do not use it",
+        )
 
 
 def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[str, Any]:
@@ -284,8 +373,12 @@ def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[s
         raise TunedSetError(path, f"has format_version {version_text!r}", "The file is not a tuned set") from None
     if version > FORMAT_VERSION:
         writer = metadata.get("library_version", "a newer version")
-        raise TunedSetError(path, f"uses tuned-set format {version}, newer than the {FORMAT_VERSION} this library "
-                            f"(timetuner {__version__}) reads", f"Upgrade to timetuner {writer} or later, which wrote it")
+        raise TunedSetError(
+            path,
+            f"uses tuned-set format {version}, newer than the {FORMAT_VERSION} this library "
+            f"(timetuner {__version__}) reads",
+            f"Upgrade to timetuner {writer} or later, which wrote it",
+        )
     if version < 1:
         raise TunedSetError(path, f"has format_version {version}", "The file is not a tuned set")
     missing = [k for k in REQUIRED if k not in metadata]
@@ -300,13 +393,16 @@ def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[s
             try:
                 meta[key] = int(value)
             except ValueError:
-                raise TunedSetError(path, f"metadata {key}={value!r} is not an integer",
-                                    "The file is corrupt: tune it again") from None
+                raise TunedSetError(
+                    path, f"metadata {key}={value!r} is not an integer", "The file is corrupt: tune it again"
+                ) from None
         elif key in JSON_FIELDS:
             try:
                 parsed = json.loads(value)
             except ValueError:
-                raise TunedSetError(path, f"metadata {key} is not valid JSON", "The file is corrupt: tune it again") from None
+                raise TunedSetError(
+                    path, f"metadata {key} is not valid JSON", "The file is corrupt: tune it again"
+                ) from None
             if not isinstance(parsed, dict):
                 raise TunedSetError(path, f"metadata {key} is not a JSON object", "The file is corrupt: tune it again")
             meta[key] = parsed
@@ -316,8 +412,9 @@ def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[s
         meta.setdefault(key, {})
     fp = meta["model_fingerprint"]
     if len(fp) != 64 or any(ch not in "0123456789abcdef" for ch in fp):
-        raise TunedSetError(path, f"has model_fingerprint {fp[:80]!r}, not a sha256 hex digest",
-                            "The file is corrupt: tune it again")
+        raise TunedSetError(
+            path, f"has model_fingerprint {fp[:80]!r}, not a sha256 hex digest", "The file is corrupt: tune it again"
+        )
     if not meta["sampler"].strip():
         raise TunedSetError(path, "names no sampler", "The file is corrupt: tune it again")
     return meta

@@ -58,9 +58,9 @@ MODES = ("sequential", "parallel")
 PARAMS = ("log_ratio", "t_ratio")
 DATA = ("teacher", "real")
 FEATURES = ("auto", "pixel")  # auto: the model's ``tuning_features`` when it has them
-FAMILIES = ("tau", "dode", "sigma")
+FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
 RECOMPUTE = ("auto", "on", "off")
-RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (see README, "Real-scale tuning")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
+RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (docs/scale.md)
 LOG_RATIO_BOUND = 1.0  # |log τ/σ| ≤ 1 via a tanh
 DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
@@ -103,13 +103,28 @@ class TuneConfig:
     @classmethod
     def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
         """Xia et al. 2024: ratio τ = r·t per interval, Adam lr 2e-3, 500 iterations, real data, no selection."""
-        return cls(**{"objective": "paper", "mode": mode, "iters": 500, "lr": 2e-3, "param": "t_ratio",
-                      "data": "real", "batch": 64, "select": False, **overrides})
+        return cls(
+            **{
+                "objective": "paper",
+                "mode": mode,
+                "iters": 500,
+                "lr": 2e-3,
+                "param": "t_ratio",
+                "data": "real",
+                "batch": 64,
+                "select": False,
+                **overrides,
+            }
+        )
 
     def validate(self) -> None:
-        for name, value, allowed in (("objective", self.objective, OBJECTIVES), ("mode", self.mode, MODES),
-                                     ("param", self.param, PARAMS), ("data", self.data, DATA),
-                                     ("features", self.features, FEATURES)):
+        for name, value, allowed in (
+            ("objective", self.objective, OBJECTIVES),
+            ("mode", self.mode, MODES),
+            ("param", self.param, PARAMS),
+            ("data", self.data, DATA),
+            ("features", self.features, FEATURES),
+        ):
             if value not in allowed:
                 raise TuneError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         for name in ("iters", "pool", "teacher_substeps", "checkpoint_every", "validate_every"):
@@ -122,23 +137,31 @@ class TuneConfig:
         if self.batch < 2 or self.val_size < 2:
             raise TuneError(f"batch and val_size must be at least 2, got {self.batch} and {self.val_size}")
         if self.patience < 0 or not 0 <= self.min_improvement < 1:
-            raise TuneError(f"patience must be 0 (off) or more and min_improvement in [0, 1), got {self.patience} and "
-                            f"{self.min_improvement}")
+            raise TuneError(
+                f"patience must be 0 (off) or more and min_improvement in [0, 1), got {self.patience} and "
+                f"{self.min_improvement}"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TuneError(f"lr must be a positive number, got {self.lr}")
         families = tuple(self.families)
         if not families or len(set(families)) != len(families) or not set(families) <= set(FAMILIES):
             raise TuneError(f"families must be distinct names from {', '.join(FAMILIES)}, got {list(families)}")
         if self.objective == "paper" and families != ("tau",):
-            raise TuneError("the paper's objective tunes τ only; use objective 'energy' or 'final' for the "
-                            "'dode' and 'sigma' families")
+            raise TuneError(
+                "the paper's objective tunes τ only; use objective 'energy' or 'final' for the "
+                "'dode' and 'sigma' families"
+            )
         if "sigma" in families and (self.objective == "trajectory" or self.param != "log_ratio"):
-            raise TuneError("tuning the schedule ('sigma') moves the states the 'trajectory' objective compares, and "
-                            "needs param 'log_ratio'; use objective 'energy' or 'final'")
+            raise TuneError(
+                "tuning the schedule ('sigma') moves the states the 'trajectory' objective compares, and "
+                "needs param 'log_ratio'; use objective 'energy' or 'final'"
+            )
         if self.objective in ("final", "trajectory") and self.data == "real":
-            raise TuneError(f"objective {self.objective!r} compares each run with a teacher run from the same "
-                            f"noise, so it is data-free; use data='teacher', or objective 'energy' or 'paper' "
-                            f"to tune on real data")
+            raise TuneError(
+                f"objective {self.objective!r} compares each run with a teacher run from the same "
+                f"noise, so it is data-free; use data='teacher', or objective 'energy' or 'paper' "
+                f"to tune on real data"
+            )
 
 
 @dataclass
@@ -157,25 +180,47 @@ class TuneResult:
     feature_space: str = "pixel"
     iterations_run: int = 0
 
-    def tuned_set(self, model: Any, metrics_before: dict | None = None, metrics_after: dict | None = None,
-                  extra: dict | None = None) -> TunedSet:
+    def tuned_set(
+        self,
+        model: Any,
+        metrics_before: dict | None = None,
+        metrics_after: dict | None = None,
+        extra: dict | None = None,
+    ) -> TunedSet:
         cfg = self.config
         return TunedSet(
-            sigmas=self.sigmas.detach().cpu(), eval_sigmas=self.eval_sigmas.detach().cpu(),
-            tau=self.tau.detach().cpu(), dode_lambda=None if self.dode_lambda is None else self.dode_lambda.cpu(),
+            sigmas=self.sigmas.detach().cpu(),
+            eval_sigmas=self.eval_sigmas.detach().cpu(),
+            tau=self.tau.detach().cpu(),
+            dode_lambda=None if self.dode_lambda is None else self.dode_lambda.cpu(),
             model_id=getattr(model, "model_id", "") or "unnamed",
-            model_fingerprint=model.fingerprint, sampler=self.sampler, schedule=self.schedule,
-            objective=cfg.objective, mode=cfg.mode if cfg.objective == "paper" else "joint",
-            iterations=cfg.iters, seed=cfg.seed, data_source=cfg.data,
+            model_fingerprint=model.fingerprint,
+            sampler=self.sampler,
+            schedule=self.schedule,
+            objective=cfg.objective,
+            mode=cfg.mode if cfg.objective == "paper" else "joint",
+            iterations=cfg.iters,
+            seed=cfg.seed,
+            data_source=cfg.data,
             sampler_options={k: v for k, v in self.options.items() if _jsonable(v)},
-            metrics_before=metrics_before or {}, metrics_after=metrics_after or {},
-            extra={"model": parameterisation(model), "families": list(cfg.families), "features": self.feature_space,
-                   "param": cfg.param,
-                   "lr": cfg.lr, "batch": cfg.batch, "pool": cfg.pool,
-                   "teacher_substeps": cfg.teacher_substeps, "tune_seconds": round(self.seconds, 2),
-                   "final_loss": self.losses[-1] if self.losses else None, "selection": self.selection,
-                   "iterations_run": self.iterations_run,
-                   **(extra or {})})
+            metrics_before=metrics_before or {},
+            metrics_after=metrics_after or {},
+            extra={
+                "model": parameterisation(model),
+                "families": list(cfg.families),
+                "features": self.feature_space,
+                "param": cfg.param,
+                "lr": cfg.lr,
+                "batch": cfg.batch,
+                "pool": cfg.pool,
+                "teacher_substeps": cfg.teacher_substeps,
+                "tune_seconds": round(self.seconds, 2),
+                "final_loss": self.losses[-1] if self.losses else None,
+                "selection": self.selection,
+                "iterations_run": self.iterations_run,
+                **(extra or {}),
+            },
+        )
 
 
 def _jsonable(v: Any) -> bool:
@@ -209,8 +254,15 @@ class TauParam(torch.nn.Module):
     them in log σ are a softmax of their initial shares plus raw, so σ's stay decreasing.
     """
 
-    def __init__(self, eval_sigmas: torch.Tensor, model: Any, kind: str, sigmas: torch.Tensor | None = None,
-                 families: tuple[str, ...] = ("tau",), eval_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        eval_sigmas: torch.Tensor,
+        model: Any,
+        kind: str,
+        sigmas: torch.Tensor | None = None,
+        families: tuple[str, ...] = ("tau",),
+        eval_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.kind, self.model, self.families, self.eval_fn = kind, model, tuple(families), eval_fn
         self.register_buffer("eval_sigmas", eval_sigmas.clone())
@@ -230,13 +282,13 @@ class TauParam(torch.nn.Module):
         if "tau" in self.families:
             mask[evaluations] = True
         if "dode" in self.families:
-            mask[self.k + 1:2 * self.k] = True
+            mask[self.k + 1 : 2 * self.k] = True
         if "sigma" in self.families:
-            mask[2 * self.k:] = True
+            mask[2 * self.k :] = True
         return mask
 
     def tau(self, raw: torch.Tensor | None = None, ev: torch.Tensor | None = None) -> torch.Tensor:
-        raw = (self.raw if raw is None else raw)[:self.k]
+        raw = (self.raw if raw is None else raw)[: self.k]
         ev = self.eval_sigmas if ev is None else ev
         if self.kind == "log_ratio":
             tau = ev * torch.exp(self._log_ratio(raw, ev))
@@ -261,7 +313,7 @@ class TauParam(torch.nn.Module):
             return self.sigmas
         log = self.sigmas[:-1].log()
         total = log[0] - log[-1]
-        shares = torch.softmax((log[:-1] - log[1:]).div(total).log() + raw[2 * self.k:], dim=0)
+        shares = torch.softmax((log[:-1] - log[1:]).div(total).log() + raw[2 * self.k :], dim=0)
         inner = log[0] - total * torch.cumsum(shares, dim=0)[:-1]
         return torch.cat([self.sigmas[:1], inner.exp(), self.sigmas[-2:]])
 
@@ -269,7 +321,7 @@ class TauParam(torch.nn.Module):
         raw = self.raw if raw is None else raw
         sigmas = self.schedule(raw)
         ev = self.eval_sigmas if sigmas is self.sigmas else self.eval_fn(sigmas.detach())
-        lam = DODE_BOUND * torch.tanh(raw[self.k:2 * self.k] / DODE_BOUND) if "dode" in self.families else None
+        lam = DODE_BOUND * torch.tanh(raw[self.k : 2 * self.k] / DODE_BOUND) if "dode" in self.families else None
         return RunValues(sigmas, ev, self.tau(raw, ev), lam)
 
     def plain(self) -> RunValues:
@@ -281,7 +333,7 @@ def derive_seed(*parts: int) -> int:
     seed = 0
     for i, part in enumerate(parts):
         seed = (seed * 1_000_003 + part) if i else part
-    return seed % 2 ** 62
+    return seed % 2**62
 
 
 @dataclass(frozen=True)
@@ -304,10 +356,19 @@ class NoiseSet:
 class Tuner:
     """Trains τ for ``sampler`` on ``model`` over ``sigmas`` (see the module docstring)."""
 
-    def __init__(self, model: Any, sampler: str | SamplerSpec, sigmas: torch.Tensor, schedule: str = "custom",
-                 config: TuneConfig | None = None, options: dict | None = None, extra_args: dict | None = None,
-                 data: torch.Tensor | Iterable | None = None, checkpoint: str | Path | None = None,
-                 features: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        sampler: str | SamplerSpec,
+        sigmas: torch.Tensor,
+        schedule: str = "custom",
+        config: TuneConfig | None = None,
+        options: dict | None = None,
+        extra_args: dict | None = None,
+        data: torch.Tensor | Iterable | None = None,
+        checkpoint: str | Path | None = None,
+        features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.model, self.spec = model, sampler_spec(sampler)
         self.config = config or TuneConfig()
         self.config.validate()
@@ -324,16 +385,24 @@ class Tuner:
         self.stochastic = self.spec.is_stochastic(self.options)
         self.shape = tuple(model.sample_shape)
         self.ev = eval_sigmas(self.spec, self.sigmas, self.shape, self.options, model)
-        self.param = TauParam(self.ev.to(self.device), model, cfg.param, self.sigmas.to(self.device),
-                              tuple(cfg.families), self._eval_sigmas)
+        self.param = TauParam(
+            self.ev.to(self.device),
+            model,
+            cfg.param,
+            self.sigmas.to(self.device),
+            tuple(cfg.families),
+            self._eval_sigmas,
+        )
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.pool = NoiseSet("pool", cfg.seed, max(1, math.ceil(cfg.pool / cfg.batch)), cfg.batch)
-        self.val = NoiseSet("val", cfg.seed + VALIDATION_SEED_OFFSET, max(1, math.ceil(cfg.val_size / cfg.batch)),
-                            cfg.batch)
+        self.val = NoiseSet(
+            "val", cfg.seed + VALIDATION_SEED_OFFSET, max(1, math.ceil(cfg.val_size / cfg.batch)), cfg.batch
+        )
         self.shards = parallel.Shards.current(cfg.micro_batch)
         self.shards.check(cfg.batch)
-        self.recompute = cfg.recompute == "on" or (cfg.recompute == "auto" and
-                                                   network_parameters(model) >= RECOMPUTE_PARAMETERS)
+        self.recompute = cfg.recompute == "on" or (
+            cfg.recompute == "auto" and network_parameters(model) >= RECOMPUTE_PARAMETERS
+        )
         self.losses: list[float] = []
         self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
@@ -353,14 +422,32 @@ class Tuner:
         """The plain sampler, as a candidate for :meth:`score`, :meth:`pool_objective` and :meth:`win_rate`."""
         return self.param.plain()
 
-    def _run(self, x: torch.Tensor, sigmas: torch.Tensor, lookup: TauLookup | None,
-             noise_sampler: Callable | None, seed: int, states: list[torch.Tensor] | None = None,
-             spec: SamplerSpec | None = None, extra_args: dict | None = None) -> torch.Tensor:
+    def _run(
+        self,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        lookup: TauLookup | None,
+        noise_sampler: Callable | None,
+        seed: int,
+        states: list[torch.Tensor] | None = None,
+        spec: SamplerSpec | None = None,
+        extra_args: dict | None = None,
+    ) -> torch.Tensor:
         callback = (lambda info: states.append(info["x"])) if states is not None else None
         spec = spec or self.spec
         options = self.options if spec.name == self.spec.name else None  # a teacher of another kind: its defaults
-        return run_sampler(self.model, spec, x, sigmas, lookup=lookup, options=options,
-                           extra_args=extra_args, noise_sampler=noise_sampler, seed=seed, callback=callback)
+        return run_sampler(
+            self.model,
+            spec,
+            x,
+            sigmas,
+            lookup=lookup,
+            options=options,
+            extra_args=extra_args,
+            noise_sampler=noise_sampler,
+            seed=seed,
+            callback=callback,
+        )
 
     def _noise_sampler(self, key: int, like: torch.Tensor) -> Callable | None:
         if not self.stochastic:
@@ -378,7 +465,7 @@ class Tuner:
         out = {}
         for k, v in self.extra_args.items():
             if torch.is_tensor(v) and v.ndim and len(v) == rows and rows != b:
-                v = v[c * b:(c + 1) * b]
+                v = v[c * b : (c + 1) * b]
             v = parallel.rows(v, part, b)
             out[k] = v.to(self.device) if torch.is_tensor(v) else v
         return out
@@ -390,28 +477,57 @@ class Tuner:
         ns = self._noise_sampler(noise_set.key(c), x)
         return x[part], (None if ns is None else RowNoise(ns, part))
 
-    def _sampled(self, noise_set: NoiseSet, c: int, values: RunValues | None, part: slice, states: bool = False,
-                 spec: SamplerSpec | None = None) -> list[torch.Tensor]:
+    def _sampled(
+        self,
+        noise_set: NoiseSet,
+        c: int,
+        values: RunValues | None,
+        part: slice,
+        states: bool = False,
+        spec: SamplerSpec | None = None,
+    ) -> list[torch.Tensor]:
         """One run on rows ``part`` of chunk ``c``: [final], or the states at each σ and the final with
         ``states``. ``values`` None is a teacher run (``spec`` on the refined schedule)."""
         x, ns = self._start(noise_set, c, part)
         recorded: list[torch.Tensor] | None = [] if states else None
         if values is None:
-            final = self._run(x, self._fine.to(self.device), None, ns, seed=noise_set.seed + c, states=recorded,
-                              spec=spec, extra_args=self._batch_args(c, part))
+            final = self._run(
+                x,
+                self._fine.to(self.device),
+                None,
+                ns,
+                seed=noise_set.seed + c,
+                states=recorded,
+                spec=spec,
+                extra_args=self._batch_args(c, part),
+            )
         else:
             with recompute_evaluations(self.recompute and torch.is_grad_enabled()):
-                final = self._run(x, values.sigmas, values.lookup(), ns, seed=noise_set.seed + c, states=recorded,
-                                  extra_args=self._batch_args(c, part))
+                final = self._run(
+                    x,
+                    values.sigmas,
+                    values.lookup(),
+                    ns,
+                    seed=noise_set.seed + c,
+                    states=recorded,
+                    extra_args=self._batch_args(c, part),
+                )
         return (recorded or []) + [final]
 
-    def _whole(self, noise_set: NoiseSet, c: int, values: RunValues | None, states: bool = False,
-               spec: SamplerSpec | None = None) -> list[torch.Tensor]:
+    def _whole(
+        self,
+        noise_set: NoiseSet,
+        c: int,
+        values: RunValues | None,
+        states: bool = False,
+        spec: SamplerSpec | None = None,
+    ) -> list[torch.Tensor]:
         """:meth:`_sampled` for the whole chunk without gradients: this process's micro-batches, joined with the
         other processes' rows."""
         with torch.no_grad():
-            runs = [self._sampled(noise_set, c, values, part, states, spec)
-                    for part in self.shards.parts(self.config.batch)]
+            runs = [
+                self._sampled(noise_set, c, values, part, states, spec) for part in self.shards.parts(self.config.batch)
+            ]
         return [self.shards.gather(parallel.concat([run[j] for run in runs])) for j in range(len(runs[0]))]
 
     def teacher(self, noise_set: NoiseSet | None = None) -> list[torch.Tensor]:
@@ -424,8 +540,12 @@ class Tuner:
         spec = sampler_spec(cfg.teacher_sampler or (self.spec.name if same_kind else "dpmpp_2m"))
         self._fine, positions = refine(self.sigmas, cfg.teacher_substeps, self.model.sigma_min)
         out = []
-        for c in tqdm(range(noise_set.chunks), desc=f"teacher ({noise_set.name})", leave=False,
-                      disable=not (cfg.show_progress and self.shards.rank == 0)):
+        for c in tqdm(
+            range(noise_set.chunks),
+            desc=f"teacher ({noise_set.name})",
+            leave=False,
+            disable=not (cfg.show_progress and self.shards.rank == 0),
+        ):
             states = self._whole(noise_set, c, None, states=True, spec=spec)
             out.append(torch.stack([states[p] for p in positions]))
         self._teachers[noise_set.name] = out
@@ -456,8 +576,9 @@ class Tuner:
         objective = objective or self.config.objective
         if objective == "paper":
             raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
-        return self._objective(self._whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c,
-                               objective)
+        return self._objective(
+            self._whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c, objective
+        )
 
     def _joint_step(self, iteration: int) -> torch.Tensor:
         """Back-propagate the joint loss of the iteration's chunk into ``param.raw.grad``; returns the loss.
@@ -470,8 +591,9 @@ class Tuner:
         c, objective, n = int(order[pos]), self.config.objective, self.config.batch
         want_states = objective == "trajectory"
         if self.shards.trivial(n):
-            loss = self._objective(self._sampled(self.pool, c, self.param.values(), slice(None), want_states),
-                                   self.pool, c, objective)
+            loss = self._objective(
+                self._sampled(self.pool, c, self.param.values(), slice(None), want_states), self.pool, c, objective
+            )
             loss.backward()
             return loss.detach()
         whole = [t.requires_grad_() for t in self._whole(self.pool, c, self.param.values(), want_states)]
@@ -491,8 +613,10 @@ class Tuner:
         objective = "final" if self.config.objective == "paper" else None
         with torch.no_grad():
             values = self.param.values() if values is None else values
-            return sum(self._loss(noise_set, c, values, objective).item() for c in range(noise_set.chunks)) / \
-                noise_set.chunks
+            return (
+                sum(self._loss(noise_set, c, values, objective).item() for c in range(noise_set.chunks))
+                / noise_set.chunks
+            )
 
     def _val_samples(self, values: RunValues) -> torch.Tensor:
         return torch.cat([self._whole(self.val, c, values)[-1] for c in range(self.val.chunks)])
@@ -523,10 +647,12 @@ class Tuner:
         """counts[i]: evaluations made by steps 0..i (runs on prefixes of the schedule)."""
         counts = []
         for i in range(len(self.sigmas) - 2):
-            prefix = eval_sigmas(self.spec, self.sigmas[:i + 2], self.shape, self.options, self.model)
-            if not torch.allclose(prefix, self.ev[:len(prefix)], rtol=1e-6):
-                raise TuneError(f"sampler {self.spec.name!r} evaluates at other σ's on a prefix of the schedule, so "
-                                f"the paper's per-interval objective does not apply; use objective 'energy'")
+            prefix = eval_sigmas(self.spec, self.sigmas[: i + 2], self.shape, self.options, self.model)
+            if not torch.allclose(prefix, self.ev[: len(prefix)], rtol=1e-6):
+                raise TuneError(
+                    f"sampler {self.spec.name!r} evaluates at other σ's on a prefix of the schedule, so "
+                    f"the paper's per-interval objective does not apply; use objective 'energy'"
+                )
             counts.append(len(prefix))
         return counts
 
@@ -558,19 +684,31 @@ class Tuner:
             args = self._batch_args(0, part)
             tau = self.param.tau()
             active = torch.zeros_like(tau, dtype=torch.bool)
-            active[start:counts[i]] = True
+            active[start : counts[i]] = True
             tau = torch.where(active, tau, tau.detach())  # earlier intervals are fixed: no graph through the prefix
             with recompute_evaluations(self.recompute and torch.is_grad_enabled()):
                 if cfg.mode == "sequential":
                     states: list[torch.Tensor] = []
-                    x_next = self._run(x0[part] + sig[0] * noise[part], sig[:i + 2],
-                                       TauLookup(ev[:counts[i]], tau[:counts[i]]), ns, seed=seed, states=states,
-                                       extra_args=args)
+                    x_next = self._run(
+                        x0[part] + sig[0] * noise[part],
+                        sig[: i + 2],
+                        TauLookup(ev[: counts[i]], tau[: counts[i]]),
+                        ns,
+                        seed=seed,
+                        states=states,
+                        extra_args=args,
+                    )
                     x_i = states[i].detach()
                 else:
                     x_i = x0[part] + sig[i] * noise[part]
-                    x_next = self._run(x_i, sig[i:i + 2], TauLookup(ev[start:counts[i]], tau[start:counts[i]]), ns,
-                                       seed=seed, extra_args=args)
+                    x_next = self._run(
+                        x_i,
+                        sig[i : i + 2],
+                        TauLookup(ev[start : counts[i]], tau[start : counts[i]]),
+                        ns,
+                        seed=seed,
+                        extra_args=args,
+                    )
                 with torch.no_grad():
                     eps_i = self._eps(x_i, sig[i], args)
                 loss = objectives.eps_consistency(eps_i, self._eps(x_next, sig[i + 1], args))
@@ -633,8 +771,10 @@ class Tuner:
                 self.param.raw.copy_(state.raw)
         else:
             if self.checkpoint is not None and self.checkpoint.exists():
-                raise TuneError(f"checkpoint {self.checkpoint} exists from an earlier run; pass --resume to continue "
-                                f"it, or delete it to start over")
+                raise TuneError(
+                    f"checkpoint {self.checkpoint} exists from an earlier run; pass --resume to continue "
+                    f"it, or delete it to start over"
+                )
             state = checkpoint.TunerState(raw=self.param.raw.detach().clone())
             if cfg.select:
                 untuned = self.score(self.untuned)
@@ -642,16 +782,25 @@ class Tuner:
                 state.best_score, state.best_iter, state.best_raw = untuned, 0, None
         self.losses = state.losses
         total = self._planned = len(phases) * cfg.iters
-        with tqdm(total=total, initial=state.phase * cfg.iters + state.next_iter, desc=f"tune {self.spec.name}",
-                  disable=not (cfg.show_progress and self.shards.rank == 0)) as bar:  # closed before any message
+        with tqdm(
+            total=total,
+            initial=state.phase * cfg.iters + state.next_iter,
+            desc=f"tune {self.spec.name}",
+            disable=not (cfg.show_progress and self.shards.rank == 0),
+        ) as bar:  # closed before any message
             self._optimise(state, phases, bar, progress)
         self.shards.barrier()
         if self.checkpoint is not None and self.shards.rank == 0:
             self.checkpoint.unlink(missing_ok=True)
         return self._result(state, time.perf_counter() - started)
 
-    def _optimise(self, state: checkpoint.TunerState, phases: list[list[int]], bar: tqdm,
-                  progress: Callable[[int, int], None] | None) -> None:
+    def _optimise(
+        self,
+        state: checkpoint.TunerState,
+        phases: list[list[int]],
+        bar: tqdm,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
         cfg = self.config
         total = len(phases) * cfg.iters
         for phase in range(state.phase, len(phases)):
@@ -661,12 +810,13 @@ class Tuner:
                 opt.load_state_dict(state.optimizer)
             for it in range(state.next_iter, cfg.iters):
                 opt.zero_grad(set_to_none=True)
-                loss = self._paper_step(phase, it, self._counts) if cfg.objective == "paper" \
-                    else self._joint_step(it)
+                loss = self._paper_step(phase, it, self._counts) if cfg.objective == "paper" else self._joint_step(it)
                 grad = self.param.raw.grad
                 if not torch.isfinite(loss) or not bool(torch.isfinite(grad).all()):
-                    raise TuneError(f"the loss diverged at iteration {it} (loss {loss.item():.4g}); lower --lr "
-                                    f"(now {cfg.lr}) or check the model's output for NaNs")
+                    raise TuneError(
+                        f"the loss diverged at iteration {it} (loss {loss.item():.4g}); lower --lr "
+                        f"(now {cfg.lr}) or check the model's output for NaNs"
+                    )
                 grad.mul_(mask)
                 opt.step()
                 self.losses.append(loss.item())
@@ -696,8 +846,10 @@ class Tuner:
     def stop_reason(self, step: int) -> str:
         """Why a run that ended at ``step`` stopped before its configured iterations."""
         cfg = self.config
-        return (f"iteration {step} of {cfg.iters}: {cfg.patience} validations in a row without a "
-                f"{cfg.min_improvement:.1%} gain (patience 0 runs every iteration)")
+        return (
+            f"iteration {step} of {cfg.iters}: {cfg.patience} validations in a row without a "
+            f"{cfg.min_improvement:.1%} gain (patience 0 runs every iteration)"
+        )
 
     def _result(self, state: checkpoint.TunerState, seconds: float) -> TuneResult:
         selection: dict[str, Any] = {}
@@ -707,10 +859,16 @@ class Tuner:
                 win = None if best is None else self.win_rate(best)
                 identity = best is None or win < ACCEPT_WIN_RATE
                 chosen = self.untuned if identity else best
-                selection = {"metric": "fd" if self._fd else f"{self.config.objective} objective",
-                             "untuned": state.scores[0][1], "best": state.best_score, "best_iteration": state.best_iter,
-                             "win_rate": win, "fallback_identity": identity, "scores": state.scores,
-                             "stopped_early_at": state.stopped_at}
+                selection = {
+                    "metric": "fd" if self._fd else f"{self.config.objective} objective",
+                    "untuned": state.scores[0][1],
+                    "best": state.best_score,
+                    "best_iteration": state.best_iter,
+                    "win_rate": win,
+                    "fallback_identity": identity,
+                    "scores": state.scores,
+                    "stopped_early_at": state.stopped_at,
+                }
             else:
                 chosen = self.param.values()
         tau = chosen.ev if chosen.tau is None else chosen.tau
@@ -718,18 +876,32 @@ class Tuner:
         if lam is None and "dode" in self.config.families:
             lam = torch.zeros_like(tau)  # the identity fallback still records the family it tuned
         schedule = self.schedule if chosen.sigmas is self.param.sigmas else f"learned-{self.schedule}"
-        return TuneResult(tau=tau.detach().float().cpu(), eval_sigmas=chosen.ev.detach().float().cpu(),
-                          sigmas=chosen.sigmas.detach().float().cpu(), sampler=self.spec.name, schedule=schedule,
-                          config=self.config, options=self.options, losses=self.losses, seconds=seconds,
-                          selection=selection, dode_lambda=None if lam is None else lam.detach().float().cpu(),
-                          feature_space=self.feature_space,
-                          iterations_run=state.stopped_at or self._planned)
+        return TuneResult(
+            tau=tau.detach().float().cpu(),
+            eval_sigmas=chosen.ev.detach().float().cpu(),
+            sigmas=chosen.sigmas.detach().float().cpu(),
+            sampler=self.spec.name,
+            schedule=schedule,
+            config=self.config,
+            options=self.options,
+            losses=self.losses,
+            seconds=seconds,
+            selection=selection,
+            dode_lambda=None if lam is None else lam.detach().float().cpu(),
+            feature_space=self.feature_space,
+            iterations_run=state.stopped_at or self._planned,
+        )
 
     def _fingerprint(self) -> str:
-        parts = [asdict(self.config) | {"show_progress": None, "checkpoint_every": None, "micro_batch": None,
-                                        "recompute": None}, self.spec.name,
-                 self.sigmas.tolist(), self.model.fingerprint, {k: repr(v) for k, v in self.options.items()},
-                 self.feature_space]
+        parts = [
+            asdict(self.config)
+            | {"show_progress": None, "checkpoint_every": None, "micro_batch": None, "recompute": None},
+            self.spec.name,
+            self.sigmas.tolist(),
+            self.model.fingerprint,
+            {k: repr(v) for k, v in self.options.items()},
+            self.feature_space,
+        ]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -744,10 +916,12 @@ def stalled(scores: list[tuple[int, float]], patience: int, min_improvement: flo
 
 def _oom_message(cfg: TuneConfig) -> str:
     rows = cfg.micro_batch or cfg.batch
-    return (f"out of memory at {rows} rows per pass (batch {cfg.batch}); try --micro-batch {max(1, rows // 2)} (the "
-            f"same result in more passes), --recompute on if it is off, or a lower resolution; --batch "
-            f"{max(2, cfg.batch // 2)} also helps but changes the result. Nothing was written; the last checkpoint, "
-            f"if any, is intact")
+    return (
+        f"out of memory at {rows} rows per pass (batch {cfg.batch}); try --micro-batch {max(1, rows // 2)} (the "
+        f"same result in more passes), --recompute on if it is off, or a lower resolution; --batch "
+        f"{max(2, cfg.batch // 2)} also helps but changes the result. Nothing was written; the last checkpoint, "
+        f"if any, is intact"
+    )
 
 
 def real_x0(data: torch.Tensor | Iterable | None, shape: tuple[int, ...]) -> torch.Tensor | None:
@@ -759,13 +933,17 @@ def real_x0(data: torch.Tensor | Iterable | None, shape: tuple[int, ...]) -> tor
         try:
             batches = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
         except TypeError:
-            raise TuneError(f"data must be a tensor of x0 or an iterable of batches, got {type(data).__name__}") from None
+            raise TuneError(
+                f"data must be a tensor of x0 or an iterable of batches, got {type(data).__name__}"
+            ) from None
         if not batches or not all(torch.is_tensor(b) for b in batches):
             raise TuneError("data yielded no tensors; give a tensor of x0 or a loader of (x0, ...) batches")
-        x = torch.cat([b.reshape(-1, *b.shape[-len(shape):]) if shape else b for b in batches])
+        x = torch.cat([b.reshape(-1, *b.shape[-len(shape) :]) if shape else b for b in batches])
     if x is not None and tuple(x.shape[1:]) != tuple(shape):
-        raise TuneError(f"data samples have shape {tuple(x.shape[1:])} but the model makes {tuple(shape)}; "
-                        f"give x0 shaped (N, {', '.join(map(str, shape))})")
+        raise TuneError(
+            f"data samples have shape {tuple(x.shape[1:])} but the model makes {tuple(shape)}; "
+            f"give x0 shaped (N, {', '.join(map(str, shape))})"
+        )
     if x is not None and len(x) < 2:
         raise TuneError("data needs at least 2 samples")
     return x

@@ -38,8 +38,15 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=args.chromium, args=flags)
         page = browser.new_page(viewport={"width": 1800, "height": 760})
@@ -55,8 +62,9 @@ def main() -> None:
             print(f"wrote {out}")
             if api_file.stem == SCREENSHOT_OF:
                 page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-                page.wait_for_function("() => window.app.graph._nodes.some(n => n.imgs && n.imgs.length)",
-                                       timeout=300_000)
+                page.wait_for_function(
+                    "() => window.app.graph._nodes.some(n => n.imgs && n.imgs.length)", timeout=300_000
+                )
                 page.evaluate(FIT_VIEW)
                 page.wait_for_timeout(1500)
                 shot = REPO / "docs" / "comfyui_apply_workflow.png"

@@ -19,7 +19,7 @@ import torch
 
 
 def rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def main() -> None:
@@ -33,8 +33,12 @@ def main() -> None:
     report: dict = {"torch_threads": torch.get_num_threads(), "models": {}}
     for name in ("sd15", "sdxl", "sd3", "flux"):
         n = dc.parameter_count(name)
-        report["models"][name] = {"class": dc.CLASSES[name], "parameters": n, "float32_gb": round(n * 4 / 1e9, 2),
-                                  "bf16_gb": round(n * 2 / 1e9, 2)}
+        report["models"][name] = {
+            "class": dc.CLASSES[name],
+            "parameters": n,
+            "float32_gb": round(n * 4 / 1e9, 2),
+            "bf16_gb": round(n * 2 / 1e9, 2),
+        }
     if args.build_sd15:
         report["sd15_built"] = build_sd15(dc, args.latent)
     print(json.dumps(report, indent=2))

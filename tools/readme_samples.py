@@ -29,13 +29,15 @@ def main(out: Path) -> None:
         samples = generate(model, spec, make_sigmas(model, model.default_schedule, 500), noise)
         with torch.no_grad():
             probs = classifier(samples.clamp(-1, 1)).softmax(1)
-        print(f"{name}: DPM-Solver++(2M), 500 NFE, 500 samples: classifier confidence "
-              f"{float(probs.max(1).values.mean()):.3f}, classes {torch.bincount(probs.argmax(1), minlength=10).tolist()}, "
-              f"FD {digits_fd(samples):.1f}")
-        panels[f"{name}, 500 NFE"] = {f"{12 * i + 1}–{12 * (i + 1)}": samples[12 * i:12 * (i + 1)] for i in range(3)}
+        print(
+            f"{name}: DPM-Solver++(2M), 500 NFE, 500 samples: classifier confidence "
+            f"{float(probs.max(1).values.mean()):.3f}, classes {torch.bincount(probs.argmax(1), minlength=10).tolist()}, "
+            f"FD {digits_fd(samples):.1f}"
+        )
+        panels[f"{name}, 500 NFE"] = {f"{12 * i + 1}–{12 * (i + 1)}": samples[12 * i : 12 * (i + 1)] for i in range(3)}
     real, _ = digits("held_out")
     print(f"held-out digits vs train FD reference: {digits_fd(digits('train')[0]):.1f}")
-    panels["held-out digits"] = {f"{12 * i + 1}–{12 * (i + 1)}": real[12 * i:12 * (i + 1)] for i in range(3)}
+    panels["held-out digits"] = {f"{12 * i + 1}–{12 * (i + 1)}": real[12 * i : 12 * (i + 1)] for i in range(3)}
     plots.sample_grid(panels, out)
     print(f"wrote {out}")
 

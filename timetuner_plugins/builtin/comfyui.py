@@ -27,13 +27,27 @@ def _specs() -> tuple[tuple[SamplerSpec, ...], str]:
         try:
             real = cs.differentiable(samplers.sampler_object(name).sampler_function)
         except Exception as exc:  # noqa: BLE001 - one odd sampler must not hide the others
-            specs.append(SamplerSpec(cs.PREFIX + name, lambda model, x, sigmas, **kw: x, tunable=False,
-                                     untunable_reason=f"ComfyUI could not resolve it ({exc})"))
+            specs.append(
+                SamplerSpec(
+                    cs.PREFIX + name,
+                    lambda model, x, sigmas, **kw: x,
+                    tunable=False,
+                    untunable_reason=f"ComfyUI could not resolve it ({exc})",
+                )
+            )
             continue
         reason = cs.untunable_reason(real, name)
-        specs.append(SamplerSpec(cs.PREFIX + name, cs.wrap(real), cs.DryRunCount(real, name),
-                                 stochastic=cs.DryRunStochastic(real, name), description=cs.description(name, real),
-                                 tunable=not reason, untunable_reason=reason))
+        specs.append(
+            SamplerSpec(
+                cs.PREFIX + name,
+                cs.wrap(real),
+                cs.DryRunCount(real, name),
+                stochastic=cs.DryRunStochastic(real, name),
+                description=cs.description(name, real),
+                tunable=not reason,
+                untunable_reason=reason,
+            )
+        )
     return tuple(specs), ""
 
 

@@ -30,8 +30,11 @@ def available() -> bool:
     except (ImportError, ValueError):
         found = False
     if not found:
-        add_problem(PLUGIN, f"diffusers samplers, schedules and model adapters unavailable: diffusers is not "
-                            f"installed; {HINT}", PREFIX)
+        add_problem(
+            PLUGIN,
+            f"diffusers samplers, schedules and model adapters unavailable: diffusers is not installed; {HINT}",
+            PREFIX,
+        )
     return found
 
 
@@ -53,8 +56,14 @@ def register_model_adapters(register):
     if not available():
         return
     for name in MODEL_CLASSES:
-        register(AdapterSpec(f"diffusers.{name}", accepts=_is(name), adapt=_adapt,
-                             description=f"diffusers {name} with its scheduler config (scheduler_config=...)"))
+        register(
+            AdapterSpec(
+                f"diffusers.{name}",
+                accepts=_is(name),
+                adapt=_adapt,
+                description=f"diffusers {name} with its scheduler config (scheduler_config=...)",
+            )
+        )
 
 
 @hookimpl
@@ -64,8 +73,15 @@ def register_samplers(register):
     from .. import diffusers_samplers as ds
 
     for entry in ds.ENTRIES:
-        register(SamplerSpec(f"diffusers.{entry.cls}", ds.make_sampler(entry), entry.nfe,
-                             description=entry.description, spaces=ds.SPACES[entry.space]))
+        register(
+            SamplerSpec(
+                f"diffusers.{entry.cls}",
+                ds.make_sampler(entry),
+                entry.nfe,
+                description=entry.description,
+                spaces=ds.SPACES[entry.space],
+            )
+        )
 
 
 @hookimpl
@@ -75,5 +91,11 @@ def register_schedules(register):
     from .. import diffusers_samplers as ds
 
     for entry in ds.ENTRIES:
-        register(ScheduleSpec(f"diffusers.{entry.cls}", ds.make_schedule(entry),
-                              f"the σ's diffusers' {entry.cls} sets for the model's scheduler config", auto=False))
+        register(
+            ScheduleSpec(
+                f"diffusers.{entry.cls}",
+                ds.make_schedule(entry),
+                f"the σ's diffusers' {entry.cls} sets for the model's scheduler config",
+                auto=False,
+            )
+        )

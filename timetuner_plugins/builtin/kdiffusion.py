@@ -14,12 +14,20 @@ from registry import AdapterSpec, SamplerSpec, add_problem, hookimpl, one_eval_p
 
 PLUGIN = __name__
 PREFIX = "k_diffusion."  # the names this plugin registers
-HINT = ("install them with: pip install 'timetuner[k-diffusion]' (k-diffusion needs a torch build that "
-        "torchvision supports; see the README)")
+HINT = (
+    "install them with: pip install 'timetuner[k-diffusion]' (k-diffusion needs a torch build that "
+    "torchvision supports; see docs/kdiffusion.md)"
+)
 ONE_EVAL = ("euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
 TWO_EVALS = ("heun", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde")
-ALWAYS_STOCHASTIC = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-                     "dpmpp_3m_sde")
+ALWAYS_STOCHASTIC = (
+    "euler_ancestral",
+    "dpm_2_ancestral",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+)
 CHURN = ("euler", "heun", "dpm_2")
 
 
@@ -75,17 +83,37 @@ def register_samplers(register):
     sampling = modules[0]
     for name in ONE_EVAL + TWO_EVALS:
         real = inspect.unwrap(getattr(sampling, f"sample_{name}"))
-        register(SamplerSpec(f"k_diffusion.{name}", real, one_eval_per_step if name in ONE_EVAL else two_evals_per_step,
-                             stochastic=_stochastic(name), description=f"k-diffusion sample_{name}",
-                             spaces=("ve",) if name in ALWAYS_STOCHASTIC else ("ve", "flow")))
-    register(SamplerSpec("k_diffusion.dpm_fast", _fixed_grid(inspect.unwrap(sampling.sample_dpm_fast), True),
-                         one_eval_per_step, tunable=False, description="k-diffusion sample_dpm_fast",
-                         untunable_reason="it lays out its own σ grid from (σ_min, σ_max, n), so τ cannot be keyed "
-                                          "to a schedule"))
-    register(SamplerSpec("k_diffusion.dpm_adaptive", _fixed_grid(inspect.unwrap(sampling.sample_dpm_adaptive), False),
-                         one_eval_per_step, tunable=False, description="k-diffusion sample_dpm_adaptive",
-                         untunable_reason="its step sizes adapt to the model's output, so the number and σ's of "
-                                          "network evaluations change from run to run"))
+        register(
+            SamplerSpec(
+                f"k_diffusion.{name}",
+                real,
+                one_eval_per_step if name in ONE_EVAL else two_evals_per_step,
+                stochastic=_stochastic(name),
+                description=f"k-diffusion sample_{name}",
+                spaces=("ve",) if name in ALWAYS_STOCHASTIC else ("ve", "flow"),
+            )
+        )
+    register(
+        SamplerSpec(
+            "k_diffusion.dpm_fast",
+            _fixed_grid(inspect.unwrap(sampling.sample_dpm_fast), True),
+            one_eval_per_step,
+            tunable=False,
+            description="k-diffusion sample_dpm_fast",
+            untunable_reason="it lays out its own σ grid from (σ_min, σ_max, n), so τ cannot be keyed to a schedule",
+        )
+    )
+    register(
+        SamplerSpec(
+            "k_diffusion.dpm_adaptive",
+            _fixed_grid(inspect.unwrap(sampling.sample_dpm_adaptive), False),
+            one_eval_per_step,
+            tunable=False,
+            description="k-diffusion sample_dpm_adaptive",
+            untunable_reason="its step sizes adapt to the model's output, so the number and σ's of "
+            "network evaluations change from run to run",
+        )
+    )
 
 
 @hookimpl
@@ -96,9 +124,18 @@ def register_model_adapters(register):
     from ..kdiffusion_adapters import KDiffusionDenoiser
 
     _, external, layers = modules
-    kinds = [("eps", external.DiscreteEpsDDPMDenoiser), ("discrete_v", external.DiscreteVDDPMDenoiser),
-             ("continuous_v", external.VDenoiser), ("karras", layers.Denoiser)]
+    kinds = [
+        ("eps", external.DiscreteEpsDDPMDenoiser),
+        ("discrete_v", external.DiscreteVDDPMDenoiser),
+        ("continuous_v", external.VDenoiser),
+        ("karras", layers.Denoiser),
+    ]
     for kind, cls in kinds:
-        register(AdapterSpec(f"k_diffusion.{cls.__name__}", accepts=lambda obj, cls=cls: isinstance(obj, cls),
-                             adapt=lambda obj, kind=kind, **kw: KDiffusionDenoiser(obj, kind, **kw),
-                             description=f"k-diffusion {cls.__name__} and subclasses"))
+        register(
+            AdapterSpec(
+                f"k_diffusion.{cls.__name__}",
+                accepts=lambda obj, cls=cls: isinstance(obj, cls),
+                adapt=lambda obj, kind=kind, **kw: KDiffusionDenoiser(obj, kind, **kw),
+                description=f"k-diffusion {cls.__name__} and subclasses",
+            )
+        )

@@ -18,6 +18,11 @@ def register_schedules(register):
     register(ScheduleSpec("sgm_uniform", schedules.sgm_uniform, "ComfyUI sgm_uniform: normal, σ_min dropped for 0"))
     register(ScheduleSpec("ddim_uniform", schedules.ddim_uniform, "ComfyUI ddim_uniform: DDIM's uniform skip"))
     register(ScheduleSpec("beta", schedules.beta, "ComfyUI beta: Beta(0.6, 0.6) quantiles of training time"))
-    register(ScheduleSpec("linear_quadratic", schedules.linear_quadratic,
-                          "ComfyUI linear_quadratic (Mochi): linear, then quadratic to 0; for flow models"))
+    register(
+        ScheduleSpec(
+            "linear_quadratic",
+            schedules.linear_quadratic,
+            "ComfyUI linear_quadratic (Mochi): linear, then quadratic to 0; for flow models",
+        )
+    )
     register(ScheduleSpec("kl_optimal", schedules.kl_optimal, "ComfyUI kl_optimal: uniform in arctan σ"))

@@ -42,9 +42,15 @@ def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, w
         group["lr"] = lr
 
 
-def _train_denoiser(loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
-                    net: torch.nn.Module, steps: int, batch: int, lr: float, seed: int, desc: str
-                    ) -> tuple[torch.nn.Module, float]:
+def _train_denoiser(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+    net: torch.nn.Module,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    desc: str,
+) -> tuple[torch.nn.Module, float]:
     images, labels = digits("train")
     gen = torch.Generator().manual_seed(seed)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -74,8 +80,15 @@ def _train_denoiser(loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generat
 SMALL_UNET = {"channels": 8, "width": 128, "blocks": 2}  # digits-ddpm-small: ~6x fewer parameters, ~4x cheaper
 
 
-def train_ddpm(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3, seed: int = 0,
-               config: dict | None = None, name: str = "digits-ddpm") -> None:
+def train_ddpm(
+    out: Path,
+    steps: int = 20000,
+    batch: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    config: dict | None = None,
+    name: str = "digits-ddpm",
+) -> None:
     """ε-prediction on DDPM's discrete schedule: 1000 steps, linear β 1e-4…0.02 (Ho et al. 2020);
     ``config`` sizes the U-Net (default: the shipped digits-ddpm's)."""
     torch.manual_seed(seed)
@@ -91,11 +104,30 @@ def train_ddpm(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3
 
     started = time.time()
     ema, loss = _train_denoiser(loss_fn, net, steps, batch, lr, seed, name)
-    _save(out, {f"net.{k}": v for k, v in ema.state_dict().items()}, {
-        "kind": "vp_discrete", "prediction": "eps", "betas": DDPM_BETAS, "arch": "DigitsUNet",
-        "config": ema.config, "sample_shape": [1, 8, 8], "model_id": name,
-        "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema": 0.999, "label_drop": LABEL_DROP,
-                   "final_loss": loss, "seconds": round(time.time() - started, 1), "library": __version__}})
+    _save(
+        out,
+        {f"net.{k}": v for k, v in ema.state_dict().items()},
+        {
+            "kind": "vp_discrete",
+            "prediction": "eps",
+            "betas": DDPM_BETAS,
+            "arch": "DigitsUNet",
+            "config": ema.config,
+            "sample_shape": [1, 8, 8],
+            "model_id": name,
+            "recipe": {
+                "steps": steps,
+                "batch": batch,
+                "lr": lr,
+                "seed": seed,
+                "ema": 0.999,
+                "label_drop": LABEL_DROP,
+                "final_loss": loss,
+                "seconds": round(time.time() - started, 1),
+                "library": __version__,
+            },
+        },
+    )
 
 
 def train_ddpm_small(out: Path, steps: int = 5000, batch: int = 256, lr: float = 2e-3, seed: int = 0) -> None:
@@ -115,25 +147,46 @@ def train_edm(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3,
     def loss_fn(x0, y, gen):
         sigma = (torch.randn(len(x0), generator=gen) * EDM["p_std"] + EDM["p_mean"]).exp()
         noisy = x0 + torch.randn(x0.shape, generator=gen) * sigma.view(-1, 1, 1, 1)
-        weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+        weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
         per = ((model(noisy, sigma, label=y) - x0) ** 2).mean(dim=(1, 2, 3))
         return (weight * per).mean()
 
     started = time.time()
     ema, loss = _train_denoiser(loss_fn, net, steps, batch, lr, seed, "digits-edm")
-    _save(out, {f"net.{k}": v for k, v in ema.state_dict().items()}, {
-        "kind": "edm", "sigma_data": str(sigma_data), "sigma_min": str(EDM["sigma_min"]),
-        "sigma_max": str(EDM["sigma_max"]), "arch": "DigitsUNet", "config": ema.config, "sample_shape": [1, 8, 8],
-        "model_id": "digits-edm",
-        "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema": 0.999, "label_drop": LABEL_DROP,
-                   **EDM, "final_loss": loss, "seconds": round(time.time() - started, 1), "library": __version__}})
+    _save(
+        out,
+        {f"net.{k}": v for k, v in ema.state_dict().items()},
+        {
+            "kind": "edm",
+            "sigma_data": str(sigma_data),
+            "sigma_min": str(EDM["sigma_min"]),
+            "sigma_max": str(EDM["sigma_max"]),
+            "arch": "DigitsUNet",
+            "config": ema.config,
+            "sample_shape": [1, 8, 8],
+            "model_id": "digits-edm",
+            "recipe": {
+                "steps": steps,
+                "batch": batch,
+                "lr": lr,
+                "seed": seed,
+                "ema": 0.999,
+                "label_drop": LABEL_DROP,
+                **EDM,
+                "final_loss": loss,
+                "seconds": round(time.time() - started, 1),
+                "library": __version__,
+            },
+        },
+    )
 
 
 FLOW = {"prediction": "v", "multiplier": 1000.0, "timesteps": 1000, "logit_mean": 0.0, "logit_std": 1.0}
 
 
-def train_flow(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3, seed: int = 0,
-               shift: float = 1.0) -> None:
+def train_flow(
+    out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3, seed: int = 0, shift: float = 1.0
+) -> None:
     """Rectified flow (Liu et al. 2023; SD3's recipe, Esser et al. 2024): x_t = (1 − t)·x₀ + t·ε with t drawn
     logit-normal (mean 0, std 1), the network conditioned on 1000·t and trained to predict v = ε − x₀.
     ``shift`` is recorded for sampling (the σ table's time shift), not used in training."""
@@ -148,12 +201,33 @@ def train_flow(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3
 
     started = time.time()
     ema, loss = _train_denoiser(loss_fn, net, steps, batch, lr, seed, "digits-flow")
-    _save(out, {f"net.{k}": v for k, v in ema.state_dict().items()}, {
-        "kind": "flow", "prediction": FLOW["prediction"], "shift": str(shift), "multiplier": str(FLOW["multiplier"]),
-        "timesteps": str(FLOW["timesteps"]), "arch": "DigitsUNet", "config": ema.config, "sample_shape": [1, 8, 8],
-        "model_id": "digits-flow",
-        "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "ema": 0.999, "label_drop": LABEL_DROP,
-                   **FLOW, "final_loss": loss, "seconds": round(time.time() - started, 1), "library": __version__}})
+    _save(
+        out,
+        {f"net.{k}": v for k, v in ema.state_dict().items()},
+        {
+            "kind": "flow",
+            "prediction": FLOW["prediction"],
+            "shift": str(shift),
+            "multiplier": str(FLOW["multiplier"]),
+            "timesteps": str(FLOW["timesteps"]),
+            "arch": "DigitsUNet",
+            "config": ema.config,
+            "sample_shape": [1, 8, 8],
+            "model_id": "digits-flow",
+            "recipe": {
+                "steps": steps,
+                "batch": batch,
+                "lr": lr,
+                "seed": seed,
+                "ema": 0.999,
+                "label_drop": LABEL_DROP,
+                **FLOW,
+                "final_loss": loss,
+                "seconds": round(time.time() - started, 1),
+                "library": __version__,
+            },
+        },
+    )
 
 
 def fit_gmm(out: Path, components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> None:
@@ -163,15 +237,37 @@ def fit_gmm(out: Path, components: int = 10, reg_covar: float = 1e-3, seed: int 
     images, _ = digits("train")
     gmm = GaussianMixture(components, covariance_type="full", reg_covar=reg_covar, random_state=seed, max_iter=500)
     gmm.fit(images.reshape(len(images), -1).double().numpy())
-    _save(out, {"weights": torch.from_numpy(gmm.weights_), "means": torch.from_numpy(gmm.means_),
-                "covariances": torch.from_numpy(gmm.covariances_)}, {
-        "kind": "gmm", "sample_shape": [1, 8, 8], "model_id": "gmm-digits",
-        "recipe": {"components": components, "reg_covar": reg_covar, "seed": seed, "converged": bool(gmm.converged_),
-                   "library": __version__}})
+    _save(
+        out,
+        {
+            "weights": torch.from_numpy(gmm.weights_),
+            "means": torch.from_numpy(gmm.means_),
+            "covariances": torch.from_numpy(gmm.covariances_),
+        },
+        {
+            "kind": "gmm",
+            "sample_shape": [1, 8, 8],
+            "model_id": "gmm-digits",
+            "recipe": {
+                "components": components,
+                "reg_covar": reg_covar,
+                "seed": seed,
+                "converged": bool(gmm.converged_),
+                "library": __version__,
+            },
+        },
+    )
 
 
-def train_classifier(out: Path, steps: int = 4000, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                     channels: int = 32, name: str = "digits-classifier") -> None:
+def train_classifier(
+    out: Path,
+    steps: int = 4000,
+    batch: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    channels: int = 32,
+    name: str = "digits-classifier",
+) -> None:
     """A conv digits classifier trained with ±1-pixel shifts and light noise: with the defaults, the FD
     feature network; ``train_features`` makes the tuner's independent one."""
     torch.manual_seed(seed)
@@ -194,10 +290,23 @@ def train_classifier(out: Path, steps: int = 4000, batch: int = 128, lr: float =
     held, held_labels = digits("held_out")
     with torch.no_grad():
         accuracy = float((net(held).argmax(1) == held_labels).float().mean())
-    _save(out, {f"net.{k}": v for k, v in net.state_dict().items()}, {
-        "arch": "DigitsClassifier", "config": net.config, "model_id": name,
-        "recipe": {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "held_out_accuracy": accuracy,
-                   "library": __version__}})
+    _save(
+        out,
+        {f"net.{k}": v for k, v in net.state_dict().items()},
+        {
+            "arch": "DigitsClassifier",
+            "config": net.config,
+            "model_id": name,
+            "recipe": {
+                "steps": steps,
+                "batch": batch,
+                "lr": lr,
+                "seed": seed,
+                "held_out_accuracy": accuracy,
+                "library": __version__,
+            },
+        },
+    )
     print(f"{name} held-out accuracy: {accuracy:.4f}")
 
 
