@@ -66,8 +66,9 @@ def test_timestep_stand_in_moves_only_while_a_ratio_is_set():
     sigma = torch.tensor([2.0, 2.0])
     assert torch.equal(stand_in(sigma), sigma.log()) and len(calls) == 1
     stand_in.ratio = torch.tensor([1.1, 0.9])
-    torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double() * torch.tensor([1.1, 0.9])),
-                               rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(
+        stand_in(sigma).double(), model.sigma_to_t(sigma.double() * torch.tensor([1.1, 0.9])), rtol=1e-6, atol=1e-4
+    )
     stand_in.forced = torch.tensor(0.5)  # an evaluation counter wins over σ matching
     torch.testing.assert_close(stand_in(sigma).double(), model.sigma_to_t(sigma.double() * 0.5), rtol=1e-6, atol=1e-4)
     stand_in.forced = torch.tensor(1.0)  # exactly 1: the model's own timestep
@@ -89,8 +90,14 @@ def test_paths_stay_inside_their_folders(tmp_path):
     names = paths.choices([user])
     assert "sub/mine.safetensors" in names and any(n.startswith("shipped/") for n in names)
     assert paths.resolve("sub/mine.safetensors", [user])[0] == (user / "sub" / "mine.safetensors").resolve()
-    for bad in ("../secret.safetensors", "sub/../../secret.safetensors", str(tmp_path / "secret.safetensors"),
-                "/etc/passwd", "shipped/../../../etc/passwd", ""):
+    for bad in (
+        "../secret.safetensors",
+        "sub/../../secret.safetensors",
+        str(tmp_path / "secret.safetensors"),
+        "/etc/passwd",
+        "shipped/../../../etc/passwd",
+        "",
+    ):
         with pytest.raises((paths.UnsafePath, FileNotFoundError)):
             paths.resolve(bad, [user])
     (user / "link.safetensors").symlink_to(tmp_path / "secret.safetensors")
@@ -152,3 +159,21 @@ def test_an_exact_ratio_of_one_keeps_the_models_own_timestep():
     stand_in.ratio = None
     stand_in.forced = torch.tensor(1.0, requires_grad=True)  # tuning: the gradient goes through the moved timestep
     assert stand_in(sigma).requires_grad
+
+
+def test_every_template_workflow_has_its_api_copy_with_the_same_nodes():
+    """ComfyUI lists example_workflows/*.json as templates; the server tests run example_workflows/api/: the two
+    must be one graph (same node ids and types, same links)."""
+    import json
+
+    from helpers import REPO, WORKFLOWS
+
+    templates = sorted((REPO / "example_workflows").glob("*.json"))
+    assert len(templates) >= 4
+    for path in templates:
+        ui = json.loads(path.read_text())
+        api = json.loads((WORKFLOWS / path.name).read_text())
+        assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}, path
+        ui_links = {(str(src), str(dst)) for _, src, _, dst, _, _ in ui["links"]}
+        api_links = {(v[0], k) for k, node in api.items() for v in node["inputs"].values() if isinstance(v, list)}
+        assert ui_links == api_links, path
