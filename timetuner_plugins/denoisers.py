@@ -338,6 +338,18 @@ class FlowDenoiser(TunableDenoiser):
         return x - append_dims(sigma, x.ndim) * out
 
 
+WRAPPED_ATTRIBUTES = (  # what a wrapper (CFG) takes over from the denoiser it wraps
+    "sigma_min",
+    "sigma_max",
+    "sample_shape",
+    "default_schedule",
+    "model_id",
+    "space",
+    "tau_max",
+    "time_offset",
+)
+
+
 class CFGDenoiser(TunableDenoiser):
     """Classifier-free guidance over a tunable denoiser; both branches see τ.
 
@@ -348,16 +360,7 @@ class CFGDenoiser(TunableDenoiser):
     def __init__(self, inner: TunableDenoiser, scale: float, cond_key: str = "label"):
         super().__init__()
         self.inner, self.scale, self.cond_key = inner, scale, cond_key
-        for attr in (
-            "sigma_min",
-            "sigma_max",
-            "sample_shape",
-            "default_schedule",
-            "model_id",
-            "space",
-            "tau_max",
-            "time_offset",
-        ):
+        for attr in WRAPPED_ATTRIBUTES:
             setattr(self, attr, getattr(inner, attr))
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .denoisers import DiscreteVPDenoiser, FlowDenoiser, SigmaTable, TunableDenoiser
+from .denoisers import WRAPPED_ATTRIBUTES, DiscreteVPDenoiser, FlowDenoiser, SigmaTable, TunableDenoiser
 
 INSTALL_HINT = "pip install 'timetuner[diffusers]'"
 VP_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -399,21 +399,7 @@ class DiffusersCFGDenoiser(TunableDenoiser):
         self.inner, self.guidance_scale = inner, float(guidance_scale)
         self.cond = dict(cond or {})
         self.negative = {k if k.startswith("negative_") else f"negative_{k}": v for k, v in (negative or {}).items()}
-        for attr in (
-            "sigma_min",
-            "sigma_max",
-            "sample_shape",
-            "default_schedule",
-            "model_id",
-            "space",
-            "tau_max",
-            "time_offset",
-            "shift",
-            "multiplier",
-            "timesteps",
-            "scheduler_config",
-            "kind",
-        ):
+        for attr in (*WRAPPED_ATTRIBUTES, "shift", "multiplier", "timesteps", "scheduler_config", "kind"):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
 
