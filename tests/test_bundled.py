@@ -64,3 +64,28 @@ def test_training_script_runs_a_few_steps(tmp_path):
     training.train_flow(out, steps=3, batch=16, shift=3.0)
     flow = bundled.load_path(out)
     assert flow.space == "flow" and flow.shift == 3.0 and flow.default_schedule == "simple"
+
+
+def test_held_out_models_differ_from_the_bundled_ones_in_architecture_and_recipe(tmp_path):
+    """The held-out models' recipes run and load as what they claim: a transformer rectified flow at shift 3, and a
+    residual conv net with v-prediction on the cosine schedule."""
+    from timetuner_plugins.denoisers import DiscreteVPDenoiser
+    from timetuner_plugins.training import held_out
+
+    out = tmp_path / "dit.safetensors"
+    held_out.train_dit_flow(out, steps=3, batch=16)
+    dit = bundled.load_path(out)
+    assert dit.space == "flow" and dit.shift == 3.0 and type(dit.net).__name__ == "DigitsDiT"
+    out = tmp_path / "resnet.safetensors"
+    held_out.train_resnet_v(out, steps=3, batch=16)
+    resnet = bundled.load_path(out)
+    assert resnet.prediction == "v" and type(resnet.net).__name__ == "DigitsResNet"
+    abar = DiscreteVPDenoiser.cosine_betas(1000)
+    assert torch.allclose(resnet.log_sigmas, ((1 - abar) / abar).sqrt().log())
+    assert bool((abar[1:] < abar[:-1]).all()) and 0.99 < float(abar[0]) < 1
+    betas = 1 - abar[1:] / abar[:-1]
+    assert float(betas.max()) <= 0.999 + 1e-12
+    for name in ("heldout-dit-flow", "heldout-resnet-v"):
+        model = registry.load_model(name)
+        recipe = bundled.read_weights(bundled.weights_path(name))[1]["recipe"]
+        assert '"held_out": true' in recipe and model.model_id == name

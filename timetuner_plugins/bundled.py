@@ -19,6 +19,8 @@ FILES = {
     "digits-ddpm-small": "digits_ddpm_small.safetensors",
     "digits-edm": "digits_edm.safetensors",
     "digits-flow": "digits_flow.safetensors",
+    "heldout-dit-flow": "heldout_dit_flow.safetensors",
+    "heldout-resnet-v": "heldout_resnet_v.safetensors",
     "gmm-digits": "gmm_digits.safetensors",
     "digits-classifier": "digits_classifier.safetensors",
     "digits-features": "digits_features.safetensors",
@@ -69,9 +71,11 @@ def load_path(path: Path, name: str | None = None) -> TunableDenoiser:
     kind = metadata.get("kind")
     if kind == "vp_discrete":
         betas = json.loads(metadata["betas"])
-        model: TunableDenoiser = DiscreteVPDenoiser(
-            _net(tensors, metadata), DiscreteVPDenoiser.linear_betas(**betas), metadata["prediction"]
-        )
+        schedule = betas.pop("schedule", "linear")
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"{path}: unknown β schedule {schedule!r} in its weights file (linear or cosine)")
+        abar = (DiscreteVPDenoiser.linear_betas if schedule == "linear" else DiscreteVPDenoiser.cosine_betas)(**betas)
+        model: TunableDenoiser = DiscreteVPDenoiser(_net(tensors, metadata), abar, metadata["prediction"])
     elif kind == "edm":
         model = EDMDenoiser(
             _net(tensors, metadata),

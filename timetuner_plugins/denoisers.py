@@ -218,6 +218,14 @@ class DiscreteVPDenoiser(TunableDenoiser):
         betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
         return torch.cumprod(1 - betas, dim=0)
 
+    @staticmethod
+    def cosine_betas(steps: int = 1000, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+        """The cosine schedule (Nichol & Dhariwal 2021): ᾱ(t) ∝ cos²((t/T + s)/(1 + s)·π/2), β capped at 0.999."""
+        t = torch.arange(steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+        return torch.cumprod(1 - betas, dim=0)
+
     def _table(self, like: torch.Tensor) -> torch.Tensor:
         """The log σ table on ``like``'s device, in float64 where the device has it."""
         dtype = torch.float32 if like.device.type == "mps" else torch.float64

@@ -49,3 +49,17 @@ def register_models(register):
             "the same Gaussian mixture under the flow path, exact velocity (no network)",
         )
     )
+    register(
+        ModelSpec(
+            "heldout-dit-flow",
+            lambda: bundled.load("heldout-dit-flow"),
+            "held out (never tuned on): 8x8 digits, diffusion transformer, rectified flow with uniform t at shift 3",
+        )
+    )
+    register(
+        ModelSpec(
+            "heldout-resnet-v",
+            lambda: bundled.load("heldout-resnet-v"),
+            "held out (never tuned on): 8x8 digits, all-convolution ResNet, v-prediction on the cosine schedule",
+        )
+    )

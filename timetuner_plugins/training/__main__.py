@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..bundled import FILES, WEIGHTS
-from . import digits
+from . import digits, held_out
 
 TRAINERS = {
     "digits-ddpm": digits.train_ddpm,
@@ -16,6 +16,8 @@ TRAINERS = {
     "gmm-digits": lambda out, steps=None, **kw: digits.fit_gmm(out, **kw),
     "digits-classifier": digits.train_classifier,
     "digits-features": digits.train_features,
+    "heldout-dit-flow": held_out.train_dit_flow,
+    "heldout-resnet-v": held_out.train_resnet_v,
 }
 
 
