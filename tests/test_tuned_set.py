@@ -119,3 +119,19 @@ def test_mismatch_is_named_and_force_overrides():
     assert len(problems) == 1
     assert ts.check(sampler="ddim", sigmas=ts.sigmas * (1 + 1e-6), nfe=4) == []
     json.dumps(ts.summary())
+
+
+@pytest.mark.parametrize(
+    "before,after,said",
+    [
+        ({"fd": 140.0, "traj_err": 0.09}, {"fd": 120.0, "traj_err": 0.08}, "improves FD and trajectory error"),
+        ({"fd": 140.0, "traj_err": 0.0933}, {"fd": 124.0, "traj_err": 0.0950}, "improves FD, worsens trajectory error"),
+        ({"fd": 97.6, "traj_err": 0.036}, {"fd": 97.63, "traj_err": 0.039}, "keeps FD, worsens trajectory error"),
+        ({"fd": None, "traj_err": 0.2}, {"fd": None, "traj_err": 0.1}, "improves trajectory error"),
+        ({}, {}, None),
+    ],
+)
+def test_verdict_names_a_trade_off(before, after, said):
+    from timetuner_plugins.tuned_set import verdict
+
+    assert verdict(before, after) == said

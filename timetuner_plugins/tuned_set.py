@@ -266,6 +266,31 @@ class TunedSet:
         return meta
 
 
+VERDICT_RTOL = 0.001  # a change smaller than 0.1 % counts as no change
+
+
+def verdict(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """What a measured set does to FD and to trajectory error, in words ("improves FD and trajectory error",
+    "improves FD, worsens trajectory error", …); None without measurements. A set that improves one and
+    worsens the other says so."""
+
+    def change(key: str) -> str | None:
+        a, b = before.get(key), after.get(key)
+        if a is None or b is None:
+            return None
+        if b < a * (1 - VERDICT_RTOL):
+            return "improves"
+        return "worsens" if b > a * (1 + VERDICT_RTOL) else "keeps"
+
+    parts = [(change(k), name) for k, name in (("fd", "FD"), ("traj_err", "trajectory error"))]
+    parts = [(c, name) for c, name in parts if c is not None]
+    if not parts:
+        return None
+    if len({c for c, _ in parts}) == 1:
+        return f"{parts[0][0]} " + " and ".join(name for _, name in parts)
+    return ", ".join(f"{c} {name}" for c, name in parts)
+
+
 def sigmas_match(a: torch.Tensor, b: torch.Tensor, rtol: float = SIGMA_RTOL) -> bool:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return a.shape == b.shape and bool(((a - b).abs() <= rtol * a.abs()).all())
