@@ -63,6 +63,9 @@ def test_tune_inspect_eval(runner, tuned_file):
     assert out.exit_code == 0 and "sampler ddim" in out.output and "τ/σ" in out.output
     report = json.loads(runner.invoke(cli, ["inspect", "--json", str(tuned_file)]).output)[0]
     assert report["nfe"] == "3" and report["metrics_after"]["nfe"] == 3
+    said = report["verdict"]  # what the set does to FD and trajectory error, measured at tune time
+    assert said and "FD" in said and "trajectory error" in said and report["extra"]["verdict"] == said
+    assert f"measured on evaluation noise: {said}" in out.output
     out = runner.invoke(cli, ["eval", "--tuned", str(tuned_file), "--n", "40", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)

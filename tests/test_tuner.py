@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import registry
+from timetuner_plugins import objectives
 from timetuner_plugins.evaluate import evaluate
 from timetuner_plugins.run import make_sigmas
 from timetuner_plugins.checkpoint import CheckpointError
@@ -202,19 +203,25 @@ def test_energy_is_measured_in_the_given_feature_space(gmm):
             return x.flatten(1)[:, :32]
 
     sigmas = make_sigmas(gmm, "quadratic_t", 3)
-    cfg = TuneConfig(objective="energy", iters=2, **{**SMALL, "batch": 8, "pool": 8})
+    cfg = TuneConfig(objective="energy", iters=2, accuracy_hinge=0, **{**SMALL, "batch": 8, "pool": 8})
     result = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg, features=Halves()).tune()
     assert len(seen) == 4 and all(s == (8, 1, 8, 8) for s in seen)  # student and target, two iterations
     assert result.feature_space == "halves" and result.tuned_set(gmm).extra["features"] == "halves"
 
 
-def test_bundled_digits_models_tune_in_an_independent_feature_space(ddpm, gmm):
-    """digits-ddpm tunes in digits-features (not the FD metric's classifier); 'pixel' opts out; the GMM
-    has no feature space. The feature network is no submodule: the model's fingerprint is its own."""
+def test_the_default_needs_nothing_but_the_model(ddpm, gmm):
+    """The default objective and selection use no classifier and no FD: pixels and the objective on held-out noise.
+    digits-ddpm's classifier features (not the FD metric's) and FD selection are options; a model without them
+    gets an error that names the fix. The feature network is no submodule: the model's fingerprint is its own."""
     sigmas = make_sigmas(ddpm, "quadratic_t", 3)
-    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(**SMALL)).feature_space == "digits-features"
-    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(features="pixel", **SMALL)).feature_space == "pixel"
-    assert Tuner(gmm, "ddim", sigmas, config=TuneConfig(**SMALL)).feature_space == "pixel"
+    default = Tuner(ddpm, "ddim", sigmas, config=TuneConfig(**{**SMALL, "select": True}))
+    assert default.feature_space == "pixel" and default._fd is None
+    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(features="tuning_features", **SMALL)).feature_space == (
+        "digits-features"
+    )
+    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(select_by="fd", **{**SMALL, "select": True}))._fd is not None
+    with pytest.raises(TuneError, match="has none; use features 'pixel'"):
+        Tuner(gmm, "ddim", sigmas, config=TuneConfig(features="tuning_features", **SMALL))
     assert not any("digits-features" in k or "classifier" in k for k in ddpm.state_dict())
     feats = ddpm.tuning_features(torch.zeros(3, 1, 8, 8))
     assert feats.shape == (3, 64)
@@ -224,3 +231,47 @@ def test_bundled_digits_models_tune_in_an_independent_feature_space(ddpm, gmm):
     assert not torch.allclose(feats, metric)
     with pytest.raises(TuneError, match="features"):
         TuneConfig(features="inception").validate()
+    with pytest.raises(TuneError, match="select_by"):
+        TuneConfig(select_by="inception").validate()
+
+
+def test_a_candidate_that_loses_per_sample_accuracy_is_not_kept(gmm):
+    """Model-agnostic selection: a τ whose validation energy is better is still not kept when its final samples
+    are farther from the teacher's than the plain sampler's; the plain sampler never beats itself."""
+    from timetuner_plugins.checkpoint import TunerState
+
+    sigmas = make_sigmas(gmm, "quadratic_t", 4)
+    tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(val_size=64, **{**SMALL, "select": True}))
+    with torch.no_grad():
+        tuner.param.raw.add_(0.3)  # a changed τ
+    state = TunerState(raw=tuner.param.raw.clone(), best_score=float("inf"), best_iter=0)
+    plain_error = tuner.trajectory_guard(tuner.untuned)
+    tuner.trajectory_guard = lambda values: plain_error * (1 if values.tau is None else 2)
+    tuner._consider(state, 5)
+    assert state.best_raw is None and state.best_iter == 0 and state.scores[-1][0] == 5
+    tuner.trajectory_guard = lambda values: plain_error * (1 if values.tau is None else 0.5)
+    tuner._consider(state, 10)
+    assert state.best_iter == 10 and torch.equal(state.best_raw, tuner.param.raw)
+    assert tuner.win_rate(tuner.untuned) == 0.0
+
+
+def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
+    """With the teacher, the default energy objective is energy / the plain run's + hinge · the final error's
+    growth past the plain run's: exactly 1 for the plain sampler, the pure energy distance with the hinge off."""
+    sigmas, sizes = make_sigmas(gmm, "quadratic_t", 3), {**SMALL, "batch": 64, "pool": 128}
+    hinged = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(**sizes))
+    assert hinged.pool_objective(hinged.untuned) == pytest.approx(1.0, rel=1e-5)  # the units: the plain run
+    plain = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(accuracy_hinge=0, **sizes))
+    assert plain.pool_objective(plain.untuned) == pytest.approx(hinged._plain_terms(hinged.pool, 0)[0], rel=1e-5)
+    with torch.no_grad():
+        hinged.param.raw.add_(0.5)  # a τ far from the plain one: its samples move away from the teacher's
+    values = hinged.param.values()
+    outputs = hinged._whole(hinged.pool, 0, values)
+    error = float(objectives.squared_error(outputs[-1], hinged.teacher(hinged.pool)[0][-1]))
+    e0, err0 = hinged._plain_terms(hinged.pool, 0)
+    energy_now = float(objectives.energy_distance(outputs[-1], hinged.teacher(hinged.pool)[0][-1]))
+    expected = energy_now / e0 + 3 * max(0.0, error / err0 - 1)
+    assert float(hinged._loss(hinged.pool, 0, values)) == pytest.approx(expected, rel=1e-5)
+    assert error > err0  # the hinge is active here
+    with pytest.raises(TuneError, match="accuracy_hinge"):
+        TuneConfig(accuracy_hinge=-1).validate()

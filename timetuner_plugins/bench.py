@@ -39,6 +39,9 @@ METHODS: dict[str, Callable[[int], TuneConfig | TimeShift | None]] = {
     "trajectory": lambda seed: TuneConfig(objective="trajectory", select=False, seed=seed, show_progress=False),
     "energy": lambda seed: TuneConfig(objective="energy", select=False, seed=seed, show_progress=False),
     "ours": lambda seed: TuneConfig(seed=seed, show_progress=False),
+    "ours-classifier": lambda seed: TuneConfig(
+        features="tuning_features", select_by="fd", seed=seed, show_progress=False
+    ),
     "ours-real": lambda seed: TuneConfig(data="real", seed=seed, show_progress=False),
     "dode": lambda seed: TuneConfig(
         objective="trajectory", families=("dode",), select=False, seed=seed, show_progress=False
@@ -55,7 +58,10 @@ DESCRIPTIONS = {
     "final": "all τ jointly, squared error to the teacher's final sample",
     "trajectory": "all τ jointly, squared error to the teacher's states at every σ",
     "energy": "all τ jointly, energy distance to the teacher's samples",
-    "ours": "energy distance + held-out selection with identity fallback (the default)",
+    "ours": "energy distance on the samples + held-out selection by the objective, trajectory guard and identity "
+    "fallback (the default: needs nothing but the model)",
+    "ours-classifier": "the earlier default: energy distance in a digits classifier's features, selection by FD "
+    "(bundled digits models only)",
     "ours-real": "as ours, energy distance to real data instead of the teacher",
     "dode": "D-ODE (Kim et al. 2024): one λ per evaluation, D̃ = D + λ(D − D_prev), distilled from the same "
     "solver's 20× finer run (teacher states; gradient fit, not the paper's closed form)",
@@ -101,7 +107,7 @@ class Plan:
 def default_plan() -> Plan:
     samplers = ["ddim", "ddpm", "heun", "dpm_2", "dpmpp_2m"]
     samplers += sorted(n for n, s in registry.samplers().items() if n.startswith("k_diffusion.") and s.tunable)
-    ablations = ("energy", "ours-real")  # selectable with --methods; not in the default grid
+    ablations = ("energy", "ours-real", "ours-classifier")  # selectable with --methods; not in the default grid
     return Plan(
         models=["digits-ddpm", "digits-edm", "gmm-digits", "digits-flow", "gmm-digits-flow"],
         samplers=samplers,

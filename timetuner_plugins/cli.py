@@ -212,6 +212,19 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
     help="teacher: data-free, the model's own high-NFE run; real: the model's data (energy, paper).",
 )
 @click.option(
+    "--features",
+    type=click.Choice(["pixel", "tuning_features"]),
+    default=None,
+    help="Where the energy objective compares samples: pixel (default, any model) or the model's own "
+    "tuning_features (the bundled digits models: a classifier).",
+)
+@click.option(
+    "--select-by",
+    type=click.Choice(["objective", "fd"]),
+    default=None,
+    help="Held-out selection by the objective itself (default, any model) or by the model's FD (bundled models).",
+)
+@click.option(
     "--select/--no-select",
     default=None,
     help="Keep the τ that scores best on held-out noise, the untuned sampler included (default on; off for paper).",
@@ -303,6 +316,8 @@ def tune(
     lr: float | None,
     param: str | None,
     data: str | None,
+    features: str | None,
+    select_by: str | None,
     select: bool | None,
     patience: int | None,
     families: str,
@@ -328,6 +343,7 @@ def tune(
     from .evaluate import choose_schedule
     from .io import check_output_file
     from .pipeline import measure
+    from .tuned_set import verdict
     from .run import make_sigmas, resolve_device
     from .tuner import TuneConfig, Tuner
 
@@ -362,7 +378,15 @@ def tune(
     given = {
         k: v
         for k, v in dict(
-            iters=iters, lr=lr, param=param, data=data, batch=batch, select=select, patience=patience
+            iters=iters,
+            lr=lr,
+            param=param,
+            data=data,
+            batch=batch,
+            select=select,
+            patience=patience,
+            features=features,
+            select_by=select_by,
         ).items()
         if v is not None
     }
@@ -433,6 +457,9 @@ def tune(
         )
     if eval_n:
         click.echo(_metric_line("untuned", before) + "\n" + _metric_line("tuned", after))
+        said = verdict(before, after)
+        if said:
+            click.echo(f"  the set {said}")
 
 
 def _unavailable(sampler: str) -> str:
@@ -550,7 +577,7 @@ def eval_(
 def inspect(files: tuple[Path, ...], as_json: bool) -> None:
     """Show a tuned set's metadata and τ; with no FILES, list the shipped sets."""
     from . import shipped
-    from .tuned_set import TunedSet, TunedSetError
+    from .tuned_set import TunedSet, TunedSetError, verdict
 
     if not files:
         rows = [
@@ -582,7 +609,8 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
             failed = True
             reports.append({"path": str(path), "error": str(exc)})
             continue
-        reports.append({**summary, "unavailable": _unavailable(summary["sampler"])})
+        said = verdict(summary["metrics_before"], summary["metrics_after"])
+        reports.append({**summary, "verdict": said, "unavailable": _unavailable(summary["sampler"])})
     if as_json:
         _emit(reports, True, "")
     else:
@@ -602,6 +630,8 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
             sel = r["extra"].get("selection") or {}
             if sel.get("fallback_identity"):
                 click.echo("  identity: tuning did not validate better than the untuned sampler")
+            if r["verdict"]:
+                click.echo(f"  measured on evaluation noise: {r['verdict']}")
             for label in ("metrics_before", "metrics_after"):
                 if r[label]:
                     click.echo(
@@ -721,24 +751,9 @@ def stitch(
 @click.option(
     "--methods",
     default=None,
-    help="Comma-separated (default: all): "
-    + ", ".join(
-        [
-            "untuned",
-            "time-shift",
-            "paper-seq",
-            "paper-par",
-            "final",
-            "trajectory",
-            "energy",
-            "ours",
-            "ours-real",
-            "dode",
-            "schedule",
-            "joint",
-            "ours-full",
-        ]
-    ),
+    help="Comma-separated (default: all but the ablations energy, ours-real, ours-classifier): untuned, time-shift, "
+    "paper-seq, paper-par, final, trajectory, energy, ours, ours-classifier, ours-real, dode, schedule, joint, "
+    "ours-full",
 )
 @click.option("--seeds", type=click.IntRange(1), default=None, help="Tuning seeds per method (default 3).")
 @click.option("--n", "n", type=click.IntRange(50), default=None, help="Evaluation samples (default 1000).")

@@ -10,20 +10,27 @@ Objectives
   reaches x_i by running the tuned steps, ``parallel`` draws it from the forward process.
 - ``final``: all τ jointly, squared error to a high-NFE teacher's final sample from the same noise.
 - ``trajectory``: all τ jointly, squared error to the teacher's states at every σ of the schedule.
-- ``energy``: all τ jointly, energy distance between the run's final samples and the teacher's
+- ``energy`` (the default): all τ jointly, energy distance between the run's final samples and the teacher's
   (or real data, ``data="real"``): it matches distributions, so it does not reward the blur
-  that per-sample squared error does when few steps cannot follow the teacher. It is measured
-  in a feature space when one is given (``features=``, or the model's ``tuning_features``: the
-  bundled digits models carry a small classifier trained apart from the FD metric's), else on
-  the raw samples.
+  that per-sample squared error does when few steps cannot follow the teacher. It is measured on
+  the raw samples (``features="pixel"``, the default), on the model's own ``tuning_features`` (the bundled digits models carry a small classifier trained
+  apart from the FD metric's; an option, never the default), or on a given ``features=`` callable.
+  Against the teacher it is hinged (``accuracy_hinge``, default 3): energy / the plain run's energy
+  + hinge · max(0, final error / the plain run's − 1), where the final error is each sample's squared
+  distance to the teacher's from the same noise. Energy alone can match the distribution by moving
+  samples away from their own ODE solutions (the trajectory error rises); the hinge lets τ improve
+  the distribution only while the samples' mean error to those solutions does not grow.
 The teacher runs from the same noise (and Brownian path, for stochastic samplers) on a
 refinement of the same schedule; its states are computed once and reused.
 
 Selection (``select=True``): every ``validate_every`` iterations τ is scored on held-out
-noise — by the model's own FD when it has one, else by the objective — and the best τ is
-kept, the untuned sampler included as a candidate. The best replaces the untuned sampler
-only if it wins at least 90 % of paired bootstrap resamples of the validation samples, so
-a set records identity where tuning does not clearly help. Early stop (``patience``): a joint
+noise — by the objective itself on the validation samples (``select_by="objective"``, the default:
+it needs nothing but the model), or by the model's FD (``select_by="fd"``, bundled models only) —
+and the best τ is kept, the untuned sampler included as a candidate. With the hinged energy objective
+a candidate is kept only if its final samples are no farther from the teacher's (same noise) than the
+plain sampler's (the hinge's guard, on held-out noise). The best replaces the
+untuned sampler only if it wins at least 90 % of paired bootstrap resamples of the validation
+samples, so a set records identity where tuning does not clearly help. Early stop (``patience``): a joint
 run ends once ``patience`` validations in a row have not improved the best score by a relative
 ``min_improvement``. Every iteration's randomness derives from (seed, phase, iteration), so a run
 that is stopped and resumed from its checkpoint equals an uninterrupted one.
@@ -51,13 +58,14 @@ from .noise import BrownianNoise, RowNoise, SeededNoise
 from .run import eval_sigmas, model_device, run_sampler, sampler_spec
 from .schedules import refine
 from .tau import TauLookup
-from .tuned_set import TunedSet
+from .tuned_set import TunedSet, verdict
 
 OBJECTIVES = ("paper", "trajectory", "final", "energy")
 MODES = ("sequential", "parallel")
 PARAMS = ("log_ratio", "t_ratio")
 DATA = ("teacher", "real")
-FEATURES = ("auto", "pixel")  # auto: the model's ``tuning_features`` when it has them
+FEATURES = ("pixel", "tuning_features")  # tuning_features: the model's own (digits: a classifier)
+SELECT_BY = ("objective", "fd")  # fd: the model's FD metric, where it has one (the bundled models)
 FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
 RECOMPUTE = ("auto", "on", "off")
 RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (docs/scale.md)
@@ -96,7 +104,9 @@ class TuneConfig:
     checkpoint_every: int = 25
     show_progress: bool = True
     families: tuple[str, ...] = ("tau",)
-    features: str = "auto"
+    features: str = "pixel"
+    select_by: str = "objective"
+    accuracy_hinge: float = 3.0  # energy: weight of the penalty on each sample's error growing past the plain run's
     micro_batch: int | None = None  # rows per forward/backward pass (None: the whole batch); same result
     recompute: str = "auto"  # recompute each evaluation's activations in the backward pass: auto, on, off
 
@@ -124,6 +134,7 @@ class TuneConfig:
             ("param", self.param, PARAMS),
             ("data", self.data, DATA),
             ("features", self.features, FEATURES),
+            ("select_by", self.select_by, SELECT_BY),
         ):
             if value not in allowed:
                 raise TuneError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
@@ -141,6 +152,8 @@ class TuneConfig:
                 f"patience must be 0 (off) or more and min_improvement in [0, 1), got {self.patience} and "
                 f"{self.min_improvement}"
             )
+        if not (self.accuracy_hinge >= 0 and math.isfinite(self.accuracy_hinge)):
+            raise TuneError(f"accuracy_hinge must be 0 (off) or a positive number, got {self.accuracy_hinge}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TuneError(f"lr must be a positive number, got {self.lr}")
         families = tuple(self.families)
@@ -188,6 +201,7 @@ class TuneResult:
         extra: dict | None = None,
     ) -> TunedSet:
         cfg = self.config
+        said = verdict(metrics_before or {}, metrics_after or {})
         return TunedSet(
             sigmas=self.sigmas.detach().cpu(),
             eval_sigmas=self.eval_sigmas.detach().cpu(),
@@ -218,6 +232,7 @@ class TuneResult:
                 "final_loss": self.losses[-1] if self.losses else None,
                 "selection": self.selection,
                 "iterations_run": self.iterations_run,
+                **({"verdict": said} if said else {}),
                 **(extra or {}),
             },
         )
@@ -404,11 +419,23 @@ class Tuner:
             cfg.recompute == "auto" and network_parameters(model) >= RECOMPUTE_PARAMETERS
         )
         self.losses: list[float] = []
+        self._plain_guard: float | None = None
+        self._plain: dict[str, tuple[float, list[float]]] = {}
         self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
-        self._fd = fd_metric(model)
-        if features is None and cfg.features == "auto":
+        self._fd = fd_metric(model) if cfg.select and cfg.select_by == "fd" else None
+        if cfg.select and cfg.select_by == "fd" and self._fd is None:
+            raise TuneError(
+                f"select_by 'fd' needs a model with an FD metric and {getattr(model, 'model_id', 'this model')!r} has "
+                f"none; use select_by 'objective' (held-out selection by the objective itself)"
+            )
+        if features is None and cfg.features == "tuning_features":
             features = getattr(model, "tuning_features", None)
+            if features is None:
+                raise TuneError(
+                    f"features 'tuning_features' needs a model that carries a feature network and "
+                    f"{getattr(model, 'model_id', 'this model')!r} has none; use features 'pixel'"
+                )
         self.features = features
         self.feature_space = "pixel" if features is None else getattr(features, "name", type(features).__name__)
         self.shards.agree(self._fingerprint(), "settings and model (config, sampler, σ's, model fingerprint)")
@@ -565,11 +592,40 @@ class Tuner:
         final = outputs[-1]
         if objective == "energy":
             embed = self.features or (lambda x: x)
-            return objectives.energy_distance(embed(final), embed(self._target(noise_set, c)))
+            energy = objectives.energy_distance(embed(final), embed(self._target(noise_set, c)))
+            if not self._hinged:
+                return energy
+            plain_energy, plain_error = self._plain_terms(noise_set, c)
+            error = objectives.squared_error(final, self.teacher(noise_set)[c][-1])
+            return energy / plain_energy + self.config.accuracy_hinge * torch.relu(error / plain_error - 1)
         target = self.teacher(noise_set)[c]
         if objective == "final":
             return objectives.squared_error(final, target[-1])
         return objectives.trajectory_error(outputs, target, self.sigmas)
+
+    @property
+    def _hinged(self) -> bool:
+        """Energy with the accuracy hinge: the teacher pairs each sample with its own target."""
+        cfg = self.config
+        return cfg.objective == "energy" and cfg.data == "teacher" and self.data is None and cfg.accuracy_hinge > 0
+
+    def _plain_terms(self, noise_set: NoiseSet, c: int) -> tuple[float, float]:
+        """The hinged energy objective's units, from the plain sampler (computed once): its energy distance averaged
+        over the noise set's chunks (a minibatch estimate can be ≤ 0; floored at 0.1 % of the mean distance between
+        its samples and the teacher's), and chunk ``c``'s final squared error."""
+        if noise_set.name not in self._plain:
+            embed = self.features or (lambda x: x)
+            energies, errors, scale = [], [], []
+            for chunk in range(noise_set.chunks):
+                final, target = self._whole(noise_set, chunk, self.untuned)[-1], self.teacher(noise_set)[chunk][-1]
+                a, b = embed(final), embed(target)
+                energies.append(objectives.energy_distance(a, b).item())
+                scale.append(float((a.flatten(1).double() - b.flatten(1).double()).norm(dim=1).mean()))
+                errors.append(max(objectives.squared_error(final, target).item(), 1e-12))
+            energy = max(sum(energies) / len(energies), 1e-3 * sum(scale) / len(scale), 1e-12)
+            self._plain[noise_set.name] = (energy, errors)
+        energy, errors = self._plain[noise_set.name]
+        return energy, errors[c]
 
     def _loss(self, noise_set: NoiseSet, c: int, values: RunValues, objective: str | None = None) -> torch.Tensor:
         """The joint loss of chunk ``c`` for ``values`` without gradients (every process gets the same value)."""
@@ -621,25 +677,57 @@ class Tuner:
     def _val_samples(self, values: RunValues) -> torch.Tensor:
         return torch.cat([self._whole(self.val, c, values)[-1] for c in range(self.val.chunks)])
 
+    @property
+    def _selection_objective(self) -> str:
+        return "final" if self.config.objective == "paper" else self.config.objective
+
+    def _val_rows(self, values: RunValues) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per validation sample: the run's final sample and the objective's target, embedded where the objective
+        compares embeddings ('energy')."""
+        samples = self._val_samples(values)
+        target = torch.cat([self._target(self.val, c) for c in range(self.val.chunks)])
+        if self._selection_objective == "energy" and self.features is not None:
+            samples, target = self.features(samples), self.features(target)
+        return samples, target
+
+    def _rows_objective(self, samples: torch.Tensor, target: torch.Tensor) -> float:
+        if self._selection_objective == "energy":
+            return float(objectives.energy_distance(samples, target))
+        return float(objectives.squared_error(samples, target))
+
     def score(self, values: RunValues) -> float:
-        """Validation score on held-out noise (lower is better): the model's FD when it has one, else the
-        objective ('final' for 'paper')."""
-        if self._fd is None:
+        """Validation score on held-out noise (lower is better): the objective on the whole validation set
+        ('final' for 'paper'; the per-chunk mean for 'trajectory'), or the model's FD with ``select_by='fd'``."""
+        if self._fd is not None:
+            return float(self._fd(self._val_samples(values)))
+        if self._selection_objective == "trajectory":
             return self.pool_objective(values, self.val)
-        return float(self._fd(self._val_samples(values)))
+        return self._rows_objective(*self._val_rows(values))
+
+    def trajectory_guard(self, values: RunValues) -> float:
+        """Squared error of the final samples to the teacher's from the same validation noise: a candidate must not
+        be worse here than the plain sampler, so that matching distributions never costs per-sample accuracy."""
+        target = torch.cat([t[-1] for t in self.teacher(self.val)])
+        return float(objectives.squared_error(self._val_samples(values), target))
 
     def win_rate(self, values: RunValues, resamples: int = BOOTSTRAP_RESAMPLES) -> float:
-        """Share of paired bootstrap resamples of the validation samples in which ``values`` score better than
-        the untuned sampler (same noise for both; models with an FD only, else 1 when the score is lower)."""
-        if self._fd is None:
+        """Share of paired bootstrap resamples of the validation samples (same noise for both) in which ``values``
+        score better than the untuned sampler; 'trajectory' selection: 1 when the score is lower, else 0."""
+        if self._fd is None and self._selection_objective == "trajectory":
             return float(self.score(values) < self.score(self.untuned))
-        fd = self._fd
-        tuned, plain = fd.features(self._val_samples(values)), fd.features(self._val_samples(self.untuned))
+        if self._fd is not None:
+            fd = self._fd
+            tuned, plain = fd.features(self._val_samples(values)), fd.features(self._val_samples(self.untuned))
+            compare = lambda idx: fd.from_features(tuned[idx]) < fd.from_features(plain[idx])  # noqa: E731
+        else:
+            (tuned, target), (plain, _) = self._val_rows(values), self._val_rows(self.untuned)
+            compare = lambda idx: (  # noqa: E731
+                self._rows_objective(tuned[idx], target[idx]) < self._rows_objective(plain[idx], target[idx])
+            )
         gen = torch.Generator().manual_seed(self.val.seed)
         wins = 0
-        for _ in range(resamples):  # features are per sample, so resampling them resamples the samples
-            idx = torch.randint(len(tuned), (len(tuned),), generator=gen)
-            wins += fd.from_features(tuned[idx]) < fd.from_features(plain[idx])
+        for _ in range(resamples):  # embeddings are per sample, so resampling them resamples the samples
+            wins += bool(compare(torch.randint(len(tuned), (len(tuned),), generator=gen)))
         return wins / resamples
 
     # ----- the paper's per-interval objective -----------------------------------------------------------
@@ -740,11 +828,19 @@ class Tuner:
         return [list(range(self._counts[i - 1] if i else 0, self._counts[i])) for i in range(len(self._counts))]
 
     def _consider(self, state: checkpoint.TunerState, step: int) -> None:
-        """Score the current τ on validation noise and keep it if it is the best so far."""
+        """Score the current τ on validation noise and keep it if it is the best so far and passes the
+        trajectory guard (model-agnostic selection only)."""
         with torch.no_grad():
-            score = self.score(self.param.values())
-        state.scores.append((step, score))
-        if state.best_score is None or score < state.best_score:
+            values = self.param.values()
+            score = self.score(values)
+            state.scores.append((step, score))
+            if state.best_score is not None and score >= state.best_score:
+                return
+            if self._fd is None and self._hinged:
+                if self._plain_guard is None:
+                    self._plain_guard = self.trajectory_guard(self.untuned)
+                if self.trajectory_guard(values) > self._plain_guard:
+                    return
             state.best_score, state.best_iter, state.best_raw = score, step, self.param.raw.detach().clone()
 
     def tune(self, resume: bool = False, progress: Callable[[int, int], None] | None = None) -> TuneResult:
@@ -860,7 +956,7 @@ class Tuner:
                 identity = best is None or win < ACCEPT_WIN_RATE
                 chosen = self.untuned if identity else best
                 selection = {
-                    "metric": "fd" if self._fd else f"{self.config.objective} objective",
+                    "metric": "fd" if self._fd else f"{self._selection_objective} objective ({self.feature_space})",
                     "untuned": state.scores[0][1],
                     "best": state.best_score,
                     "best_iteration": state.best_iter,
