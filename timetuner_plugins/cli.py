@@ -219,6 +219,13 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
     "tuning_features (the bundled digits models: a classifier).",
 )
 @click.option(
+    "--accuracy-hinge",
+    type=click.FloatRange(0),
+    default=None,
+    help="Energy objective: weight of the penalty on the samples' error to the teacher growing past the plain "
+    "sampler's (default 3; 0: energy alone).",
+)
+@click.option(
     "--select-by",
     type=click.Choice(["objective", "fd"]),
     default=None,
@@ -317,6 +324,7 @@ def tune(
     param: str | None,
     data: str | None,
     features: str | None,
+    accuracy_hinge: float | None,
     select_by: str | None,
     select: bool | None,
     patience: int | None,
@@ -386,6 +394,7 @@ def tune(
             select=select,
             patience=patience,
             features=features,
+            accuracy_hinge=accuracy_hinge,
             select_by=select_by,
         ).items()
         if v is not None

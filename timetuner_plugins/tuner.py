@@ -610,19 +610,20 @@ class Tuner:
         return cfg.objective == "energy" and cfg.data == "teacher" and self.data is None and cfg.accuracy_hinge > 0
 
     def _plain_terms(self, noise_set: NoiseSet, c: int) -> tuple[float, float]:
-        """The hinged energy objective's units, from the plain sampler (computed once): its energy distance averaged
-        over the noise set's chunks (a minibatch estimate can be ≤ 0; floored at 0.1 % of the mean distance between
-        its samples and the teacher's), and chunk ``c``'s final squared error."""
+        """The hinged energy objective's units, from the plain sampler (computed once): its energy distance to the
+        teacher over the whole noise set (all its samples at once, so it is stable where one chunk's estimate is
+        noise; floored at 1 % of the mean distance between its samples and the teacher's, for a plain sampler that
+        already matches the teacher), and chunk ``c``'s final squared error."""
         if noise_set.name not in self._plain:
             embed = self.features or (lambda x: x)
-            energies, errors, scale = [], [], []
+            finals, targets = [], []
             for chunk in range(noise_set.chunks):
-                final, target = self._whole(noise_set, chunk, self.untuned)[-1], self.teacher(noise_set)[chunk][-1]
-                a, b = embed(final), embed(target)
-                energies.append(objectives.energy_distance(a, b).item())
-                scale.append(float((a.flatten(1).double() - b.flatten(1).double()).norm(dim=1).mean()))
-                errors.append(max(objectives.squared_error(final, target).item(), 1e-12))
-            energy = max(sum(energies) / len(energies), 1e-3 * sum(scale) / len(scale), 1e-12)
+                finals.append(self._whole(noise_set, chunk, self.untuned)[-1])
+                targets.append(self.teacher(noise_set)[chunk][-1])
+            errors = [max(objectives.squared_error(f, t).item(), 1e-12) for f, t in zip(finals, targets)]
+            a, b = embed(torch.cat(finals)).flatten(1), embed(torch.cat(targets)).flatten(1)
+            scale = (a.double() - b.double()).norm(dim=1).mean().item()
+            energy = max(objectives.energy_distance(a, b).item(), 0.01 * scale, 1e-12)
             self._plain[noise_set.name] = (energy, errors)
         energy, errors = self._plain[noise_set.name]
         return energy, errors[c]
