@@ -15,7 +15,7 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 if not COMFYUI:
     pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI sampler tests", allow_module_level=True)
 
-from test_comfyui_inprocess import make  # noqa: E402  (puts ComfyUI on sys.path, --cpu)
+from comfy_host import make  # noqa: E402  (puts ComfyUI on sys.path, --cpu)
 
 import comfy.model_base  # noqa: E402
 import comfy.sample  # noqa: E402
