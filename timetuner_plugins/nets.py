@@ -27,6 +27,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+def condition(net: nn.Module, x: torch.Tensor, noise_label: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+    """The conditioning embedding of the digits networks: their ``time_mlp`` of the sinusoidal embedding of
+    ``noise_label · label_scale`` plus their ``class_emb`` of the class (``NULL_LABEL`` when none is given)."""
+    b = x.shape[0]
+    if noise_label.ndim == 0:
+        noise_label = noise_label.expand(b)
+    if label is None:
+        label = torch.full((b,), net.config["num_classes"], dtype=torch.long, device=x.device)
+    emb = net.time_mlp(timestep_embedding(noise_label * net.label_scale, 64).to(x.dtype))
+    return emb + net.class_emb(label.to(x.device))
+
+
 class _DenseBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
@@ -72,12 +84,7 @@ class DigitsUNet(nn.Module):
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         x = x.to(self.stem.weight.dtype)  # the network runs in its own dtype (half models, float32 samplers)
-        if noise_label.ndim == 0:
-            noise_label = noise_label.expand(b)
-        if label is None:
-            label = torch.full((b,), self.config["num_classes"], dtype=torch.long, device=x.device)
-        emb = self.time_mlp(timestep_embedding(noise_label * self.label_scale, 64).to(x.dtype))
-        emb = emb + self.class_emb(label.to(x.device))
+        emb = condition(self, x, noise_label, label)
         skip = F.silu(self.stem(x))
         h = self.to_dense(F.silu(self.down(skip)).reshape(b, -1))
         for block in self.blocks:
@@ -149,12 +156,7 @@ class DigitsDiT(nn.Module):
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         b, p, n = x.shape[0], self.patch, self.size // self.patch
         x = x.to(self.embed.weight.dtype)
-        if noise_label.ndim == 0:
-            noise_label = noise_label.expand(b)
-        if label is None:
-            label = torch.full((b,), self.config["num_classes"], dtype=torch.long, device=x.device)
-        emb = self.time_mlp(timestep_embedding(noise_label * self.label_scale, 64).to(x.dtype))
-        emb = emb + self.class_emb(label.to(x.device))
+        emb = condition(self, x, noise_label, label)
         tokens = x.reshape(b, n, p, n, p).permute(0, 1, 3, 2, 4).reshape(b, n * n, p * p)
         h = self.embed(tokens) + self.position
         for block in self.blocks:
@@ -216,14 +218,8 @@ class DigitsResNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, noise_label: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        b = x.shape[0]
         x = x.to(self.stem.weight.dtype)
-        if noise_label.ndim == 0:
-            noise_label = noise_label.expand(b)
-        if label is None:
-            label = torch.full((b,), self.config["num_classes"], dtype=torch.long, device=x.device)
-        emb = self.time_mlp(timestep_embedding(noise_label * self.label_scale, 64).to(x.dtype))
-        emb = F.silu(emb + self.class_emb(label.to(x.device)))
+        emb = F.silu(condition(self, x, noise_label, label))
         h = self.stem(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -42,6 +42,22 @@ def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, w
         group["lr"] = lr
 
 
+def recipe(steps: int, batch: int, lr: float, seed: int, loss: float, started: float, **extra: object) -> dict:
+    """A denoiser's training recipe, as stored in its file's metadata."""
+    return {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "ema": 0.999,
+        "label_drop": LABEL_DROP,
+        **extra,
+        "final_loss": loss,
+        "seconds": round(time.time() - started, 1),
+        "library": __version__,
+    }
+
+
 def _train_denoiser(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
     net: torch.nn.Module,
@@ -115,17 +131,7 @@ def train_ddpm(
             "config": ema.config,
             "sample_shape": [1, 8, 8],
             "model_id": name,
-            "recipe": {
-                "steps": steps,
-                "batch": batch,
-                "lr": lr,
-                "seed": seed,
-                "ema": 0.999,
-                "label_drop": LABEL_DROP,
-                "final_loss": loss,
-                "seconds": round(time.time() - started, 1),
-                "library": __version__,
-            },
+            "recipe": recipe(steps, batch, lr, seed, loss, started),
         },
     )
 
@@ -165,18 +171,7 @@ def train_edm(out: Path, steps: int = 20000, batch: int = 256, lr: float = 2e-3,
             "config": ema.config,
             "sample_shape": [1, 8, 8],
             "model_id": "digits-edm",
-            "recipe": {
-                "steps": steps,
-                "batch": batch,
-                "lr": lr,
-                "seed": seed,
-                "ema": 0.999,
-                "label_drop": LABEL_DROP,
-                **EDM,
-                "final_loss": loss,
-                "seconds": round(time.time() - started, 1),
-                "library": __version__,
-            },
+            "recipe": recipe(steps, batch, lr, seed, loss, started, **EDM),
         },
     )
 
@@ -214,18 +209,7 @@ def train_flow(
             "config": ema.config,
             "sample_shape": [1, 8, 8],
             "model_id": "digits-flow",
-            "recipe": {
-                "steps": steps,
-                "batch": batch,
-                "lr": lr,
-                "seed": seed,
-                "ema": 0.999,
-                "label_drop": LABEL_DROP,
-                **FLOW,
-                "final_loss": loss,
-                "seconds": round(time.time() - started, 1),
-                "library": __version__,
-            },
+            "recipe": recipe(steps, batch, lr, seed, loss, started, **FLOW),
         },
     )
 

@@ -23,30 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import __version__, nets
+from .. import nets
 from ..denoisers import DiscreteVPDenoiser, flow_shift
-from .digits import LABEL_DROP, _save, _train_denoiser
+from .digits import _save, _train_denoiser, recipe
 
 DIT = {"width": 96, "depth": 3, "heads": 4}
 RESNET = {"channels": 32, "blocks": 3}
 DIT_FLOW = {"prediction": "v", "multiplier": 1000.0, "timesteps": 1000, "shift": 3.0}
 COSINE = {"schedule": "cosine", "steps": 1000}
-
-
-def _recipe(steps: int, batch: int, lr: float, seed: int, loss: float, started: float, **extra) -> dict:
-    return {
-        "steps": steps,
-        "batch": batch,
-        "lr": lr,
-        "seed": seed,
-        "ema": 0.999,
-        "label_drop": LABEL_DROP,
-        **extra,
-        "final_loss": loss,
-        "seconds": round(time.time() - started, 1),
-        "library": __version__,
-        "held_out": True,
-    }
 
 
 def train_dit_flow(out: Path, steps: int = 6000, batch: int = 128, lr: float = 1e-3, seed: int = 10) -> None:
@@ -76,7 +60,9 @@ def train_dit_flow(out: Path, steps: int = 6000, batch: int = 128, lr: float = 1
             "config": ema.config,
             "sample_shape": [1, 8, 8],
             "model_id": "heldout-dit-flow",
-            "recipe": _recipe(steps, batch, lr, seed, loss, started, t_sampling="uniform, shifted", **DIT_FLOW),
+            "recipe": recipe(
+                steps, batch, lr, seed, loss, started, t_sampling="uniform, shifted", **DIT_FLOW, held_out=True
+            ),
         },
     )
 
@@ -107,6 +93,6 @@ def train_resnet_v(out: Path, steps: int = 6000, batch: int = 128, lr: float = 1
             "config": ema.config,
             "sample_shape": [1, 8, 8],
             "model_id": "heldout-resnet-v",
-            "recipe": _recipe(steps, batch, lr, seed, loss, started, betas=COSINE),
+            "recipe": recipe(steps, batch, lr, seed, loss, started, betas=COSINE, held_out=True),
         },
     )
