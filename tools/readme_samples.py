@@ -23,7 +23,7 @@ def main(out: Path) -> None:
     panels = {}
     spec = registry.get_sampler("dpmpp_2m")
     classifier = bundled.load_classifier()
-    for name in ("digits-ddpm", "digits-ddpm-small", "digits-edm"):
+    for name in ("digits-ddpm", "digits-ddpm-small", "digits-edm", "heldout-dit-flow", "heldout-resnet-v"):
         model = registry.load_model(name)
         noise = torch.randn(500, *model.sample_shape, generator=torch.Generator().manual_seed(0))
         samples = generate(model, spec, make_sigmas(model, model.default_schedule, 500), noise)
