@@ -235,3 +235,9 @@ def test_ctrl_c_closes_the_bars_before_its_one_line_message(tmp_path):
     assert head.endswith("\n"), "the message was printed onto the progress bar's line"
     assert "\r" not in message and message.count("\n") == 1, "a bar was drawn after the message"
     assert "tune ddim" in head  # the bar was shown, and closed
+
+
+def test_the_command_reference_lists_every_command():
+    listed = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    missing = [name for name in cli.commands if f"timetuner {name} " not in listed]
+    assert not missing, f"docs/cli.md does not list {missing}"
