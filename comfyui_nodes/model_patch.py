@@ -74,6 +74,31 @@ def sampling_parameters(model_sampling: Any) -> dict[str, Any]:
     }
 
 
+class HostSpace:
+    """A ComfyUI model's σ space as the library's planning reads it (a function set's τ for a run)."""
+
+    def __init__(self, model_sampling: Any):
+        parameters = sampling_parameters(model_sampling)
+        self.space, self.shift = parameters["space"], parameters.get("shift")
+        self.sigma_min, self.sigma_max = float(model_sampling.sigma_min), float(model_sampling.sigma_max)
+
+
+def set_for_run(tuned: TunedSet, model_sampling: Any, sigmas: torch.Tensor, shape: tuple[int, ...]) -> tuple:
+    """(the set for this run, None), or (None, why it does not fit): a one-run set is itself; a τ function set gives
+    τ for these σ's if the run's NFE is within its range (a schedule it was not tuned on is a warning)."""
+    if not tuned.is_function:
+        return tuned, None
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            one = tuned.for_run(HostSpace(model_sampling), sigmas.detach().float().cpu(), sample_shape=shape)
+    except TunedSetMismatch as exc:
+        return None, exc.problem
+    for warning in said:
+        warn(str(warning.message))
+    return one, None
+
+
 def check_model(tuned: TunedSet, model: Any, force: bool, strict: bool = False) -> str | None:
     """Compare a set with the connected model. A set for another σ space is always an error. Another model or flow
     shift is an error with ``strict``, applied anyway (with a warning) with ``force``, and otherwise returned as the
@@ -120,13 +145,17 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
     sampling = copy.deepcopy(patched.get_model_object("model_sampling"))
     stand_in = install_timestep(sampling)
     patched.add_object_patch("model_sampling", sampling)
-    matcher = SigmaMatcher(tuned.lookup())
+    matcher = None if tuned.is_function else SigmaMatcher(tuned.lookup())  # a function: per run, in outer_sample
     lam = tuned.dode_lambda
     dode = DODEOutputs(lam) if lam is not None and bool(lam.any()) else None
     state = {"active": False}
 
     def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        problem = schedule_problem(tuned, sigmas)
+        nonlocal matcher
+        run_set, problem = set_for_run(tuned, sampling, sigmas, tuple(noise.shape[1:]))
+        if run_set is not None and tuned.is_function:
+            matcher = SigmaMatcher(run_set.lookup())
+        problem = problem or schedule_problem(run_set, sigmas)
         live = getattr(getattr(executor.class_obj, "model_patcher", None), "get_model_object", None)
         if problem is None and live is not None and live("model_sampling").timestep is not stand_in:
             problem = (
@@ -137,7 +166,8 @@ def apply_tuned_set(model: Any, tuned: TunedSet, strict: bool = False) -> Any:
             raise TunedSetMismatch(tuned.path, problem, "Turn 'strict' off to sample without τ instead")
         if problem:
             warn(f"{problem}; sampling WITHOUT the tuned set.")
-        matcher.reset()
+        if matcher is not None:
+            matcher.reset()
         if dode is not None:
             dode.reset()
         state["active"] = problem is None

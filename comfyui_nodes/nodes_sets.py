@@ -35,6 +35,12 @@ def describe(ts: TunedSet) -> str:
     lines = [
         f"model: {ts.model_id} ({where}; fingerprint {ts.model_fingerprint[:12]}…)",
         f"sampler: {ts.sampler}" + (f" {ts.sampler_options}" if ts.sampler_options else ""),
+        (
+            f"tau function: any steps with NFE {ts.function_range['nfe'][0]}-{ts.function_range['nfe'][1]}, tuned on "
+            f"{', '.join(ts.function_range['schedules'])}; shown below at its representative run"
+            if ts.is_function
+            else ""
+        ),
         f"scheduler: {ts.schedule}, {ts.steps} steps"
         + (f", denoise {denoise:g}" if denoise not in (None, 1.0) else "")
         + f", NFE {ts.nfe}"
@@ -44,6 +50,7 @@ def describe(ts: TunedSet) -> str:
         "sigmas: " + ", ".join(f"{s:.4g}" for s in ts.sigmas.tolist()),
         "tau/sigma: " + ", ".join(f"{r:.3f}" for r in (ts.tau / ts.eval_sigmas).tolist()),
     ]
+    lines = [line for line in lines if line]
     if ts.dode_lambda is not None:
         lines.append("D-ODE lambda: " + ", ".join(f"{v:.3f}" for v in ts.dode_lambda.tolist()))
     for key in ("fd", "traj_err"):

@@ -15,7 +15,7 @@ from timetuner_plugins.samplers import run_options
 from timetuner_plugins.tau import TauLookupError
 from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
 
-from .model_patch import install_timestep, sampling_of, sampling_parameters, warn
+from .model_patch import install_timestep, sampling_of, sampling_parameters, set_for_run, warn
 from .tau_patch import TauTimestep, schedule_problem
 
 # Samplers that stop short of a final σ = 0 (ComfyUI's UniPC stops at 0.001). ComfyUI's own UniPC writes that σ
@@ -67,7 +67,8 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
         call = model
         stand_in = installed = None
         if tuned is not None:
-            problem = schedule_problem(tuned, sigmas)
+            run_set, problem = set_for_run(tuned, sampling_of(model), sigmas, tuple(x.shape[1:]))
+            problem = problem or schedule_problem(run_set, sigmas)
             if problem is None and tuned.sampler != spec.name:
                 problem = f"the set was tuned for sampler {tuned.sampler!r}, not {spec.name!r}"
             if problem and strict:
@@ -78,8 +79,8 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
                 ms = sampling_of(model)
                 installed = not isinstance(ms.timestep, TauTimestep)
                 stand_in = install_timestep(ms)
-                offset = len(tuned.tau) - nfe_of(spec, sigmas, model, options)
-                lookup = tuned.lookup().to(x.device, x.dtype)
+                offset = len(run_set.tau) - nfe_of(spec, sigmas, model, options)
+                lookup = run_set.lookup().to(x.device, x.dtype)
                 call = _Counted(model, stand_in, lookup.ratio, offset, lookup.dode_lambda)
         try:
             out = spec.fn(

@@ -159,3 +159,44 @@ def test_registry_multistep_samplers_match_comfyuis_own(name, model_type):
             model, noise, 1.0, ours, sigmas.clone(), cond, cond, latent, seed=0, disable_pbar=True
         )
     assert (stock - native).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("steps", [4, 6])
+def test_a_tau_function_set_applies_under_the_stock_ksampler_at_any_steps_in_range(steps):
+    """One function set, two step counts: each run's k-th network call sees the function's τ for that run's σ's;
+    a step count outside the set's range samples plainly with a warning (strict: an error)."""
+    from timetuner_plugins.function_tuner import FunctionResult
+    from timetuner_plugins.tau_function import N_BASIS, TauFunction
+    from timetuner_plugins.tuned_set import TunedSetMismatch
+    from timetuner_plugins.tuner import TuneConfig
+
+    model = make(comfy.model_base.ModelType.EPS)
+    ms = model.get_model_object("model_sampling")
+    from comfyui_nodes.model_patch import HostSpace
+
+    host = HostSpace(ms)
+    host.sample_shape, host.model_id, host.fingerprint = (1, 4, 4), "tiny", "0" * 64
+    fn = TauFunction.for_model(host)
+    with torch.no_grad():
+        fn.coef.copy_(torch.linspace(-0.2, 0.2, N_BASIS))
+    result = FunctionResult(fn, "ddim", ["karras"], (3, 7), [], TuneConfig(), {}, {"fallback_identity": False})
+    ts = result.tuned_set(host, comfy.samplers.calculate_sigmas(ms, "karras", 5).cpu())
+    sigmas = comfy.samplers.calculate_sigmas(ms, "karras", steps).cpu()
+    expected = ts.for_run(host, sigmas)
+    patched = apply_tuned_set(model, ts, strict=True)
+    latent = torch.zeros(2, 1, 4, 4)
+    noise = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    cond = [[torch.zeros(1, 1, 4), {}]]
+    net = model.model.diffusion_model
+    net.calls.clear()
+    with torch.inference_mode():
+        comfy.sample.sample(
+            patched, noise, steps, 1.0, "euler", "karras", cond, cond, latent, seed=0, disable_pbar=True
+        )
+    stand_in = patched.get_model_object("model_sampling").timestep
+    assert len(net.calls) == steps
+    for k, (_, t) in enumerate(net.calls):
+        want = stand_in.fractional(expected.tau[k : k + 1].double()).float()
+        torch.testing.assert_close(t, want.expand_as(t), rtol=1e-4, atol=1e-3)
+    with torch.inference_mode(), pytest.raises(TunedSetMismatch, match="NFE 3–7 but the run makes 9"):
+        comfy.sample.sample(patched, noise, 9, 1.0, "euler", "karras", cond, cond, latent, seed=0, disable_pbar=True)

@@ -49,7 +49,9 @@ METHODS: dict[str, Callable[[int], TuneConfig | TimeShift | None]] = {
     "schedule": lambda seed: TuneConfig(families=("sigma",), seed=seed, show_progress=False),
     "joint": lambda seed: TuneConfig(families=("tau", "sigma"), seed=seed, show_progress=False),
     "ours-full": lambda seed: TuneConfig(families=("tau", "dode", "sigma"), seed=seed, show_progress=False),
+    "ours-function": lambda seed: TuneConfig(seed=seed, show_progress=False),
 }
+FUNCTION_METHODS = ("ours-function",)  # one τ function per model × sampler × seed, over the plan's NFE range
 DESCRIPTIONS = {
     "untuned": "the plain sampler",
     "time-shift": "Li et al. 2024, training-free: per-sample variance-matched timestep, window 20, σ > 1",
@@ -69,9 +71,11 @@ DESCRIPTIONS = {
     "joint": "τ and the schedule's σ's together, trained like ours",
     "ours-full": "τ, D-ODE λ and the schedule's σ's together, trained like ours (needs the set's own σ's and a "
     "host that counts evaluations)",
+    "ours-function": "one τ function over the plan's NFE range (trained on NFE 4, 5, 6, 8, 10, 13, 16, 20 within "
+    "it), trained like ours, applied at every NFE; its tuning time is the whole function's, in every cell",
 }
 # Run on every cell; the rest only where Plan.methods_for says (the comparison cells).
-EVERYWHERE = ("untuned", "time-shift", "ours", "ours-full")
+EVERYWHERE = ("untuned", "time-shift", "ours", "ours-full", "ours-function")
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Plan:
 def default_plan() -> Plan:
     samplers = ["ddim", "ddpm", "heun", "dpm_2", "dpmpp_2m"]
     samplers += sorted(n for n, s in registry.samplers().items() if n.startswith("k_diffusion.") and s.tunable)
-    ablations = ("energy", "ours-real", "ours-classifier")  # selectable with --methods; not in the default grid
+    ablations = ("energy", "ours-real", "ours-classifier", "ours-function")  # with --methods; not in the default grid
     return Plan(
         models=["digits-ddpm", "digits-edm", "gmm-digits", "digits-flow", "gmm-digits-flow"],
         samplers=samplers,
@@ -138,6 +142,18 @@ def _tune(
     started = time.perf_counter()
     result = tune_set(model, spec, sigmas, schedule, replace(config, **keep), eval_n=0).result
     return result, time.perf_counter() - started
+
+
+def _tune_function(model: Any, spec: Any, schedule: str, plan: Plan, config: TuneConfig) -> tuple[Any, float]:
+    """One τ function over the plan's NFE range on ``schedule``, as a function set, and its tuning seconds."""
+    from .function_tuner import FunctionTuner
+
+    started = time.perf_counter()
+    result = FunctionTuner(
+        model, spec, [schedule], (min(plan.nfes), max(plan.nfes)), replace(config, **plan.overrides)
+    ).tune()
+    probe = make_sigmas(model, schedule, steps_for_nfe(spec, model, schedule, min(plan.nfes)))
+    return result.tuned_set(model, probe), time.perf_counter() - started
 
 
 def _held_out_check(
@@ -194,6 +210,7 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print, resume:
     records, earlier = _previous(out, plan) if resume else ([], 0.0)
     done = {_key(r) for r in records}
     taus: dict[str, Any] = _taus_of(records, plan.seeds[0])
+    functions: dict[tuple, tuple[Any, float]] = {}  # (model, sampler, method, seed) → (function set, seconds)
     started = time.perf_counter() - earlier
     for model_name in plan.models:
         model = registry.load_model(model_name).to(plan.device)
@@ -252,6 +269,22 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print, resume:
                             traj_err=after["traj_err"],
                             tune_seconds=0.0,
                             sample_seconds=after["seconds"],
+                        )
+                    elif method in FUNCTION_METHODS:
+                        key = (model_name, sampler, method, seed)
+                        if key not in functions:
+                            functions[key] = _tune_function(model, spec, schedule, plan, config)
+                        fn_set, seconds = functions[key]
+                        one = fn_set.for_run(model, sigmas, schedule=schedule)
+                        after = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref, lookup=one.lookup())
+                        row.update(
+                            fd=after["fd"],
+                            traj_err=after["traj_err"],
+                            tune_seconds=round(seconds, 2),
+                            sample_seconds=after["seconds"],
+                            identity=bool(fn_set.extra["selection"]["fallback_identity"]),
+                            tau_over_sigma=(one.tau / one.eval_sigmas).tolist(),
+                            sigmas=one.sigmas.tolist(),
                         )
                     else:
                         result, seconds = _tune(model, spec, sigmas, schedule, config, plan.overrides)

@@ -156,6 +156,27 @@ def schedules(as_json: bool) -> None:
     _emit(rows, as_json, "\n".join(f"{r['name']:<{width}}  {r['description']}" for r in rows))
 
 
+class _NFE(click.ParamType):
+    """An NFE (``10``) or a range of NFEs (``4-20``)."""
+
+    name = "K|LO-HI"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | tuple[int, int]:
+        if isinstance(value, (int, tuple)):
+            return value
+        text = str(value).strip()
+        try:
+            if "-" in text:
+                lo, hi = (int(v) for v in text.split("-", 1))
+                if 1 <= lo < hi:
+                    return lo, hi
+            elif int(text) >= 1:
+                return int(text)
+        except ValueError:
+            pass
+        self.fail(f"{value!r} is neither an NFE (e.g. 10) nor a range LO-HI with 1 ≤ LO < HI (e.g. 4-20)", param, ctx)
+
+
 def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | None) -> int:
     from .run import steps_for_nfe
 
@@ -173,12 +194,17 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 )
 @click.option("--sampler", required=True, help="A registered sampler (see `timetuner samplers`).")
 @click.option("--steps", type=click.IntRange(1), help="Sampler steps (intervals of the σ schedule).")
-@click.option("--nfe", type=click.IntRange(1), help="Or: the most steps within this many network evaluations.")
+@click.option(
+    "--nfe",
+    type=_NFE(),
+    help="Or: the most steps within this many network evaluations; a range LO-HI (e.g. 4-20) tunes one τ "
+    "function that applies at every step count within it.",
+)
 @click.option(
     "--schedule",
     default=None,
     help="σ schedule, one of `timetuner schedules` (default: the model's); 'auto' picks the one the "
-    "untuned sampler does best with.",
+    "untuned sampler does best with; with an --nfe range, several comma-separated ones to tune the function on.",
 )
 @click.option(
     "--objective",
@@ -314,7 +340,7 @@ def tune(
     model: str,
     sampler: str,
     steps: int | None,
-    nfe: int | None,
+    nfe: int | tuple[int, int] | None,
     schedule: str | None,
     objective: str,
     mode: str,
@@ -365,8 +391,42 @@ def tune(
     spec = registry.get_sampler(sampler)
     opts = _parse_options(options)
     spec.options(opts)  # an option the sampler does not take stops here, before any work
-    if schedule not in (None, "auto"):
-        registry.get_schedule(schedule)
+    for name in (schedule or "").split(",") if isinstance(nfe, tuple) else [schedule]:
+        if name not in (None, "", "auto"):
+            registry.get_schedule(name.strip())
+    if isinstance(nfe, tuple):
+        _tune_function(
+            model,
+            spec,
+            opts,
+            nfe,
+            schedule,
+            objective,
+            steps,
+            resume,
+            shards,
+            out,
+            overwrite,
+            device,
+            dtype,
+            eval_n,
+            quiet,
+            dict(
+                iters=iters,
+                lr=lr,
+                param=param,
+                data=data,
+                batch=batch,
+                select=select,
+                patience=patience,
+                features=features,
+                accuracy_hinge=accuracy_hinge,
+                select_by=select_by,
+                families=families,
+                seed=seed,
+            ),
+        )
+        return
     m = _load_model(model, device)
     if dtype != "float32":
         set_network_dtype(m, dtype)
@@ -471,6 +531,86 @@ def tune(
             click.echo(f"  the set {said}")
 
 
+def _tune_function(
+    model: str,
+    spec: Any,
+    opts: dict[str, Any],
+    nfe_range: tuple[int, int],
+    schedule: str | None,
+    objective: str,
+    steps: int | None,
+    resume: bool,
+    shards: Any,
+    out: Path | None,
+    overwrite: bool,
+    device: str,
+    dtype: str,
+    eval_n: int,
+    quiet: bool,
+    given: dict[str, Any],
+) -> None:
+    """``tune --nfe LO-HI``: one τ function over the range, measured at its representative run."""
+    from .denoisers import set_network_dtype
+    from .io import check_output_file
+    from .pipeline import representative_nfe, tune_function_set
+    from .tuned_set import verdict
+    from .tuner import TuneConfig
+
+    if steps is not None:
+        raise click.UsageError("an --nfe range covers every step count within it: drop --steps")
+    if resume or shards is not None or objective == "paper" or given["families"] != "tau":
+        raise click.UsageError(
+            "a τ function is tuned in one process, without checkpoints, with the joint objectives and τ alone: "
+            "drop --resume, torchrun, --objective paper and --families, or tune one NFE at a time"
+        )
+    m = _load_model(model, device)
+    if dtype != "float32":
+        set_network_dtype(m, dtype)
+    schedules = [s.strip() for s in (schedule or m.default_schedule).split(",") if s.strip()]
+    if "auto" in schedules:
+        raise click.UsageError("--schedule auto picks one schedule for one NFE; name the schedules for a range")
+    for name in schedules:
+        registry.get_schedule(name)
+    lo, hi = nfe_range
+    out = check_output_file(
+        out or Path(f"{_file_stem(model)}_{spec.name}_{'+'.join(schedules)}_nfe{lo}-{hi}.safetensors"), overwrite
+    )
+    settings = {k: v for k, v in given.items() if v is not None and k not in ("families", "seed")}
+    config = TuneConfig(objective=objective, seed=given["seed"], show_progress=not quiet, **settings)
+    if eval_n:
+        click.echo(
+            f"then measuring untuned and tuned on {eval_n} samples at NFE {representative_nfe(nfe_range)}", err=True
+        )
+    made = tune_function_set(m, spec, schedules, nfe_range, config, options=opts, eval_n=eval_n, progress=not quiet)
+    made.tuned_set.save(out, overwrite=overwrite)
+    res = made.result
+    click.echo(
+        f"wrote {out}: a τ function for {spec.name} on {model}, NFE {lo}–{hi}, {', '.join(schedules)}, "
+        f"{objective}, {res.seconds:.1f} s"
+    )
+    sel = res.selection
+    click.echo(
+        "  validation (held-out noise, each tuned run against its plain sampler): "
+        + (
+            "kept the untuned sampler: no function was better on every run"
+            if sel["fallback_identity"]
+            else "worst change "
+            + f"{sel['best']:+.3g}; per NFE "
+            + ", ".join(f"{r['nfe']} {r['val_change']:+.3g}" for r in res.runs)
+        )
+        + (
+            f"; stopped early at iteration {sel['stopped_early_at']} of {config.iters}"
+            if sel["stopped_early_at"]
+            else ""
+        )
+    )
+    if eval_n:
+        click.echo(_metric_line("untuned", made.before) + "\n" + _metric_line("tuned", made.after))
+        said = verdict(made.before, made.after)
+        if said:
+            click.echo(f"  at NFE {made.after['nfe']} the set {said}")
+
+
 def _unavailable(sampler: str) -> str:
     """Why ``sampler`` is not registered here ('' when it is)."""
     try:
@@ -543,11 +683,12 @@ def eval_(
                 )
             sigmas = make_sigmas(m, schedule, steps or ts.steps)
         options = ts.sampler_options if spec.name == ts.sampler else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # said below as one line each, not as Python warnings
-            differences = ts.check(model=m, sampler=spec.name, sigmas=sigmas, force=force)
-        for difference in differences:
-            click.echo(f"warning: {difference}; applied anyway (--force)", err=True)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")  # said below as one line each, not as Python warnings
+            ts = ts.for_run(m, sigmas, schedule=schedule, force=force)  # a function set: τ for this run
+            ts.check(model=m, sampler=spec.name, sigmas=sigmas, force=force)
+        for warning in said:
+            click.echo(f"warning: {warning.message}", err=True)
     else:
         if not (model and sampler and steps):
             raise click.UsageError("give --tuned FILE, or --model, --sampler and --steps to evaluate untuned")
@@ -635,6 +776,13 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
             )
             if r["unavailable"]:
                 click.echo(f"  sampler not available here: {r['unavailable']}")
+            fn = r["extra"].get("tau_function")
+            if r.get("tau_function") is not None and fn:
+                click.echo(
+                    f"  τ function: any step count with NFE {fn['nfe'][0]}–{fn['nfe'][1]}, tuned on "
+                    f"{', '.join(fn['schedules'])} (runs at NFE {', '.join(str(x['nfe']) for x in fn.get('runs', []))}); "
+                    "shown below at its representative run"
+                )
             click.echo("  τ/σ " + " ".join(f"{v:.3f}" for v in r["tau_over_sigma"]))
             sel = r["extra"].get("selection") or {}
             if sel.get("fallback_identity"):

@@ -106,3 +106,48 @@ def tune_set(
         else ({}, {})
     )
     return Tuned(result, result.tuned_set(model, before, after, extra=extra), before, after)
+
+
+@dataclass
+class TunedFunction:
+    """What :func:`tune_function_set` made: the tuner's result, the function set (metrics included) and the
+    before/after metrics on its representative run."""
+
+    result: Any  # function_tuner.FunctionResult
+    tuned_set: TunedSet
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+def representative_nfe(nfe_range: tuple[int, int]) -> int:
+    """The NFE a function set is measured and shown at: 10, or the range's nearest end."""
+    return min(max(10, nfe_range[0]), nfe_range[1])
+
+
+def tune_function_set(
+    model: Any,
+    sampler: str | SamplerSpec,
+    schedules: list[str],
+    nfe_range: tuple[int, int],
+    config: TuneConfig | None = None,
+    *,
+    options: dict | None = None,
+    eval_n: int = 1000,
+    progress: bool = False,
+) -> TunedFunction:
+    """Tune one τ function over ``nfe_range`` and ``schedules`` and measure it on ``eval_n`` samples at the
+    representative run (the first schedule, :func:`representative_nfe`); the metrics are recorded in the set."""
+    from .function_tuner import FunctionTuner
+
+    tuner = FunctionTuner(model, sampler, schedules, nfe_range, config, options=options)
+    result = tuner.tune()
+    sigmas, schedule = schedule_sigmas(model, tuner.spec, schedules[0], nfe=representative_nfe(nfe_range))
+    before = after = {}
+    tuned = result.tuned_set(model, sigmas)
+    if eval_n:
+        common = dict(n=eval_n, options=tuner.options, progress=progress)
+        before = evaluate(model, tuner.spec, sigmas, schedule, **common)
+        one = tuned.for_run(model, sigmas, schedule=schedule)
+        after = evaluate(model, tuner.spec, sigmas, schedule, lookup=one.lookup(), **common)
+        tuned = result.tuned_set(model, sigmas, before, after)
+    return TunedFunction(result, tuned, before, after)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -141,11 +142,13 @@ def sample(
 ) -> torch.Tensor:
     """Sample from standard-normal ``noise`` (scaled to σ₀ here), optionally with a tuned set.
 
-    A ``tuned`` set is checked against the model, sampler and σ's first; a mismatch
-    raises :class:`~timetuner_plugins.tuned_set.TunedSetMismatch` unless ``force``.
+    A ``tuned`` set is checked against the model, sampler and σ's first (a τ function set: τ for these σ's, if
+    their NFE is in its range); a mismatch raises :class:`~timetuner_plugins.tuned_set.TunedSetMismatch` unless
+    ``force``.
     """
     spec = sampler_spec(sampler)
     if tuned is not None:
+        tuned = tuned.for_run(model, sigmas, sample_shape=tuple(noise.shape[1:]), force=force)
         tuned.check(model=model, sampler=spec.name, sigmas=sigmas, force=force)
         lookup = tuned.lookup()
     return run_sampler(model, spec, noise * sigmas[0], sigmas, lookup=lookup, **kwargs)
@@ -178,6 +181,57 @@ class _Zero:
         return torch.zeros_like(x)
 
 
+@dataclass(frozen=True)
+class EvalPlan:
+    """Where each network evaluation of a run happens: its σ, the step (σ_i → σ_{i+1}) it belongs to and its place
+    in that step (j / n_i for the j-th of the step's n_i evaluations)."""
+
+    eval_sigmas: torch.Tensor
+    step: torch.Tensor
+    stage: torch.Tensor
+
+
+def eval_plan(
+    spec: SamplerSpec,
+    sigmas: torch.Tensor,
+    sample_shape: tuple[int, ...],
+    options: dict | None = None,
+    model: Any = None,
+) -> EvalPlan:
+    """The :class:`EvalPlan` of a run of ``spec`` on ``sigmas``, found by running it on a stand-in denoiser that
+    returns zeros, of ``model``'s σ space (samplers whose σ's depend on the model's output are not tunable). Steps
+    come from the sampler's callback, which k-diffusion-style samplers call once per step after its first
+    evaluation; a sampler that does not is planned from σ alone (every evaluation at stage 0)."""
+    recorder = RecordingModel(_Zero(model))
+    firsts: list[int] = []
+    x = torch.randn((1, *sample_shape), generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    with torch.no_grad():
+        run_sampler(
+            recorder, spec, x, sigmas, options=options, callback=lambda _: firsts.append(len(recorder.sigmas) - 1)
+        )
+    recorded = torch.tensor(recorder.sigmas, dtype=torch.float32)
+    if not getattr(spec.nfe, "by_dry_run", False) and len(recorded) != spec.nfe(sigmas):
+        raise RuntimeError(
+            f"sampler {spec.name!r} made {len(recorded)} evaluations on {len(sigmas) - 1} steps but "
+            f"its spec says {spec.nfe(sigmas)}; fix the nfe function its plugin registers"
+        )
+    k = len(recorded)
+    if (
+        len(firsts) == len(sigmas) - 1
+        and firsts[0] == 0
+        and all(b > a for a, b in zip(firsts, firsts[1:]))
+        and firsts[-1] < k
+    ):
+        bounds = firsts + [k]
+        step = torch.cat([torch.full((b - a,), i) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))])
+        stage = torch.cat([torch.arange(b - a, dtype=torch.float32) / (b - a) for a, b in zip(bounds, bounds[1:])])
+    else:  # by σ: the step whose interval [σ_{i+1}, σ_i) holds the evaluation's σ
+        starts = sigmas[:-1].float()
+        step = (recorded[:, None] <= starts[None, :] * (1 + 1e-6)).sum(1).sub(1).clamp(0, len(starts) - 1)
+        stage = torch.zeros(k)
+    return EvalPlan(recorded, step.long(), stage)
+
+
 def eval_sigmas(
     spec: SamplerSpec,
     sigmas: torch.Tensor,
@@ -185,20 +239,5 @@ def eval_sigmas(
     options: dict | None = None,
     model: Any = None,
 ) -> torch.Tensor:
-    """The σ of each network evaluation a run on ``sigmas`` makes (found by running it on a stand-in
-    denoiser that returns zeros, of ``model``'s σ space; samplers whose σ's depend on the model's output are
-    not tunable)."""
-    recorder = RecordingModel(_Zero(model))
-    x = torch.randn((1, *sample_shape), generator=torch.Generator().manual_seed(0)) * sigmas[0]
-    with torch.no_grad():
-        run_sampler(recorder, spec, x, sigmas, options=options)
-    recorded = torch.tensor(recorder.sigmas, dtype=torch.float32)
-    if getattr(spec.nfe, "by_dry_run", False):  # the count is this very run's
-        return recorded
-    expected = spec.nfe(sigmas)
-    if len(recorded) != expected:
-        raise RuntimeError(
-            f"sampler {spec.name!r} made {len(recorded)} evaluations on {len(sigmas) - 1} steps but "
-            f"its spec says {expected}; fix the nfe function its plugin registers"
-        )
-    return recorded
+    """The σ of each network evaluation a run on ``sigmas`` makes (see :func:`eval_plan`)."""
+    return eval_plan(spec, sigmas, sample_shape, options, model).eval_sigmas

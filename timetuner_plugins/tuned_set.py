@@ -1,6 +1,10 @@
 """Tuned-set files: safetensors with ``sigmas``, ``eval_sigmas``, ``tau`` (and, format 2, the D-ODE
-parameters ``dode_lambda``) and string metadata. A τ-only set is written as format 1, so older readers
-keep reading it.
+parameters ``dode_lambda``; format 3, a τ function's coefficients ``tau_function``) and string metadata. A τ-only
+set is written as format 1, so older readers keep reading it; a reader older than a file's format refuses it.
+
+A set holds τ for one run (sampler × σ's); a function set (format 3) holds a τ function over a range of NFEs and
+schedules (see :mod:`.tau_function`), and its tensors are the function on one representative run of that range.
+:meth:`TunedSet.for_run` turns either into the set for a given run.
 
 Loading never unpickles anything and validates every field; each problem raises
 :class:`TunedSetError` naming the file, the problem and the fix.
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import struct
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,12 @@ from . import __version__
 from .denoisers import SPACES
 from .io import atomic_path
 from .tau import TauLookup
+from .tau_function import BASIS, N_BASIS
 
-FORMAT_VERSION = 2  # 2 adds the optional ``dode_lambda`` tensor
+FORMAT_VERSION = 3  # 2 adds the optional ``dode_lambda`` tensor, 3 ``tau_function``
 TENSORS = ("sigmas", "eval_sigmas", "tau")
-OPTIONAL_TENSORS = {"dode_lambda": 2}  # name → the format version that introduced it
+OPTIONAL_TENSORS = {"dode_lambda": 2, "tau_function": 3}  # name → the format version that introduced it
+MAX_TAU_COEF = 100.0  # |θ| of a τ function; the basis is bounded, so the tanh saturates long before
 MAX_DODE_LAMBDA = 10.0  # |λ|; the tuner bounds it to 1
 MAX_FILE_BYTES = 16 * 2**20  # a tuned set is a few kB; anything this big is not one
 MAX_HEADER_BYTES = 256 * 2**10
@@ -92,12 +98,83 @@ class TunedSet:
     format_version: int = FORMAT_VERSION
     path: Path | None = None
     dode_lambda: torch.Tensor | None = None
+    tau_function: torch.Tensor | None = None  # θ of a function set (format 3); its settings in extra["tau_function"]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {name: getattr(self, name) for name in TENSORS}
-        if self.dode_lambda is not None:
-            out["dode_lambda"] = self.dode_lambda
+        for name in OPTIONAL_TENSORS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
+
+    @property
+    def is_function(self) -> bool:
+        """A τ function over a range of NFEs and schedules, not τ for one run."""
+        return self.tau_function is not None
+
+    @property
+    def function_range(self) -> dict[str, Any]:
+        """A function set's range: ``nfe`` [lowest, highest], ``schedules`` tuned on, and the runs it was tuned on."""
+        return self.extra.get("tau_function", {})
+
+    def function(self) -> Any:
+        """A function set's :class:`~timetuner_plugins.tau_function.TauFunction`."""
+        from .tau_function import TauFunction
+
+        if self.tau_function is None:
+            raise TunedSetError(self.path, "holds τ for one run, not a τ function", "Use its lookup()")
+        spec = self.function_range
+        return TauFunction(tuple(spec["log_sigma_range"]), spec.get("tau_max"), self.tau_function)
+
+    def for_run(
+        self,
+        model: Any,
+        sigmas: torch.Tensor,
+        *,
+        schedule: str | None = None,
+        sample_shape: tuple[int, ...] | None = None,
+        force: bool = False,
+        force_hint: str = "pass --force (force=True) to apply it anyway",
+    ) -> "TunedSet":
+        """This set for a run of its sampler on ``sigmas``: itself for a one-run set (the caller's :meth:`check`
+        compares the run); for a function set, τ at each evaluation of that run. A run whose NFE is outside the
+        function's range is refused (with ``force``: a warning); a schedule it was not tuned on is a warning."""
+        if not self.is_function:
+            return self
+        from .run import eval_plan, sampler_spec
+
+        spec = sampler_spec(self.sampler)
+        shape = tuple(sample_shape or getattr(model, "sample_shape", (1,)))
+        plan = eval_plan(spec, sigmas.detach().float().cpu(), shape, self.sampler_options, model)
+        lo, hi = self.function_range["nfe"]
+        problems = []
+        if not lo <= len(plan.eval_sigmas) <= hi:
+            problems.append(
+                f"is a τ function for NFE {lo}–{hi} but the run makes {len(plan.eval_sigmas)} network evaluations"
+            )
+        if problems and not force:
+            raise TunedSetMismatch(
+                self.path,
+                "; ".join(problems),
+                f"Use steps within its range, tune a function that covers them, or {force_hint}",
+            )
+        tuned_on = self.function_range.get("schedules", [])
+        if schedule is not None and schedule not in tuned_on:
+            problems.append(f"was tuned on the schedules {', '.join(tuned_on)}, not {schedule}")
+        for problem in problems:
+            warnings.warn(f"{self.path or 'tuned set'}: {problem} (applied anyway)", stacklevel=2)
+        fn = self.function()
+        with torch.no_grad():
+            tau = fn.tau(fn.features(plan, sigmas), plan.eval_sigmas)
+        return replace(
+            self,
+            sigmas=sigmas.detach().float().cpu(),
+            eval_sigmas=plan.eval_sigmas,
+            tau=tau,
+            schedule=schedule or "custom",
+            tau_function=None,
+            extra={**self.extra, "from_function": str(self.path) if self.path else "in memory"},
+        )
 
     @property
     def steps(self) -> int:
@@ -108,6 +185,11 @@ class TunedSet:
         return len(self.tau)
 
     def lookup(self, rtol: float = SIGMA_RTOL) -> TauLookup:
+        """τ per evaluation of the set's run (a function set: :meth:`for_run` first)."""
+        if self.is_function:
+            raise TunedSetError(
+                self.path, "is a τ function, which has τ only for a given run", "Call for_run(model, sigmas) first"
+            )
         return TauLookup(self.eval_sigmas, self.tau, rtol, self.dode_lambda)
 
     def metadata(self) -> dict[str, str]:
@@ -184,12 +266,13 @@ class TunedSet:
                 )
         meta.pop("steps")
         meta.pop("nfe")
-        lam = tensors.get("dode_lambda")
+        if "tau_function" in tensors:
+            _validate_function(path, meta["extra"].get("tau_function"))
         return cls(
             **{k: tensors[k].float() for k in TENSORS},
             **meta,
             path=Path(path) if path else None,
-            dode_lambda=None if lam is None else lam.float(),
+            **{k: tensors[k].float() for k in OPTIONAL_TENSORS if k in tensors},
         )
 
     def check(
@@ -204,6 +287,10 @@ class TunedSet:
     ) -> list[str]:
         """Compare against a run; raise :class:`TunedSetMismatch` on any difference unless ``force``
         (then warn); ``force_hint`` says how the caller's user forces it. Returns the differences."""
+        if self.is_function and (sigmas is not None or nfe is not None):
+            raise TunedSetError(
+                self.path, "is a τ function: a run's σ's are checked by for_run", "Call for_run(model, sigmas) first"
+            )
         problems = []
         if model is not None:
             problems += self._space_problems(model)
@@ -261,8 +348,9 @@ class TunedSet:
             tau_over_sigma=(self.tau / self.eval_sigmas).tolist(),
             path=str(self.path) if self.path else None,
         )
-        if self.dode_lambda is not None:
-            meta["dode_lambda"] = self.dode_lambda.tolist()
+        for name in OPTIONAL_TENSORS:
+            if getattr(self, name) is not None:
+                meta[name] = getattr(self, name).tolist()
         return meta
 
 
@@ -380,6 +468,13 @@ def _validate_tensors(path: str | Path | None, tensors: dict[str, torch.Tensor])
             f"has {len(lam)} D-ODE λ's for {len(tau)} evaluations, or |λ| above {MAX_DODE_LAMBDA}",
             "No tuner writes such values: the file is corrupt or crafted",
         )
+    coef = tensors.get("tau_function")
+    if coef is not None and (len(coef) != N_BASIS or float(coef.abs().max()) > MAX_TAU_COEF):
+        raise TunedSetError(
+            path,
+            f"has a τ function of {len(coef)} coefficients (a tuned one has {N_BASIS}), or one above {MAX_TAU_COEF}",
+            "No tuner writes such values: the file is corrupt or crafted",
+        )
     ratio = tau.double() / ev.double()
     if float(ratio.min()) < MIN_RATIO or float(ratio.max()) > MAX_RATIO:
         raise TunedSetError(
@@ -443,3 +538,25 @@ def _parse_metadata(path: str | Path | None, metadata: dict[str, str]) -> dict[s
     if not meta["sampler"].strip():
         raise TunedSetError(path, "names no sampler", "The file is corrupt: tune it again")
     return meta
+
+
+def _validate_function(path: str | Path | None, spec: Any) -> None:
+    """A function set's settings (metadata extra["tau_function"]): the basis this library evaluates, a log-σ range,
+    an NFE range and the schedules it was tuned on."""
+    fix = "The file is corrupt, or written by a newer timetuner: tune it again or upgrade"
+    if not isinstance(spec, dict):
+        raise TunedSetError(path, "holds a τ function but no settings for it (extra.tau_function)", fix)
+    if spec.get("basis") != BASIS:
+        raise TunedSetError(path, f"holds a τ function on the basis {spec.get('basis')!r}, not {BASIS!r}", fix)
+    rng, nfe = spec.get("log_sigma_range"), spec.get("nfe")
+    ok_range = (
+        isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng) and rng[0] < rng[1]
+    )
+    ok_nfe = isinstance(nfe, list) and len(nfe) == 2 and all(isinstance(v, int) for v in nfe) and 1 <= nfe[0] <= nfe[1]
+    tau_max = spec.get("tau_max")
+    if not ok_range or not ok_nfe or not (tau_max is None or (isinstance(tau_max, (int, float)) and tau_max > 0)):
+        raise TunedSetError(
+            path, f"has unreadable τ-function settings (log_sigma_range {rng!r}, nfe {nfe!r}, tau_max {tau_max!r})", fix
+        )
+    if not isinstance(spec.get("schedules"), list):
+        raise TunedSetError(path, "names no schedules its τ function was tuned on", fix)

@@ -58,6 +58,7 @@ from .noise import BrownianNoise, RowNoise, SeededNoise
 from .run import eval_sigmas, model_device, run_sampler, sampler_spec
 from .schedules import refine
 from .tau import TauLookup
+from .tau_function import bounded_log_ratio
 from .tuned_set import TunedSet, verdict
 
 OBJECTIVES = ("paper", "trajectory", "final", "energy")
@@ -69,7 +70,6 @@ SELECT_BY = ("objective", "fd")  # fd: the model's FD metric, where it has one (
 FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
 RECOMPUTE = ("auto", "on", "off")
 RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (docs/scale.md)
-LOG_RATIO_BOUND = 1.0  # |log τ/σ| ≤ 1 via a tanh
 DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
 BOOTSTRAP_RESAMPLES = 200
@@ -306,22 +306,12 @@ class TauParam(torch.nn.Module):
         raw = (self.raw if raw is None else raw)[: self.k]
         ev = self.eval_sigmas if ev is None else ev
         if self.kind == "log_ratio":
-            tau = ev * torch.exp(self._log_ratio(raw, ev))
             tau_max = getattr(self.model, "tau_max", None)
+            tau = ev * torch.exp(bounded_log_ratio(raw, ev, tau_max))
             return tau if tau_max is None else tau.clamp(max=tau_max)  # exp's rounding may not pass τ_max
         offset = float(getattr(self.model, "time_offset", 0.0))
         t = self.model.sigma_to_t(ev) + offset
         return self.model.t_to_sigma(raw * t - offset)
-
-    def _log_ratio(self, raw: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
-        """log τ/σ = b·tanh(raw/b) with b = LOG_RATIO_BOUND; upwards also at most log(τ_max/σ) for a model whose
-        network was trained up to ``tau_max`` (a flow model's σ = 1), so τ never leaves that range."""
-        bound = LOG_RATIO_BOUND
-        tau_max = getattr(self.model, "tau_max", None)
-        if tau_max is None:
-            return bound * torch.tanh(raw / bound)
-        up = torch.log(tau_max / ev).clamp(1e-6, bound)  # σ at τ_max: τ may only move down
-        return torch.where(raw > 0, up * torch.tanh(raw / up), bound * torch.tanh(raw / bound))
 
     def schedule(self, raw: torch.Tensor) -> torch.Tensor:
         if "sigma" not in self.families or self.gaps == 0:
@@ -637,20 +627,29 @@ class Tuner:
             self._whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c, objective
         )
 
+    def _chunk(self, iteration: int) -> int:
+        """The pool chunk iteration ``iteration`` trains on: every chunk once per epoch, in a seeded order."""
+        epoch, pos = divmod(iteration, self.pool.chunks)
+        order = torch.randperm(self.pool.chunks, generator=torch.Generator().manual_seed(self.pool.key(epoch)))
+        return int(order[pos])
+
+    def chunk_loss(self, values: RunValues, iteration: int) -> torch.Tensor:
+        """The joint loss of iteration ``iteration``'s pool chunk for ``values``, differentiable through the run
+        (one process, the whole batch in one pass)."""
+        c, objective = self._chunk(iteration), self.config.objective
+        outputs = self._sampled(self.pool, c, values, slice(None), objective == "trajectory")
+        return self._objective(outputs, self.pool, c, objective)
+
     def _joint_step(self, iteration: int) -> torch.Tensor:
         """Back-propagate the joint loss of the iteration's chunk into ``param.raw.grad``; returns the loss.
 
         One process and micro-batch: one pass. Otherwise two: the whole chunk without gradients (the loss
         compares all its samples), then each own micro-batch again with gradients, back-propagating the
         whole-chunk loss's gradient for its rows; the processes' gradients are summed."""
-        epoch, pos = divmod(iteration, self.pool.chunks)
-        order = torch.randperm(self.pool.chunks, generator=torch.Generator().manual_seed(self.pool.key(epoch)))
-        c, objective, n = int(order[pos]), self.config.objective, self.config.batch
+        c, objective, n = self._chunk(iteration), self.config.objective, self.config.batch
         want_states = objective == "trajectory"
         if self.shards.trivial(n):
-            loss = self._objective(
-                self._sampled(self.pool, c, self.param.values(), slice(None), want_states), self.pool, c, objective
-            )
+            loss = self.chunk_loss(self.param.values(), iteration)
             loss.backward()
             return loss.detach()
         whole = [t.requires_grad_() for t in self._whole(self.pool, c, self.param.values(), want_states)]
