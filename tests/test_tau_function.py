@@ -155,3 +155,10 @@ def test_tune_with_an_nfe_range_writes_a_function_that_eval_applies_at_other_ste
         warnings.simplefilter("error")
         bad = runner.invoke(cli, ["tune", "--model", "gmm-digits", "--sampler", "ddim", "--nfe", "4-6", "--steps", "5"])
     assert bad.exit_code == 2 and "drop --steps" in bad.output
+
+
+def test_diffusers_apply_refuses_a_function_set_instead_of_using_its_one_shown_run(gmm):
+    from timetuner_plugins.diffusers_pipeline import apply_tuned_set
+
+    with pytest.raises(TunedSetError, match="diffusers pipelines cannot apply yet"):
+        apply_tuned_set(object(), function_set(gmm, torch.zeros(N_BASIS)))

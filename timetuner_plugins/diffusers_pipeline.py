@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 import torch
 
 from .diffusers_adapters import FLOW_CLASSES, VP_CLASSES, DiffusersCFGDenoiser, adapt, class_name, require_diffusers
-from .tuned_set import SIGMA_RTOL, TunedSet, TunedSetMismatch
+from .tuned_set import SIGMA_RTOL, TunedSet, TunedSetError, TunedSetMismatch
 
 FORCE_HINT = "pass force=True to apply it anyway (by σ matching)"
 
@@ -186,6 +186,12 @@ def apply_tuned_set(pipe: Any, tuned: TunedSet | str | Path, *, force: bool = Fa
     and another step count or image size at the first network call of a run; ``force`` warns instead."""
     if not isinstance(tuned, TunedSet):
         tuned = TunedSet.load(tuned)
+    if tuned.is_function:
+        raise TunedSetError(
+            tuned.path,
+            "is a τ function set (one τ for a range of step counts), which diffusers pipelines cannot apply yet",
+            "Apply it through the library or ComfyUI, or tune a set for this step count (timetuner tune --nfe K)",
+        )
     remove_tuned_set(pipe)
     handle = TunedPipeline(pipe, tuned, force)
     pipe._timetuner = handle
