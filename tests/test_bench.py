@@ -121,6 +121,7 @@ def test_plan_runs_comparison_methods_only_on_their_cells():
         "time-shift",
         "ours",
         "ours-full",
+        "ours-function",
         "dode",
         "schedule",
         "joint",
@@ -128,7 +129,7 @@ def test_plan_runs_comparison_methods_only_on_their_cells():
     assert (
         set(plan.methods_for("ddim", 20))
         == set(plan.methods_for("heun", 5))
-        == {"untuned", "time-shift", "ours", "ours-full"}
+        == {"untuned", "time-shift", "ours", "ours-full", "ours-function"}
     )
 
 

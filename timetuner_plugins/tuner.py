@@ -410,6 +410,8 @@ class Tuner:
         )
         self.losses: list[float] = []
         self._plain_guard: float | None = None
+        self._val_cache: tuple[RunValues, torch.Tensor] | None = None
+        self._untuned: RunValues | None = None
         self._plain: dict[str, tuple[float, list[float]]] = {}
         self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
@@ -436,8 +438,11 @@ class Tuner:
 
     @property
     def untuned(self) -> RunValues:
-        """The plain sampler, as a candidate for :meth:`score`, :meth:`pool_objective` and :meth:`win_rate`."""
-        return self.param.plain()
+        """The plain sampler, as a candidate for :meth:`score`, :meth:`pool_objective` and :meth:`win_rate` (one
+        object, so its validation samples are computed once)."""
+        if self._untuned is None:
+            self._untuned = self.param.plain()
+        return self._untuned
 
     def _run(
         self,
@@ -675,7 +680,13 @@ class Tuner:
             )
 
     def _val_samples(self, values: RunValues) -> torch.Tensor:
-        return torch.cat([self._whole(self.val, c, values)[-1] for c in range(self.val.chunks)])
+        """The final samples of ``values`` on the validation noise; the last candidate's are kept, so its score,
+        guard and win rate run it once."""
+        if self._val_cache is not None and self._val_cache[0] is values:
+            return self._val_cache[1]
+        samples = torch.cat([self._whole(self.val, c, values)[-1] for c in range(self.val.chunks)])
+        self._val_cache = (values, samples)
+        return samples
 
     @property
     def _selection_objective(self) -> str:
