@@ -1,7 +1,7 @@
 """Tuning one τ function (:mod:`.tau_function`) over a range of NFEs and schedules.
 
-Each (schedule, step count) in the range is a run with its own :class:`~timetuner_plugins.tuner.Tuner` (teacher,
-training pool, held-out noise, the plain sampler's units); they share θ. Each iteration trains on one run, in a
+Each (schedule, step count) in the range is a run with its own :class:`~timetuner_plugins.tuner.Tuner` (training
+pool, held-out noise, the plain sampler's units; runs from one σ_0 share the finest run's teacher); they share θ. Each iteration trains on one run, in a
 seeded order that visits every run once per round, with that run's joint objective (the default's hinged energy
 is relative to the plain sampler, so runs of different NFE weigh alike). Selection: every ``validate_every``
 iterations each run scores θ on its held-out noise against its plain sampler; θ's score is the worst run's change,
@@ -158,6 +158,24 @@ class FunctionTuner:
         self.options = self.runs[0].tuner.options
         self.losses: list[float] = []
 
+    def _share_teachers(self, show: bool) -> None:
+        """Runs that start at one σ_0 start from the same noise (one seed), so one teacher — the run with the most
+        steps, the finest refinement — serves them all where only its final samples are compared ('energy',
+        'final'; deterministic samplers): one teacher per σ_0 instead of one per run."""
+        cfg, first = self.config, self.runs[0].tuner
+        if cfg.objective == "trajectory" or first.stochastic or first.data is not None or cfg.data == "real":
+            return
+        groups: dict[float, list[_Run]] = {}
+        for run in self.runs:
+            groups.setdefault(round(float(run.tuner.sigmas[0]), 5), []).append(run)
+        for runs in tqdm(list(groups.values()), desc="teachers", disable=not show, leave=False):
+            finest = max(runs, key=lambda r: len(r.tuner.sigmas))
+            for noise_set in (finest.tuner.pool, finest.tuner.val):
+                finals = [states[-1:] for states in finest.tuner.teacher(noise_set)]
+                for run in runs:
+                    if run is not finest:
+                        run.tuner._teachers[noise_set.name] = finals
+
     def values(self, run: _Run, coef: torch.Tensor | None = None) -> RunValues:
         """``run`` with τ from θ = ``coef`` (default: the function's own)."""
         param = run.tuner.param
@@ -198,7 +216,8 @@ class FunctionTuner:
         started = time.perf_counter()
         show = cfg.show_progress
         with torch.no_grad():
-            for run in tqdm(self.runs, desc="teachers and plain runs", disable=not show, leave=False):
+            self._share_teachers(show)
+            for run in tqdm(self.runs, desc="plain runs", disable=not show, leave=False):
                 self._prepare(run)
         coef = self.function.coef
         opt = torch.optim.Adam([coef], lr=cfg.lr)
