@@ -72,7 +72,8 @@ DESCRIPTIONS = {
     "ours-full": "τ, D-ODE λ and the schedule's σ's together, trained like ours (needs the set's own σ's and a "
     "host that counts evaluations)",
     "ours-function": "one τ function over the plan's NFE range (trained on NFE 4, 5, 6, 8, 10, 13, 16, 20 within "
-    "it), trained like ours, applied at every NFE; its tuning time is the whole function's, in every cell",
+    "it), 800 iterations without early stop, otherwise like ours, applied at every NFE; its tuning time is the whole "
+    "function's, in every cell",
 }
 # Run on every cell; the rest only where Plan.methods_for says (the comparison cells).
 EVERYWHERE = ("untuned", "time-shift", "ours", "ours-full", "ours-function")
@@ -146,11 +147,15 @@ def _tune(
 
 def _tune_function(model: Any, spec: Any, schedule: str, plan: Plan, config: TuneConfig) -> tuple[Any, float]:
     """One τ function over the plan's NFE range on ``schedule``, as a function set, and its tuning seconds."""
-    from .function_tuner import FunctionTuner
+    from .function_tuner import FUNCTION_DEFAULTS, FunctionTuner
 
     started = time.perf_counter()
     result = FunctionTuner(
-        model, spec, [schedule], (min(plan.nfes), max(plan.nfes)), replace(config, **plan.overrides)
+        model,
+        spec,
+        [schedule],
+        (min(plan.nfes), max(plan.nfes)),
+        replace(config, **{**FUNCTION_DEFAULTS, **plan.overrides}),
     ).tune()
     probe = make_sigmas(model, schedule, steps_for_nfe(spec, model, schedule, min(plan.nfes)))
     return result.tuned_set(model, probe), time.perf_counter() - started

@@ -221,7 +221,9 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
     show_default=True,
     help="For --objective paper.",
 )
-@click.option("--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper).")
+@click.option(
+    "--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper; 800 for an --nfe range)."
+)
 @click.option("--batch", type=click.IntRange(2), default=None, help="Batch size (default 128; paper 64).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.03; paper 2e-3).")
 @click.option(
@@ -552,6 +554,7 @@ def _tune_function(
     """``tune --nfe LO-HI``: one τ function over the range, measured at its representative run."""
     from .denoisers import set_network_dtype
     from .io import check_output_file
+    from .function_tuner import FUNCTION_DEFAULTS
     from .pipeline import representative_nfe, tune_function_set
     from .tuned_set import verdict
     from .tuner import TuneConfig
@@ -576,6 +579,7 @@ def _tune_function(
         out or Path(f"{_file_stem(model)}_{spec.name}_{'+'.join(schedules)}_nfe{lo}-{hi}.safetensors"), overwrite
     )
     settings = {k: v for k, v in given.items() if v is not None and k not in ("families", "seed")}
+    settings = {**FUNCTION_DEFAULTS, **settings}
     config = TuneConfig(objective=objective, seed=given["seed"], show_progress=not quiet, **settings)
     if eval_n:
         click.echo(
