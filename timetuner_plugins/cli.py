@@ -396,6 +396,22 @@ def tune(
     for name in (schedule or "").split(",") if isinstance(nfe, tuple) else [schedule]:
         if name not in (None, "", "auto"):
             registry.get_schedule(name.strip())
+    given = {
+        k: v
+        for k, v in dict(
+            iters=iters,
+            lr=lr,
+            param=param,
+            data=data,
+            batch=batch,
+            select=select,
+            patience=patience,
+            features=features,
+            accuracy_hinge=accuracy_hinge,
+            select_by=select_by,
+        ).items()
+        if v is not None
+    }
     if isinstance(nfe, tuple):
         _tune_function(
             model,
@@ -404,29 +420,18 @@ def tune(
             nfe,
             schedule,
             objective,
-            steps,
-            resume,
-            shards,
-            out,
-            overwrite,
-            device,
-            dtype,
-            eval_n,
-            quiet,
-            dict(
-                iters=iters,
-                lr=lr,
-                param=param,
-                data=data,
-                batch=batch,
-                select=select,
-                patience=patience,
-                features=features,
-                accuracy_hinge=accuracy_hinge,
-                select_by=select_by,
-                families=families,
-                seed=seed,
-            ),
+            given,
+            families=families,
+            seed=seed,
+            steps=steps,
+            resume=resume,
+            shards=shards,
+            out=out,
+            overwrite=overwrite,
+            device=device,
+            dtype=dtype,
+            eval_n=eval_n,
+            quiet=quiet,
         )
         return
     m = _load_model(model, device)
@@ -445,22 +450,6 @@ def tune(
     registry.get_schedule(schedule)
     n_steps = _steps(spec, m, schedule, steps, nfe)
     sigmas = make_sigmas(m, schedule, n_steps)
-    given = {
-        k: v
-        for k, v in dict(
-            iters=iters,
-            lr=lr,
-            param=param,
-            data=data,
-            batch=batch,
-            select=select,
-            patience=patience,
-            features=features,
-            accuracy_hinge=accuracy_hinge,
-            select_by=select_by,
-        ).items()
-        if v is not None
-    }
     base = replace(
         TuneConfig.paper(mode) if objective == "paper" else TuneConfig(objective=objective),
         **given,
@@ -540,6 +529,10 @@ def _tune_function(
     nfe_range: tuple[int, int],
     schedule: str | None,
     objective: str,
+    given: dict[str, Any],
+    *,
+    families: str,
+    seed: int,
     steps: int | None,
     resume: bool,
     shards: Any,
@@ -549,7 +542,6 @@ def _tune_function(
     dtype: str,
     eval_n: int,
     quiet: bool,
-    given: dict[str, Any],
 ) -> None:
     """``tune --nfe LO-HI``: one τ function over the range, measured at its representative run."""
     from .denoisers import set_network_dtype
@@ -561,7 +553,7 @@ def _tune_function(
 
     if steps is not None:
         raise click.UsageError("an --nfe range covers every step count within it: drop --steps")
-    if resume or shards is not None or objective == "paper" or given["families"] != "tau":
+    if resume or shards is not None or objective == "paper" or families != "tau":
         raise click.UsageError(
             "a τ function is tuned in one process, without checkpoints, with the joint objectives and τ alone: "
             "drop --resume, torchrun, --objective paper and --families, or tune one NFE at a time"
@@ -578,9 +570,7 @@ def _tune_function(
     out = check_output_file(
         out or Path(f"{_file_stem(model)}_{spec.name}_{'+'.join(schedules)}_nfe{lo}-{hi}.safetensors"), overwrite
     )
-    settings = {k: v for k, v in given.items() if v is not None and k not in ("families", "seed")}
-    settings = {**FUNCTION_DEFAULTS, **settings}
-    config = TuneConfig(objective=objective, seed=given["seed"], show_progress=not quiet, **settings)
+    config = TuneConfig(objective=objective, seed=seed, show_progress=not quiet, **{**FUNCTION_DEFAULTS, **given})
     if eval_n:
         click.echo(
             f"then measuring untuned and tuned on {eval_n} samples at NFE {representative_nfe(nfe_range)}", err=True
