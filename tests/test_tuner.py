@@ -277,3 +277,22 @@ def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
     assert error > err0  # the hinge is active here
     with pytest.raises(TuneError, match="accuracy_hinge"):
         TuneConfig(accuracy_hinge=-1).validate()
+
+
+def test_the_reference_starts_where_the_run_starts():
+    """ComfyUI's ddim_uniform starts higher the more steps it has; the reference a run is measured against solves
+    the same ODE from the run's own σ_0 (the fine schedule's σ's below it), and elsewhere is unchanged."""
+    from timetuner_plugins.evaluate import eval_noise, generate, reference
+
+    model, spec = registry.load_model("heldout-resnet-v"), registry.get_sampler("dpmpp_2m")
+    noise = eval_noise(16, (1, 8, 8), 3)
+    run, fine = make_sigmas(model, "ddim_uniform", 5), make_sigmas(model, "ddim_uniform", 40)
+    assert float(fine[0]) > 2 * float(run[0])
+    ref = reference(model, spec, "ddim_uniform", noise, nfe=40, start_sigma=float(run[0]))
+    grid = torch.cat([run[:1], fine[fine < run[0] * (1 - 1e-4)]])
+    torch.testing.assert_close(ref, generate(model, spec, grid, noise))
+    karras = float(make_sigmas(model, "karras", 5)[0])
+    torch.testing.assert_close(
+        reference(model, spec, "karras", noise, nfe=40, start_sigma=karras),
+        reference(model, spec, "karras", noise, nfe=40),
+    )

@@ -248,7 +248,7 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print, resume:
                     continue
                 sigmas = make_sigmas(model, schedule, steps)
                 noise = eval_noise(plan.n, tuple(model.sample_shape), EVAL_SEED)
-                ref = reference(model, spec, schedule, noise)
+                ref = reference(model, spec, schedule, noise, start_sigma=float(sigmas[0]))
                 base = evaluate(model, spec, sigmas, schedule, n=plan.n, ref=ref)
                 cell = dict(
                     model=model_name,

@@ -38,7 +38,7 @@ def _gap(untuned: dict, tuned: dict) -> float | None:
 
 def _panel(model: Any, spec: Any, ts: TunedSet, sigmas: Any, noise: Any, untuned: dict, tuned: dict) -> dict:
     """The demo picture's rows for one case: reference, plain, tuned, and each one's distance to the reference."""
-    ref = reference(model, spec, ts.schedule, noise)
+    ref = reference(model, spec, ts.schedule, noise, start_sigma=float(ts.sigmas[0]))
     plain = generate(model, spec, sigmas, noise)
     mine = generate(model, spec, sigmas, noise, lookup=ts.lookup())
     err = lambda x: ((x - ref) ** 2).flatten(1).mean(1).sqrt().mean().item()  # noqa: E731

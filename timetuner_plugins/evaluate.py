@@ -113,26 +113,38 @@ def reference(
     seed: int = EVAL_SEED,
     nfe: int = REFERENCE_NFE,
     progress: bool = False,
+    start_sigma: float | None = None,
 ) -> torch.Tensor:
     """The same sampler at about ``nfe`` evaluations on the same schedule from the same noise (and the
     same Brownian path for stochastic samplers); cached on disk by everything it depends on. With
-    ``progress``, computing one (not reading the cache) shows a bar that says where it is cached."""
+    ``progress``, computing one (not reading the cache) shows a bar that says where it is cached.
+
+    ``start_sigma``: the σ_0 of the run it is the reference for. Where the schedule's σ_0 depends on its step count
+    (ComfyUI's ddim_uniform), the fine run starts there instead (its σ's below it), so the reference solves the same
+    ODE from the same state as the run; elsewhere it changes nothing."""
     options = spec.options(options)
+    steps = steps_for_nfe(spec, model, schedule, nfe)
+    sigmas = make_sigmas(model, schedule, steps)
+    if start_sigma is not None and abs(float(sigmas[0]) - start_sigma) > 1e-4 * start_sigma:
+        sigmas = torch.cat([sigmas.new_tensor([start_sigma]), sigmas[sigmas < start_sigma * (1 - 1e-4)]])
+    else:
+        start_sigma = None  # the same reference as without it (one cache entry)
     key = _key(
         "reference-v1", model.fingerprint, spec.name, spec.plugin, options, schedule, nfe, noise, extra_args, seed
     )
+    if start_sigma is not None:
+        key = _key(key, "from", start_sigma)
     path = cache_dir() / "references" / f"{key}.safetensors"
     if path.is_file():
         try:
             return load_file(str(path))["samples"]
         except Exception:
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-    steps = steps_for_nfe(spec, model, schedule, nfe)
     label = f"{nfe}-NFE {spec.name} reference, {len(noise)} samples (once; cached in {path.parent})"
     samples = generate(
         model,
         spec,
-        make_sigmas(model, schedule, steps),
+        sigmas,
         noise,
         options=options,
         extra_args=extra_args,
@@ -164,7 +176,15 @@ def evaluate(
     noise = eval_noise(n, tuple(model.sample_shape), seed)
     if ref is None:
         ref = reference(
-            model, sampler, schedule, noise, options=options, extra_args=extra_args, seed=seed, progress=progress
+            model,
+            sampler,
+            schedule,
+            noise,
+            options=options,
+            extra_args=extra_args,
+            seed=seed,
+            progress=progress,
+            start_sigma=float(sigmas[0]),
         )
     started = time.perf_counter()
     label = f"evaluate {sampler.name} {'tuned' if lookup is not None else 'untuned'}, {n} samples"
