@@ -12,7 +12,7 @@ from timetuner_plugins.multistep import UNIPC_LAST_SIGMA, sample_unipc, sample_u
 from timetuner_plugins.noise import SeededNoise
 from timetuner_plugins.run import nfe_of
 from timetuner_plugins.samplers import run_options
-from timetuner_plugins.tau import TauLookupError
+from timetuner_plugins.tau import TauModel
 from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
 
 from .model_patch import install_timestep, sampling_of, sampling_parameters, set_for_run, warn
@@ -24,35 +24,22 @@ from .tau_patch import TauTimestep, schedule_problem
 STOPS_SHORT = {sample_unipc: UNIPC_LAST_SIGMA, sample_unipc_bh2: UNIPC_LAST_SIGMA}
 
 
-class _Counted:
-    """Calls ComfyUI's model with the k-th evaluation's τ/σ forced on the timestep stand-in (and, for a
-    set with D-ODE parameters, returns D_k + λ_k·(D_k − D_{k−1}) after the run's first evaluation)."""
+class _OnStandIn:
+    """ComfyUI's model, with the noise level a call is conditioned on (``cond_sigma``, as the library's
+    :class:`~timetuner_plugins.tau.TauModel` passes τ) forced on the timestep stand-in as τ/σ."""
 
-    def __init__(
-        self,
-        model: Callable,
-        stand_in: TauTimestep,
-        ratios: torch.Tensor,
-        offset: int,
-        lambdas: torch.Tensor | None = None,
-    ):
-        self.inner_model, self.stand_in, self.ratios, self.k = model, stand_in, ratios, offset
-        self.lambdas, self.previous = lambdas, None
+    def __init__(self, model: Callable, stand_in: TauTimestep):
+        self.inner_model, self.stand_in = model, stand_in
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        k = self.k
-        if k >= len(self.ratios):
-            raise TauLookupError(f"the sampler made more network evaluations than the tuned set's {len(self.ratios)}")
-        self.stand_in.forced = self.ratios[k]
-        self.k += 1
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor | None = None, **extra: Any):
+        if cond_sigma is None:
+            return self.inner_model(x, sigma, **extra)
+        # one evaluation, one σ for all its rows (CFG doubles them inside ComfyUI's model): a scalar ratio
+        self.stand_in.forced = cond_sigma.reshape(-1)[0] / sigma.reshape(-1)[0]
         try:
-            out = self.inner_model(x, sigma, **extra)
+            return self.inner_model(x, sigma, **extra)
         finally:
             self.stand_in.forced = None
-        if self.lambdas is None:
-            return out
-        previous, self.previous = self.previous, out
-        return out if previous is None else out + self.lambdas[k] * (out - previous)
 
 
 def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) -> Callable:
@@ -79,9 +66,8 @@ def sampler_function(spec: SamplerSpec, tuned: TunedSet | None, strict: bool) ->
                 ms = sampling_of(model)
                 installed = not isinstance(ms.timestep, TauTimestep)
                 stand_in = install_timestep(ms)
-                offset = len(run_set.tau) - nfe_of(spec, sigmas, model, options)
-                lookup = run_set.lookup().to(x.device, x.dtype)
-                call = _Counted(model, stand_in, lookup.ratio, offset, lookup.dode_lambda)
+                call = TauModel(_OnStandIn(model, stand_in), run_set.lookup())
+                call.calls = len(run_set.tau) - nfe_of(spec, sigmas, model, options)  # denoise < 1: the last τ's
         try:
             out = spec.fn(
                 call,
@@ -136,7 +122,8 @@ class ComfyDenoiser(TunableDenoiser):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         if self.check is not None:
             self.check()
-        self.stand_in.forced = (cond_sigma / sigma).reshape(-1)
+        # one evaluation, one σ for all its rows (CFG doubles them inside ComfyUI's model): a scalar ratio
+        self.stand_in.forced = cond_sigma.reshape(-1)[0] / sigma.reshape(-1)[0]
         try:
             return self.comfy_model(x, sigma, **extra)
         finally:
