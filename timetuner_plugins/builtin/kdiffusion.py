@@ -121,21 +121,21 @@ def register_model_adapters(register):
     modules = _kdiffusion()
     if modules is None:
         return
-    from ..kdiffusion_adapters import KDiffusionDenoiser
+    from .. import kdiffusion_adapters as ours
 
     _, external, layers = modules
     kinds = [
-        ("eps", external.DiscreteEpsDDPMDenoiser),
-        ("discrete_v", external.DiscreteVDDPMDenoiser),
-        ("continuous_v", external.VDenoiser),
-        ("karras", layers.Denoiser),
+        (ours.DiscreteEpsDenoiser, external.DiscreteEpsDDPMDenoiser),
+        (ours.DiscreteVDenoiser, external.DiscreteVDDPMDenoiser),
+        (ours.ContinuousVDenoiser, external.VDenoiser),
+        (ours.KarrasDenoiser, layers.Denoiser),
     ]
-    for kind, cls in kinds:
+    for adapter, cls in kinds:
         register(
             AdapterSpec(
                 f"k_diffusion.{cls.__name__}",
                 accepts=lambda obj, cls=cls: isinstance(obj, cls),
-                adapt=lambda obj, kind=kind, **kw: KDiffusionDenoiser(obj, kind, **kw),
+                adapt=adapter,
                 description=f"k-diffusion {cls.__name__} and subclasses",
             )
         )
