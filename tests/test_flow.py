@@ -111,6 +111,7 @@ def test_samplers_converge_at_their_order_on_the_flow_mixture(gflow, name, order
     assert order - 0.25 < slope < order + 0.6, (errors, slope)
 
 
+@pytest.mark.slow
 def test_ancestral_sampling_uses_the_flow_step_and_reaches_the_distribution(gflow):
     assert is_flow(TauModel(gflow, TauLookup.identity(torch.ones(1)))) and not is_flow(
         registry.load_model("gmm-digits")

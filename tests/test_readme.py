@@ -3,6 +3,8 @@ snippet runs as written."""
 
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
@@ -19,6 +21,7 @@ def test_plugin_example_is_the_tested_fixture(doc_block):
         assert shown == (REPO / name).read_text(), f"the documented copy of {name} differs from the file"
 
 
+@pytest.mark.slow
 def test_own_model_snippet_runs(tmp_path, monkeypatch, doc_block):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

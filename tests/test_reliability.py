@@ -90,6 +90,7 @@ def uninterrupted(tmp_path_factory):
     return _tau(full), env
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     full_tau, env = uninterrupted
 
@@ -112,6 +113,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted
     assert not ckpt.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     full_tau, env = uninterrupted
     out = tmp_path / "stopped.safetensors"

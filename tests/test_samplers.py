@@ -62,6 +62,7 @@ def test_deterministic_samplers_converge_at_their_order(gmm, name, order):
     assert order - 0.25 < slope < order + 0.6, (errors, slope)
 
 
+@pytest.mark.slow
 def test_ddpm_converges_along_a_brownian_path(gmm):
     """Pathwise convergence along one Brownian path; the median, since at coarse steps a few samples
     land in another mixture component (a discrete difference that no step count smooths)."""

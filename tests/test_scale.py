@@ -105,6 +105,7 @@ def test_two_gloo_processes_give_the_one_process_tau(gmm, tmp_path, sampler):
     torch.testing.assert_close(ranks[0]["tau"], one.tau, rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_to_the_same_tau(tmp_path):
     whole = _spawn(tmp_path / "a", "ddim")
     _spawn(tmp_path / "b", "ddim", stop_at=3)
@@ -123,6 +124,7 @@ def test_batch_must_split_evenly_over_processes():
         Shards(rank=0, world=3).check(16)
 
 
+@pytest.mark.slow
 def test_torchrun_tune_writes_one_set_equal_to_one_process(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():

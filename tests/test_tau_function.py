@@ -134,6 +134,7 @@ def test_the_tuner_keeps_a_function_only_if_it_is_better_on_every_run(gmm):
     assert [s for s, _ in sel["scores"]] == [0, 3, 6]
 
 
+@pytest.mark.slow
 def test_tune_with_an_nfe_range_writes_a_function_that_eval_applies_at_other_steps(tmp_path):
     out = tmp_path / "f.safetensors"
     runner = CliRunner()

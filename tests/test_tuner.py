@@ -20,6 +20,7 @@ def _mean(xs):
     return sum(xs) / len(xs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "heun", "ddpm"])
 def test_final_objective_lowers_loss_and_held_out_error(ddpm, sampler):
     spec = registry.get_sampler(sampler)
