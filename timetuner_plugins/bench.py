@@ -288,6 +288,8 @@ def run_bench(plan: Plan, out: Path, log: Callable[[str], None] = print, resume:
                             tune_seconds=round(seconds, 2),
                             sample_seconds=after["seconds"],
                             identity=bool(fn_set.extra["selection"]["fallback_identity"]),
+                            function_selection=fn_set.extra["selection"],  # worst-run score per validation
+                            function_runs=fn_set.function_range["runs"],
                             tau_over_sigma=(one.tau / one.eval_sigmas).tolist(),
                             sigmas=one.sigmas.tolist(),
                         )

@@ -226,6 +226,7 @@ class FunctionTuner:
         coef = self.function.coef
         opt = torch.optim.Adam([coef], lr=cfg.lr)
         scores: list[tuple[int, float]] = [(0, 0.0)]
+        history: list[list] = []  # per validation: step, each run's change, whether every guard passed
         best, best_coef, best_changes, stopped = 0.0, None, [0.0] * len(self.runs), None
         with tqdm(total=cfg.iters, desc=f"tune τ function {self.spec.name}", disable=not show) as bar:
             for it in range(cfg.iters):
@@ -246,6 +247,7 @@ class FunctionTuner:
                 with torch.no_grad():
                     score, changes, guarded = self._score(coef.detach())
                 scores.append((step, score))
+                history.append([step, [round(c, 4) for c in changes], guarded])
                 if score < best and guarded:
                     best, best_coef, best_changes = score, coef.detach().clone(), changes
                 if cfg.patience and step != cfg.iters and stalled(scores, cfg.patience, cfg.min_improvement):
@@ -266,6 +268,7 @@ class FunctionTuner:
             "best": best,
             "fallback_identity": identity,
             "scores": scores,
+            "per_run": history,
             "stopped_early_at": stopped,
         }
         return FunctionResult(
