@@ -46,6 +46,14 @@ class KDiffusionDenoiser(TunableDenoiser):
     def _scalings(self, x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
         return [append_dims(s, x.ndim) for s in self.wrapper.get_scalings(sigma)]
 
+    def _network(self, x: torch.Tensor, t: torch.Tensor, **extra: Any) -> torch.Tensor:
+        return self.wrapper.inner_model(x, t, **extra)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
+        """c_skip·x + c_out·F(c_in·x, t(τ)): the v-prediction and Karras wrappers."""
+        c_skip, c_out, c_in = self._scalings(x, sigma)
+        return self._network(x * c_in, self.sigma_to_t(cond_sigma), **extra) * c_out + x * c_skip
+
 
 class DiscreteEpsDenoiser(KDiffusionDenoiser):
     """DiscreteEpsDDPMDenoiser, CompVisDenoiser, OpenAIDenoiser: ε-prediction on a discrete timestep."""
@@ -62,28 +70,21 @@ class DiscreteVDenoiser(KDiffusionDenoiser):
 
     kind = "discrete_v"
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        c_skip, c_out, c_in = self._scalings(x, sigma)
-        return self.wrapper.get_v(x * c_in, self.wrapper.sigma_to_t(cond_sigma), **extra) * c_out + x * c_skip
+    def _network(self, x: torch.Tensor, t: torch.Tensor, **extra: Any) -> torch.Tensor:
+        return self.wrapper.get_v(x, t, **extra)
 
 
 class ContinuousVDenoiser(KDiffusionDenoiser):
     """VDenoiser: v-prediction on continuous time (its own σ ↔ t maps, EDM's σ range unless given)."""
 
     kind = "continuous_v"
-
     discrete = False
-
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        c_skip, c_out, c_in = self._scalings(x, sigma)
-        return self.wrapper.inner_model(x * c_in, self.wrapper.sigma_to_t(cond_sigma), **extra) * c_out + x * c_skip
 
 
 class KarrasDenoiser(KDiffusionDenoiser):
     """layers.Denoiser (Karras et al.'s preconditioning): the network is conditioned on σ itself."""
 
     kind = "karras"
-
     discrete = False
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -91,7 +92,3 @@ class KarrasDenoiser(KDiffusionDenoiser):
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         return t
-
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond_sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        c_skip, c_out, c_in = self._scalings(x, sigma)
-        return self.wrapper.inner_model(x * c_in, cond_sigma, **extra) * c_out + x * c_skip
