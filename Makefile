@@ -18,7 +18,7 @@ KD_STAMP := $(KD_VENV)/.installed-$(shell cat requirements.txt Makefile | sha256
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,demo]"
 	touch $@
 
 install: $(STAMP)
@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/timetuner demo
 
 $(DIFFUSERS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,diffusers]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,demo,diffusers]"
 	touch $@
 
 # ruff's lint and format check (settings in pyproject.toml); `$(BIN)/ruff format .` fixes the formatting.
@@ -48,7 +48,7 @@ $(KD_STAMP):
 	$(PYTHON) -m venv $(KD_VENV)
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(KD_VENV)/bin/python -m pip install --quiet \
 		--disable-pip-version-check "torch==2.13.0" "torchvision==0.28.0" "k-diffusion==0.1.1.post1" \
-		"setuptools<81" -r requirements.txt "pytest>=7.4" "hypothesis>=6.80"
+		"setuptools<81" -r requirements.txt "matplotlib>=3.7" "scikit-learn>=1.3" "pytest>=7.4" "hypothesis>=6.80"
 	touch $@
 
 # The k-diffusion tests against the real package, run from this checkout (the cached environment holds only

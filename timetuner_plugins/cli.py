@@ -76,6 +76,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from .checkpoint import CheckpointError
+        from .extras import MissingExtraError
         from .io import OutputPathError
         from .parallel import ShardError
         from .shipped import NoShippedSet
@@ -97,6 +98,7 @@ class _Group(click.Group):
             NoShippedSet,
             CheckpointError,
             ShardError,
+            MissingExtraError,
         ) as exc:
             if os.environ.get("TIMETUNER_DEBUG"):
                 raise

@@ -13,9 +13,10 @@ SPLIT_SEED = 0
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # ships its data inside the package
+    from .extras import require
 
-    data = load_digits()
+    datasets = require("sklearn.datasets", "scikit-learn", "the bundled models' digits data")
+    data = datasets.load_digits()  # ships its data inside the package
     images = (data.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # 0..16 -> -1..1
     order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
     return images[order], data.target[order].astype(np.int64)

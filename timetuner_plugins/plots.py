@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
+from .extras import require
+
+require("matplotlib", "matplotlib", "the figures (demo, bench, plots)").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 
 def sample_grid(panels: dict[str, dict[str, torch.Tensor]], path: Path, per_row: int = 12) -> Path:

@@ -21,6 +21,7 @@ from tqdm.auto import trange
 
 from .. import __version__, nets
 from ..data import digits
+from ..extras import require
 from ..denoisers import DiscreteVPDenoiser, EDMDenoiser
 from ..io import atomic_path
 
@@ -216,7 +217,7 @@ def train_flow(
 
 def fit_gmm(out: Path, components: int = 10, reg_covar: float = 1e-3, seed: int = 0) -> None:
     """A full-covariance Gaussian mixture fit by EM (scikit-learn) to the training digits."""
-    from sklearn.mixture import GaussianMixture
+    GaussianMixture = require("sklearn.mixture", "scikit-learn", "training the GMM model").GaussianMixture
 
     images, _ = digits("train")
     gmm = GaussianMixture(components, covariance_type="full", reg_covar=reg_covar, random_state=seed, max_iter=500)
