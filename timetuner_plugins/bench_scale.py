@@ -65,6 +65,12 @@ def _rss_gb() -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 2**20
 
 
+def allocator() -> str:
+    """The C allocator behind this process's CPU tensors: jemalloc or tcmalloc when preloaded, else glibc's."""
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").is_file() else ""
+    return next((name for name in ("jemalloc", "tcmalloc") if f"lib{name}" in maps), "glibc")
+
+
 def _reset_peak(device: torch.device) -> float:
     """Reset the peak and return the memory held now (GB)."""
     if device.type == "cuda":
@@ -146,7 +152,11 @@ def measure(point: Point) -> Result:
         round(peak - baseline, 3),
         round(seconds, 2),
         round(baseline, 3),
-        {"teacher_seconds": round(teacher_seconds, 1), "threads": torch.get_num_threads()},
+        {
+            "teacher_seconds": round(teacher_seconds, 1),
+            "threads": torch.get_num_threads(),
+            "allocator": allocator() if device.type == "cpu" else "torch-cuda",
+        },
     )
 
 
@@ -182,7 +192,8 @@ def _line(row: dict) -> str:
     p = row["point"]
     head = (
         f"{p['model']:<13} NFE {p['nfe']:>2} batch {p['batch']}/{p['micro_batch'] or p['batch']} latent "
-        f"{p['latent']:>3} recompute {'on ' if p['recompute'] else 'off'} {p['dtype']}: "
+        f"{p['latent']:>3} recompute {'on ' if p['recompute'] else 'off'} {p['dtype']} "
+        f"{row.get('extra', {}).get('allocator', '')}: "
     )
     if "error" in row:
         return head + "error: " + row["error"]
@@ -193,14 +204,14 @@ def _line(row: dict) -> str:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| model | NFE | batch (micro) | latent | recompute | dtype | peak above baseline | s / iteration |",
-        "|---|---:|---|---:|---|---|---:|---:|",
+        "| model | NFE | batch (micro) | latent | recompute | dtype | allocator | peak above baseline | s / iteration |",
+        "|---|---:|---|---:|---|---|---|---:|---:|",
     ]
     for row in results:
         p = row["point"]
         cells = (
             f"| {p['model']} | {p['nfe']} | {p['batch']} ({p['micro_batch'] or p['batch']}) | {p['latent']}² | "
-            f"{'on' if p['recompute'] else 'off'} | {p['dtype']} | "
+            f"{'on' if p['recompute'] else 'off'} | {p['dtype']} | {row.get('extra', {}).get('allocator', 'glibc')} | "
         )
         if "error" in row:
             lines.append(cells + f"error: {row['error'][:60]} | |")
