@@ -11,10 +11,12 @@ schedulers that call ``timestep`` themselves see the original function.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
 
+from timetuner_plugins import denoisers
 from timetuner_plugins.tau import TauLookup
 from timetuner_plugins.tuned_set import SIGMA_RTOL, TunedSet, sigmas_match
 
@@ -56,17 +58,8 @@ class TauTimestep:
 
 
 def fractional_timestep(log_sigmas: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """t(σ) for a discrete model with this log σ table, linear in log σ between steps."""
-
-    def t_of(sigma: torch.Tensor) -> torch.Tensor:
-        table = log_sigmas.to(sigma.device, torch.float32 if sigma.device.type == "mps" else torch.float64)
-        log_sigma = sigma.to(table.dtype).log()
-        high = torch.searchsorted(table, log_sigma.reshape(-1).contiguous()).reshape(log_sigma.shape)
-        high = high.clamp(1, len(table) - 1)
-        low = high - 1
-        return low + (log_sigma - table[low]) / (table[high] - table[low])
-
-    return t_of
+    """t(σ) for a discrete model with this log σ table, linear in log σ between steps (the library's)."""
+    return partial(denoisers.fractional_timestep, log_sigmas)
 
 
 class SigmaMatcher:

@@ -39,6 +39,22 @@ def recompute_evaluations(enabled: bool = True) -> Iterator[None]:
         _RECOMPUTE.reset(token)
 
 
+def _device_table(log_sigmas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The log σ table on ``like``'s device, in float64 where the device has it."""
+    return log_sigmas.to(like.device, torch.float32 if like.device.type == "mps" else torch.float64)
+
+
+def fractional_timestep(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A discrete model's time for σ: the step index in its ascending log σ table, linear in log σ between
+    steps and extrapolated linearly past either end (in the table's float64; differentiable in σ)."""
+    table = _device_table(log_sigmas, sigma)
+    log_sigma = sigma.to(table.dtype).log()
+    high = torch.searchsorted(table, log_sigma.detach().reshape(-1).contiguous()).reshape(log_sigma.shape)
+    high = high.clamp(1, len(table) - 1)
+    low = high - 1
+    return low + (log_sigma - table[low]) / (table[high] - table[low])
+
+
 @dataclass(frozen=True)
 class SigmaTable:
     """A model's discrete σ table (ascending, float32) and its time mapping, as ComfyUI's ``model_sampling``
@@ -227,18 +243,10 @@ class DiscreteVPDenoiser(TunableDenoiser):
         return torch.cumprod(1 - betas, dim=0)
 
     def _table(self, like: torch.Tensor) -> torch.Tensor:
-        """The log σ table on ``like``'s device, in float64 where the device has it."""
-        dtype = torch.float32 if like.device.type == "mps" else torch.float64
-        return self.log_sigmas.to(like.device, dtype)
+        return _device_table(self.log_sigmas, like)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        table = self._table(sigma)
-        log_sigma = sigma.to(table.dtype).log()
-        high = torch.searchsorted(table, log_sigma.detach().reshape(-1).contiguous()).reshape(log_sigma.shape)
-        high = high.clamp(1, len(table) - 1)
-        low = high - 1
-        w = (log_sigma - table[low]) / (table[high] - table[low])
-        return (low + w).to(sigma.dtype)  # linear extrapolation past either end
+        return fractional_timestep(self.log_sigmas, sigma).to(sigma.dtype)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         table = self._table(t)
