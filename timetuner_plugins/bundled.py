@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from . import nets
+from . import metrics, nets
 from .denoisers import DiscreteVPDenoiser, EDMDenoiser, FlowDenoiser, TunableDenoiser
 from .gmm import GMMDenoiser, GMMFlowDenoiser
 
@@ -60,7 +60,7 @@ def load(name: str) -> TunableDenoiser:
     """A bundled diffusion model as a tunable denoiser, on CPU, in eval mode."""
     if name == "gmm-digits-flow":  # the mixture of gmm-digits under the flow path: no file of its own
         model: TunableDenoiser = GMMFlowDenoiser(load_path(weights_path("gmm-digits")), GMM_FLOW_SHIFT)
-        model.model_id, model.fd_kind = name, "gmm"
+        model.model_id = name
         return model.eval().requires_grad_(False)
     return load_path(weights_path(name), name)
 
@@ -99,10 +99,19 @@ def load_path(path: Path, name: str | None = None) -> TunableDenoiser:
         raise ValueError(f"{path}: unknown model kind {kind!r} in its weights file")
     model.sample_shape = tuple(json.loads(metadata.get("sample_shape", "[1, 8, 8]")))
     model.model_id = name or metadata.get("model_id", path.stem)
-    model.fd_kind = "gmm" if kind == "gmm" else "digits"
-    if kind != "gmm":
+    if kind != "gmm":  # the digits networks: their data, its FD and a classifier's features (GMMs have their own)
+        model.quality_metric = metrics.digits_metric
+        model.sample_data = digits_sample
         model.tuning_features = DigitsFeatures()
     return model.eval().requires_grad_(False)
+
+
+def digits_sample(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` training digits drawn with replacement: the digits models' real data."""
+    from .data import digits
+
+    images, _ = digits("train")
+    return images[torch.randint(len(images), (n,), generator=generator)]
 
 
 def load_classifier(name: str = "digits-classifier") -> nets.DigitsClassifier:

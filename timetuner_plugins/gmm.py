@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .denoisers import DiscreteVPDenoiser, FlowDenoiser, SigmaTable, TunableDenoiser, append_dims
+from .metrics import FrechetMetric, gmm_fd
 
 
 class GMMDenoiser(TunableDenoiser):
@@ -96,6 +97,10 @@ class GMMDenoiser(TunableDenoiser):
         x = self.means[comp] + torch.einsum("nde,ne->nd", chol[comp], z)
         return x.float().reshape(n, *self.sample_shape)
 
+    def quality_metric(self) -> FrechetMetric:
+        """FD against the mixture's exact moments."""
+        return gmm_fd(self)
+
 
 class FlowVelocity(torch.nn.Module):
     """The mixture's exact velocity network for the flow path x_t = (1 − t)·x₀ + t·ε: v(x, t) =
@@ -126,3 +131,6 @@ class GMMFlowDenoiser(FlowDenoiser):
 
     def sample_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.net.mixture.sample_data(n, generator)
+
+    def quality_metric(self) -> FrechetMetric:
+        return gmm_fd(self)

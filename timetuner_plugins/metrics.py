@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from .contract import HasQualityMetric, QualityMetric
+
 
 def gaussian_stats(values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of flat rows, in float64."""
@@ -61,13 +63,13 @@ def _digits_features(samples: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def _digits_metric() -> FrechetMetric:
+def digits_metric() -> FrechetMetric:
+    """FD between the samples and the held-out digits in the bundled classifier's 64-d features."""
     return FrechetMetric(_digits_features, _classifier_and_reference()[1])
 
 
 def digits_fd(samples: torch.Tensor) -> float:
-    """FD between the samples and the held-out digits in the bundled classifier's 64-d features."""
-    return _digits_metric()(samples)
+    return digits_metric()(samples)
 
 
 def gmm_fd(model: Any) -> FrechetMetric:
@@ -76,14 +78,10 @@ def gmm_fd(model: Any) -> FrechetMetric:
     return FrechetMetric(lambda samples: samples.reshape(len(samples), -1).cpu(), (mean, cov))
 
 
-def fd_metric(model: Any) -> FrechetMetric | None:
-    """The model's FD, or None for a model without one (then only trajectory error is reported)."""
-    kind = getattr(model, "fd_kind", None)
-    if kind == "digits":
-        return _digits_metric()
-    if kind == "gmm":
-        return gmm_fd(model)
-    return None
+def fd_metric(model: Any) -> QualityMetric | None:
+    """The model's own quality metric (reported as FD), or None for a model without one (then only trajectory
+    error is reported)."""
+    return model.quality_metric() if isinstance(model, HasQualityMetric) else None
 
 
 def trajectory_error(samples: torch.Tensor, reference: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .contract import OPTIONAL_MEMBERS
 from .denoisers import TunableDenoiser
 
 SMALL_HINT = "train one on the large model's noise schedule, like digits-ddpm-small for digits-ddpm"
@@ -86,7 +87,7 @@ class StitchedDenoiser(TunableDenoiser):
         self.large, self.small = large, small
         for attr in ("sigma_min", "sigma_max", "sample_shape", "default_schedule", "time_offset", "space", "tau_max"):
             setattr(self, attr, getattr(large, attr, getattr(TunableDenoiser, attr)))
-        for attr in ("fd_kind", "tuning_features"):
+        for attr in OPTIONAL_MEMBERS:
             if hasattr(large, attr):
                 setattr(self, attr, getattr(large, attr))
         self.model_id = f"{large.model_id}+{small.model_id}@{self.fraction:g}"

@@ -53,6 +53,7 @@ from registry import SamplerSpec
 
 from . import checkpoint, objectives, parallel
 from .denoisers import network_parameters, parameterisation, recompute_evaluations
+from .contract import HasRealData, HasTuningFeatures
 from .metrics import fd_metric
 from .noise import BrownianNoise, RowNoise, SeededNoise
 from .run import eval_sigmas, model_device, run_sampler, sampler_spec
@@ -418,11 +419,12 @@ class Tuner:
         self._fd = fd_metric(model) if cfg.select and cfg.select_by == "fd" else None
         if cfg.select and cfg.select_by == "fd" and self._fd is None:
             raise TuneError(
-                f"select_by 'fd' needs a model with an FD metric and {getattr(model, 'model_id', 'this model')!r} has "
-                f"none; use select_by 'objective' (held-out selection by the objective itself)"
+                f"select_by 'fd' needs a model with a quality metric of its own (a quality_metric() method, "
+                f"docs/model_agnostic.md) and {getattr(model, 'model_id', 'this model')!r} has none; use select_by "
+                f"'objective' (held-out selection by the objective itself)"
             )
         if features is None and cfg.features == "tuning_features":
-            features = getattr(model, "tuning_features", None)
+            features = model.tuning_features if isinstance(model, HasTuningFeatures) else None
             if features is None:
                 raise TuneError(
                     f"features 'tuning_features' needs a model that carries a feature network and "
@@ -1057,12 +1059,7 @@ def real_x0(data: torch.Tensor | Iterable | None, shape: tuple[int, ...]) -> tor
 
 
 def real_data(model: Any, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Real x₀ for a bundled model: exact mixture draws for the GMM, training digits for the networks."""
-    if hasattr(model, "sample_data"):
+    """Real x₀ from a model that has them (:class:`~.contract.HasRealData`; the bundled ones do)."""
+    if isinstance(model, HasRealData):
         return model.sample_data(n, generator)
-    if getattr(model, "fd_kind", None) == "digits":
-        from .data import digits
-
-        images, _ = digits("train")
-        return images[torch.randint(len(images), (n,), generator=generator)]
     raise TuneError("this model has no bundled real data; pass data=<tensor of x0> or use data='teacher'")
