@@ -130,14 +130,14 @@ def test_paper_objective_lowers_each_interval_loss(ddpm, mode, sampler):
     tuner = Tuner(ddpm, sampler, sigmas, "quadratic_t", TuneConfig.paper(mode, iters=40, lr=0.01, **SMALL))
     result = tuner.tune()
     assert len(result.losses) == 3 * 40  # intervals 0..2 tuned, the last left at τ = σ
-    counts = tuner._counts
+    counts = tuner.paper.counts
     torch.testing.assert_close(result.tau[counts[-1] :], result.eval_sigmas[counts[-1] :], rtol=1e-3, atol=0)
     tuned = tuner.param.raw.detach().clone()
 
     def held_out_loss(i, raw):
         with torch.no_grad():
             tuner.param.raw.copy_(raw)
-            return _mean([tuner.interval_loss(i, j) for j in range(1000, 1006)])
+            return _mean([tuner.paper.interval_loss(i, j) for j in range(1000, 1006)])
 
     for i in range(3):
         untuned_here = tuned.clone()
@@ -216,11 +216,12 @@ def test_the_default_needs_nothing_but_the_model(ddpm, gmm):
     gets an error that names the fix. The feature network is no submodule: the model's fingerprint is its own."""
     sigmas = make_sigmas(ddpm, "quadratic_t", 3)
     default = Tuner(ddpm, "ddim", sigmas, config=TuneConfig(**{**SMALL, "select": True}))
-    assert default.feature_space == "pixel" and default._fd is None
+    assert default.feature_space == "pixel" and default.selector.metric is None
     assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(features="tuning_features", **SMALL)).feature_space == (
         "digits-features"
     )
-    assert Tuner(ddpm, "ddim", sigmas, config=TuneConfig(select_by="fd", **{**SMALL, "select": True}))._fd is not None
+    fd = Tuner(ddpm, "ddim", sigmas, config=TuneConfig(select_by="fd", **{**SMALL, "select": True}))
+    assert fd.selector.metric is not None
     with pytest.raises(TuneError, match="has none; use features 'pixel'"):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(features="tuning_features", **SMALL))
     assert not any("digits-features" in k or "classifier" in k for k in ddpm.state_dict())
@@ -246,14 +247,15 @@ def test_a_candidate_that_loses_per_sample_accuracy_is_not_kept(gmm):
     with torch.no_grad():
         tuner.param.raw.add_(0.3)  # a changed τ
     state = TunerState(raw=tuner.param.raw.clone(), best_score=float("inf"), best_iter=0)
-    plain_error = tuner.trajectory_guard(tuner.untuned)
-    tuner.trajectory_guard = lambda values: plain_error * (1 if values.tau is None else 2)
-    tuner._consider(state, 5)
+    selector = tuner.selector
+    plain_error = selector.trajectory_guard(tuner.untuned)
+    selector.trajectory_guard = lambda values: plain_error * (1 if values.tau is None else 2)
+    selector.consider(state, 5)
     assert state.best_raw is None and state.best_iter == 0 and state.scores[-1][0] == 5
-    tuner.trajectory_guard = lambda values: plain_error * (1 if values.tau is None else 0.5)
-    tuner._consider(state, 10)
+    selector.trajectory_guard = lambda values: plain_error * (1 if values.tau is None else 0.5)
+    selector.consider(state, 10)
     assert state.best_iter == 10 and torch.equal(state.best_raw, tuner.param.raw)
-    assert tuner.win_rate(tuner.untuned) == 0.0
+    assert selector.win_rate(tuner.untuned) == 0.0
 
 
 def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
@@ -269,7 +271,7 @@ def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
     with torch.no_grad():
         hinged.param.raw.add_(0.5)  # a τ far from the plain one: its samples move away from the teacher's
     values = hinged.param.values()
-    outputs = hinged._whole(hinged.pool, 0, values)
+    outputs = hinged.whole(hinged.pool, 0, values)
     error = float(objectives.squared_error(outputs[-1], hinged.teacher(hinged.pool)[0][-1]))
     e0, err0 = hinged._plain_terms(hinged.pool, 0)
     energy_now = float(objectives.energy_distance(outputs[-1], hinged.teacher(hinged.pool)[0][-1]))

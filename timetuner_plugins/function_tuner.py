@@ -195,14 +195,14 @@ class FunctionTuner:
         and their targets: a plain sampler that already matches the teacher scores near 0, or below (the estimate
         is unbiased), where a ratio would mean nothing."""
         tuner = run.tuner
-        run.plain_score = tuner.score(tuner.untuned)
+        run.plain_score = tuner.selector.score(tuner.untuned)
         run.unit = max(abs(run.plain_score), 1e-12)
-        if tuner._selection_objective == "energy" and tuner._fd is None:
-            samples, target = tuner._val_rows(tuner.untuned)
+        if tuner.selector.objective == "energy" and tuner.selector.metric is None:
+            samples, target = tuner.selector.rows(tuner.untuned)
             scale = (samples.flatten(1).double() - target.flatten(1).double()).norm(dim=1).mean().item()
             run.unit = max(run.plain_score, 0.01 * scale, 1e-12)
-        if tuner._hinged:
-            run.plain_guard = tuner.trajectory_guard(tuner.untuned)
+        if tuner.hinged:
+            run.plain_guard = tuner.selector.trajectory_guard(tuner.untuned)
 
     def _score(self, coef: torch.Tensor) -> tuple[float, list[float], bool]:
         """θ's worst change of held-out score over the runs (in each run's unit; below 0 is better than the plain
@@ -210,9 +210,9 @@ class FunctionTuner:
         changes, guarded = [], True
         for run in self.runs:
             values = self.values(run, coef)
-            changes.append((run.tuner.score(values) - run.plain_score) / run.unit)
+            changes.append((run.tuner.selector.score(values) - run.plain_score) / run.unit)
             if run.plain_guard is not None and guarded:
-                guarded = run.tuner.trajectory_guard(values) <= run.plain_guard
+                guarded = run.tuner.selector.trajectory_guard(values) <= run.plain_guard
         return max(changes), changes, guarded
 
     def tune(self) -> FunctionResult:

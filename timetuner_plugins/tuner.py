@@ -44,7 +44,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -55,9 +55,11 @@ from . import checkpoint, objectives, parallel
 from .denoisers import network_parameters, parameterisation, recompute_evaluations
 from .contract import HasRealData, HasTuningFeatures
 from .metrics import fd_metric
-from .noise import BrownianNoise, RowNoise, SeededNoise
+from .noise import BrownianNoise, RowNoise
+from .paper_objective import PaperObjective
 from .run import eval_sigmas, model_device, run_sampler, sampler_spec
 from .schedules import refine
+from .selection import Selector
 from .tau import TauLookup
 from .tau_function import bounded_log_ratio
 from .tuned_set import TunedSet, verdict
@@ -73,8 +75,6 @@ RECOMPUTE = ("auto", "on", "off")
 RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (docs/scale.md)
 DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
-BOOTSTRAP_RESAMPLES = 200
-ACCEPT_WIN_RATE = 0.9  # keep a tuned τ only if it beats the untuned sampler in ≥ 90 % of paired resamples
 
 
 class TuneError(ValueError):
@@ -410,14 +410,12 @@ class Tuner:
             cfg.recompute == "auto" and network_parameters(model) >= RECOMPUTE_PARAMETERS
         )
         self.losses: list[float] = []
-        self._plain_guard: float | None = None
-        self._val_cache: tuple[RunValues, torch.Tensor] | None = None
         self._untuned: RunValues | None = None
         self._plain: dict[str, tuple[float, list[float]]] = {}
         self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
-        self._fd = fd_metric(model) if cfg.select and cfg.select_by == "fd" else None
-        if cfg.select and cfg.select_by == "fd" and self._fd is None:
+        metric = fd_metric(model) if cfg.select and cfg.select_by == "fd" else None
+        if cfg.select and cfg.select_by == "fd" and metric is None:
             raise TuneError(
                 f"select_by 'fd' needs a model with a quality metric of its own (a quality_metric() method, "
                 f"docs/model_agnostic.md) and {getattr(model, 'model_id', 'this model')!r} has none; use select_by "
@@ -432,6 +430,8 @@ class Tuner:
                 )
         self.features = features
         self.feature_space = "pixel" if features is None else getattr(features, "name", type(features).__name__)
+        self.selector = Selector(self, metric)
+        self.paper = PaperObjective(self) if cfg.objective == "paper" else None
         self.shards.agree(self._fingerprint(), "settings and model (config, sampler, σ's, model fingerprint)")
 
     # ----- runs -----------------------------------------------------------------------------------------
@@ -440,13 +440,13 @@ class Tuner:
 
     @property
     def untuned(self) -> RunValues:
-        """The plain sampler, as a candidate for :meth:`score`, :meth:`pool_objective` and :meth:`win_rate` (one
-        object, so its validation samples are computed once)."""
+        """The plain sampler, as a candidate for :meth:`pool_objective` and the selector's scores (one object, so its
+        validation samples are computed once)."""
         if self._untuned is None:
             self._untuned = self.param.plain()
         return self._untuned
 
-    def _run(
+    def run(
         self,
         x: torch.Tensor,
         sigmas: torch.Tensor,
@@ -480,7 +480,7 @@ class Tuner:
             self._brownian[key] = BrownianNoise(like, self.model.sigma_min, self.model.sigma_max, key)
         return self._brownian[key]
 
-    def _batch_args(self, c: int, part: slice = slice(None)) -> dict | None:
+    def batch_args(self, c: int, part: slice = slice(None)) -> dict | None:
         """Extra arguments for rows ``part`` of chunk ``c``: tensors with one row per pool sample are sliced to
         the chunk, tensors with one row per batch sample to ``part``."""
         if not self.extra_args:
@@ -515,7 +515,7 @@ class Tuner:
         x, ns = self._start(noise_set, c, part)
         recorded: list[torch.Tensor] | None = [] if states else None
         if values is None:
-            final = self._run(
+            final = self.run(
                 x,
                 self._fine.to(self.device),
                 None,
@@ -523,22 +523,22 @@ class Tuner:
                 seed=noise_set.seed + c,
                 states=recorded,
                 spec=spec,
-                extra_args=self._batch_args(c, part),
+                extra_args=self.batch_args(c, part),
             )
         else:
             with recompute_evaluations(self.recompute and torch.is_grad_enabled()):
-                final = self._run(
+                final = self.run(
                     x,
                     values.sigmas,
                     values.lookup(),
                     ns,
                     seed=noise_set.seed + c,
                     states=recorded,
-                    extra_args=self._batch_args(c, part),
+                    extra_args=self.batch_args(c, part),
                 )
         return (recorded or []) + [final]
 
-    def _whole(
+    def whole(
         self,
         noise_set: NoiseSet,
         c: int,
@@ -570,13 +570,13 @@ class Tuner:
             leave=False,
             disable=not (cfg.show_progress and self.shards.rank == 0),
         ):
-            states = self._whole(noise_set, c, None, states=True, spec=spec)
+            states = self.whole(noise_set, c, None, states=True, spec=spec)
             out.append(torch.stack([states[p] for p in positions]))
         self._teachers[noise_set.name] = out
         return out
 
     # ----- joint objectives -----------------------------------------------------------------------------
-    def _target(self, noise_set: NoiseSet, c: int) -> torch.Tensor:
+    def target(self, noise_set: NoiseSet, c: int) -> torch.Tensor:
         if self.config.data == "real" or self.data is not None:
             gen = torch.Generator().manual_seed(noise_set.key(c) + 17)
             if self.data is not None:
@@ -589,8 +589,8 @@ class Tuner:
         final = outputs[-1]
         if objective == "energy":
             embed = self.features or (lambda x: x)
-            energy = objectives.energy_distance(embed(final), embed(self._target(noise_set, c)))
-            if not self._hinged:
+            energy = objectives.energy_distance(embed(final), embed(self.target(noise_set, c)))
+            if not self.hinged:
                 return energy
             plain_energy, plain_error = self._plain_terms(noise_set, c)
             error = objectives.squared_error(final, self.teacher(noise_set)[c][-1])
@@ -601,7 +601,7 @@ class Tuner:
         return objectives.trajectory_error(outputs, target, self.sigmas)
 
     @property
-    def _hinged(self) -> bool:
+    def hinged(self) -> bool:
         """Energy with the accuracy hinge: the teacher pairs each sample with its own target."""
         cfg = self.config
         return cfg.objective == "energy" and cfg.data == "teacher" and self.data is None and cfg.accuracy_hinge > 0
@@ -615,7 +615,7 @@ class Tuner:
             embed = self.features or (lambda x: x)
             finals, targets = [], []
             for chunk in range(noise_set.chunks):
-                finals.append(self._whole(noise_set, chunk, self.untuned)[-1])
+                finals.append(self.whole(noise_set, chunk, self.untuned)[-1])
                 targets.append(self.teacher(noise_set)[chunk][-1])
             errors = [max(objectives.squared_error(f, t).item(), 1e-12) for f, t in zip(finals, targets)]
             a, b = embed(torch.cat(finals)).flatten(1), embed(torch.cat(targets)).flatten(1)
@@ -631,7 +631,7 @@ class Tuner:
         if objective == "paper":
             raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
         return self._objective(
-            self._whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c, objective
+            self.whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c, objective
         )
 
     def _chunk(self, iteration: int) -> int:
@@ -659,7 +659,7 @@ class Tuner:
             loss = self.chunk_loss(self.param.values(), iteration)
             loss.backward()
             return loss.detach()
-        whole = [t.requires_grad_() for t in self._whole(self.pool, c, self.param.values(), want_states)]
+        whole = [t.requires_grad_() for t in self.whole(self.pool, c, self.param.values(), want_states)]
         loss = self._objective(whole, self.pool, c, objective)
         grads = torch.autograd.grad(loss, whole, allow_unused=True)  # the start state is not a function of τ
         for part in self.shards.parts(n):
@@ -681,180 +681,10 @@ class Tuner:
                 / noise_set.chunks
             )
 
-    def _val_samples(self, values: RunValues) -> torch.Tensor:
-        """The final samples of ``values`` on the validation noise; the last candidate's are kept, so its score,
-        guard and win rate run it once."""
-        if self._val_cache is not None and self._val_cache[0] is values:
-            return self._val_cache[1]
-        samples = torch.cat([self._whole(self.val, c, values)[-1] for c in range(self.val.chunks)])
-        self._val_cache = (values, samples)
-        return samples
-
-    @property
-    def _selection_objective(self) -> str:
-        return "final" if self.config.objective == "paper" else self.config.objective
-
-    def _val_rows(self, values: RunValues) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per validation sample: the run's final sample and the objective's target, embedded where the objective
-        compares embeddings ('energy')."""
-        samples = self._val_samples(values)
-        target = torch.cat([self._target(self.val, c) for c in range(self.val.chunks)])
-        if self._selection_objective == "energy" and self.features is not None:
-            samples, target = self.features(samples), self.features(target)
-        return samples, target
-
-    def _rows_objective(self, samples: torch.Tensor, target: torch.Tensor) -> float:
-        if self._selection_objective == "energy":
-            return float(objectives.energy_distance(samples, target))
-        return float(objectives.squared_error(samples, target))
-
-    def score(self, values: RunValues) -> float:
-        """Validation score on held-out noise (lower is better): the objective on the whole validation set
-        ('final' for 'paper'; the per-chunk mean for 'trajectory'), or the model's FD with ``select_by='fd'``."""
-        if self._fd is not None:
-            return float(self._fd(self._val_samples(values)))
-        if self._selection_objective == "trajectory":
-            return self.pool_objective(values, self.val)
-        return self._rows_objective(*self._val_rows(values))
-
-    def trajectory_guard(self, values: RunValues) -> float:
-        """Squared error of the final samples to the teacher's from the same validation noise: a candidate must not
-        be worse here than the plain sampler, so that matching distributions never costs per-sample accuracy."""
-        target = torch.cat([t[-1] for t in self.teacher(self.val)])
-        return float(objectives.squared_error(self._val_samples(values), target))
-
-    def win_rate(self, values: RunValues, resamples: int = BOOTSTRAP_RESAMPLES) -> float:
-        """Share of paired bootstrap resamples of the validation samples (same noise for both) in which ``values``
-        score better than the untuned sampler; 'trajectory' selection: 1 when the score is lower, else 0."""
-        if self._fd is None and self._selection_objective == "trajectory":
-            return float(self.score(values) < self.score(self.untuned))
-        if self._fd is not None:
-            fd = self._fd
-            tuned, plain = fd.features(self._val_samples(values)), fd.features(self._val_samples(self.untuned))
-            compare = lambda idx: fd.from_features(tuned[idx]) < fd.from_features(plain[idx])  # noqa: E731
-        else:
-            (tuned, target), (plain, _) = self._val_rows(values), self._val_rows(self.untuned)
-            compare = lambda idx: (  # noqa: E731
-                self._rows_objective(tuned[idx], target[idx]) < self._rows_objective(plain[idx], target[idx])
-            )
-        gen = torch.Generator().manual_seed(self.val.seed)
-        wins = 0
-        for _ in range(resamples):  # embeddings are per sample, so resampling them resamples the samples
-            wins += bool(compare(torch.randint(len(tuned), (len(tuned),), generator=gen)))
-        return wins / resamples
-
-    # ----- the paper's per-interval objective -----------------------------------------------------------
-    def _interval_evals(self) -> list[int]:
-        """counts[i]: evaluations made by steps 0..i (runs on prefixes of the schedule)."""
-        counts = []
-        for i in range(len(self.sigmas) - 2):
-            prefix = eval_sigmas(self.spec, self.sigmas[: i + 2], self.shape, self.options, self.model)
-            if not torch.allclose(prefix, self.ev[: len(prefix)], rtol=1e-6):
-                raise TuneError(
-                    f"sampler {self.spec.name!r} evaluates at other σ's on a prefix of the schedule, so "
-                    f"the paper's per-interval objective does not apply; use objective 'energy'"
-                )
-            counts.append(len(prefix))
-        return counts
-
-    def _x0(self, gen: torch.Generator) -> torch.Tensor:
-        b = self.config.batch
-        if self.data is not None:
-            return self.data[torch.randint(len(self.data), (b,), generator=gen)].to(self.device)
-        if self.config.data == "real":
-            return real_data(self.model, b, gen).to(self.device)
-        finals = torch.cat([t[-1] for t in self.teacher()])
-        return finals[torch.randint(len(finals), (b,), generator=gen).to(finals.device)]
-
-    def _eps(self, x: torch.Tensor, sigma: torch.Tensor, args: dict | None) -> torch.Tensor:
-        s = sigma.to(x.device)
-        return (x - self.model(x, s.expand(len(x)), **(args or {}))) / s
-
-    def _paper_parts(self, interval: int, iteration: int, counts: list[int]) -> Iterator[torch.Tensor]:
-        """The per-interval loss of the iteration's batch, one term per own micro-batch: a mean over samples, so
-        each term is its rows' mean weighted by their share of the batch."""
-        cfg, i, n = self.config, interval, self.config.batch
-        seed = derive_seed(cfg.seed, i, iteration)
-        gen = torch.Generator().manual_seed(seed)
-        x0 = self._x0(gen)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
-        start = counts[i - 1] if i else 0
-        sig, ev = self.sigmas.to(self.device), self.param.eval_sigmas
-        for part in self.shards.parts(n):
-            ns = RowNoise(SeededNoise(x0, seed), part) if self.stochastic else None
-            args = self._batch_args(0, part)
-            tau = self.param.tau()
-            active = torch.zeros_like(tau, dtype=torch.bool)
-            active[start : counts[i]] = True
-            tau = torch.where(active, tau, tau.detach())  # earlier intervals are fixed: no graph through the prefix
-            with recompute_evaluations(self.recompute and torch.is_grad_enabled()):
-                if cfg.mode == "sequential":
-                    states: list[torch.Tensor] = []
-                    x_next = self._run(
-                        x0[part] + sig[0] * noise[part],
-                        sig[: i + 2],
-                        TauLookup(ev[: counts[i]], tau[: counts[i]]),
-                        ns,
-                        seed=seed,
-                        states=states,
-                        extra_args=args,
-                    )
-                    x_i = states[i].detach()
-                else:
-                    x_i = x0[part] + sig[i] * noise[part]
-                    x_next = self._run(
-                        x_i,
-                        sig[i : i + 2],
-                        TauLookup(ev[start : counts[i]], tau[start : counts[i]]),
-                        ns,
-                        seed=seed,
-                        extra_args=args,
-                    )
-                with torch.no_grad():
-                    eps_i = self._eps(x_i, sig[i], args)
-                loss = objectives.eps_consistency(eps_i, self._eps(x_next, sig[i + 1], args))
-            yield loss * ((part.stop - part.start) / n)
-
-    def interval_loss(self, interval: int, iteration: int) -> float:
-        """The paper's loss for ``interval`` on the batch of ``iteration`` (any iteration number: a held-out
-        batch for numbers past the run's), without gradients."""
-        counts = self._counts if hasattr(self, "_counts") else self._interval_evals()
-        with torch.no_grad():
-            total = sum(part.detach() for part in self._paper_parts(interval, iteration, counts))
-        return float(self.shards.reduce_sum(torch.as_tensor(total, device=self.device)))
-
-    def _paper_step(self, interval: int, iteration: int, counts: list[int]) -> torch.Tensor:
-        """Back-propagate the per-interval loss into ``param.raw.grad`` (processes' gradients summed); returns it."""
-        total = torch.zeros((), device=self.device)
-        for loss in self._paper_parts(interval, iteration, counts):
-            loss.backward()
-            total = total + loss.detach()
-        self.shards.reduce_sum(self.param.raw.grad)
-        return self.shards.reduce_sum(total)
-
     # ----- optimisation ---------------------------------------------------------------------------------
     def _phases(self) -> list[list[int]]:
         """Indices of the evaluations each phase trains: one joint phase, or one per interval (paper)."""
-        if self.config.objective != "paper":
-            return [list(range(len(self.ev)))]
-        self._counts = self._interval_evals()
-        return [list(range(self._counts[i - 1] if i else 0, self._counts[i])) for i in range(len(self._counts))]
-
-    def _consider(self, state: checkpoint.TunerState, step: int) -> None:
-        """Score the current τ on validation noise and keep it if it is the best so far and passes the
-        trajectory guard (model-agnostic selection only)."""
-        with torch.no_grad():
-            values = self.param.values()
-            score = self.score(values)
-            state.scores.append((step, score))
-            if state.best_score is not None and score >= state.best_score:
-                return
-            if self._fd is None and self._hinged:
-                if self._plain_guard is None:
-                    self._plain_guard = self.trajectory_guard(self.untuned)
-                if self.trajectory_guard(values) > self._plain_guard:
-                    return
-            state.best_score, state.best_iter, state.best_raw = score, step, self.param.raw.detach().clone()
+        return [list(range(len(self.ev)))] if self.paper is None else self.paper.phases()
 
     def tune(self, resume: bool = False, progress: Callable[[int, int], None] | None = None) -> TuneResult:
         """Run (or resume) the optimisation; ``progress(done, total)`` is called after every iteration.
@@ -886,7 +716,7 @@ class Tuner:
                 )
             state = checkpoint.TunerState(raw=self.param.raw.detach().clone())
             if cfg.select:
-                untuned = self.score(self.untuned)
+                untuned = self.selector.score(self.untuned)
                 state.scores.append((0, untuned))
                 state.best_score, state.best_iter, state.best_raw = untuned, 0, None
         self.losses = state.losses
@@ -919,7 +749,7 @@ class Tuner:
                 opt.load_state_dict(state.optimizer)
             for it in range(state.next_iter, cfg.iters):
                 opt.zero_grad(set_to_none=True)
-                loss = self._paper_step(phase, it, self._counts) if cfg.objective == "paper" else self._joint_step(it)
+                loss = self._joint_step(it) if self.paper is None else self.paper.step(phase, it)
                 grad = self.param.raw.grad
                 if not torch.isfinite(loss) or not bool(torch.isfinite(grad).all()):
                     raise TuneError(
@@ -936,7 +766,7 @@ class Tuner:
                 step = phase * cfg.iters + it + 1
                 done = it + 1 == cfg.iters
                 if cfg.select and (step % cfg.validate_every == 0 or done):
-                    self._consider(state, step)
+                    self.selector.consider(state, step)
                     if not done and len(phases) == 1 and stalled(state.scores, cfg.patience, cfg.min_improvement):
                         done, state.stopped_at = True, step
                         bar.total = step
@@ -964,20 +794,7 @@ class Tuner:
         selection: dict[str, Any] = {}
         with torch.no_grad():
             if self.config.select:
-                best = None if state.best_raw is None else self.param.values(state.best_raw)
-                win = None if best is None else self.win_rate(best)
-                identity = best is None or win < ACCEPT_WIN_RATE
-                chosen = self.untuned if identity else best
-                selection = {
-                    "metric": "fd" if self._fd else f"{self._selection_objective} objective ({self.feature_space})",
-                    "untuned": state.scores[0][1],
-                    "best": state.best_score,
-                    "best_iteration": state.best_iter,
-                    "win_rate": win,
-                    "fallback_identity": identity,
-                    "scores": state.scores,
-                    "stopped_early_at": state.stopped_at,
-                }
+                chosen, selection = self.selector.decide(state)
             else:
                 chosen = self.param.values()
         tau = chosen.ev if chosen.tau is None else chosen.tau
