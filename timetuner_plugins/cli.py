@@ -329,7 +329,7 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
     show_default=True,
     help="Recompute each network evaluation's activations in the backward pass instead of storing them: "
     "memory flat in NFE for about one more forward per evaluation; auto: on for networks of 20 M "
-    "parameters or more.",
+    "parameters or more. On CPU, preload jemalloc to keep it flat (glibc's heap grows; docs/scale.md).",
 )
 @click.option(
     "--dtype",
