@@ -261,8 +261,8 @@ class RunValues:
 
 
 class TauParam(torch.nn.Module):
-    """The trained parameters as one raw vector [τ (K) | D-ODE λ (K) | schedule gaps (N−1)]; zeros
-    (ones for ``t_ratio``'s τ) are the plain sampler.
+    """The trained parameters as one raw vector [τ (K) | D-ODE λ (K) | schedule gaps (N−1)], named by ``parts``;
+    zeros (ones for ``t_ratio``'s τ) are the plain sampler.
 
     τ: ``log_ratio``: τ = σ·exp(b·tanh(raw/b)); ``t_ratio`` (the paper's): the model's continuous
     time is scaled, t(τ) = r·t(σ), with t counted from the model's time origin. λ = b·tanh(raw/b)
@@ -284,27 +284,30 @@ class TauParam(torch.nn.Module):
         self.register_buffer("eval_sigmas", eval_sigmas.clone())
         sigmas = sigmas if sigmas is not None else torch.cat([eval_sigmas[:1], eval_sigmas.new_zeros(1)])
         self.register_buffer("sigmas", sigmas.to(eval_sigmas).clone())
-        self.k, self.gaps = len(eval_sigmas), max(0, len(sigmas) - 2)
+        k, gaps = len(eval_sigmas), max(0, len(sigmas) - 2)
+        self.parts = {"tau": slice(0, k), "dode": slice(k, 2 * k), "sigma": slice(2 * k, 2 * k + gaps)}
         self.raw = torch.nn.Parameter(self.identity_raw())
 
     def identity_raw(self) -> torch.Tensor:
         ev = self.eval_sigmas
-        tau = (torch.zeros if self.kind == "log_ratio" else torch.ones)(self.k, dtype=ev.dtype, device=ev.device)
-        return torch.cat([tau, ev.new_zeros(self.k + self.gaps)])
+        raw = ev.new_zeros(self.parts["sigma"].stop)
+        if self.kind == "t_ratio":
+            raw[self.parts["tau"]] = 1.0
+        return raw
 
     def trainable(self, evaluations: list[int]) -> torch.Tensor:
         """The mask of raw entries a phase training ``evaluations`` updates."""
         mask = torch.zeros(len(self.raw), dtype=torch.bool, device=self.raw.device)
         if "tau" in self.families:
-            mask[evaluations] = True
+            mask[self.parts["tau"]][evaluations] = True
         if "dode" in self.families:
-            mask[self.k + 1 : 2 * self.k] = True
+            mask[self.parts["dode"]][1:] = True  # λ_0 has no previous output
         if "sigma" in self.families:
-            mask[2 * self.k :] = True
+            mask[self.parts["sigma"]] = True
         return mask
 
     def tau(self, raw: torch.Tensor | None = None, ev: torch.Tensor | None = None) -> torch.Tensor:
-        raw = (self.raw if raw is None else raw)[: self.k]
+        raw = (self.raw if raw is None else raw)[self.parts["tau"]]
         ev = self.eval_sigmas if ev is None else ev
         if self.kind == "log_ratio":
             tau_max = getattr(self.model, "tau_max", None)
@@ -315,11 +318,12 @@ class TauParam(torch.nn.Module):
         return self.model.t_to_sigma(raw * t - offset)
 
     def schedule(self, raw: torch.Tensor) -> torch.Tensor:
-        if "sigma" not in self.families or self.gaps == 0:
+        gaps = raw[self.parts["sigma"]]
+        if "sigma" not in self.families or len(gaps) == 0:
             return self.sigmas
         log = self.sigmas[:-1].log()
         total = log[0] - log[-1]
-        shares = torch.softmax((log[:-1] - log[1:]).div(total).log() + raw[2 * self.k :], dim=0)
+        shares = torch.softmax((log[:-1] - log[1:]).div(total).log() + gaps, dim=0)
         inner = log[0] - total * torch.cumsum(shares, dim=0)[:-1]
         return torch.cat([self.sigmas[:1], inner.exp(), self.sigmas[-2:]])
 
@@ -327,7 +331,7 @@ class TauParam(torch.nn.Module):
         raw = self.raw if raw is None else raw
         sigmas = self.schedule(raw)
         ev = self.eval_sigmas if sigmas is self.sigmas else self.eval_fn(sigmas.detach())
-        lam = DODE_BOUND * torch.tanh(raw[self.k : 2 * self.k] / DODE_BOUND) if "dode" in self.families else None
+        lam = DODE_BOUND * torch.tanh(raw[self.parts["dode"]] / DODE_BOUND) if "dode" in self.families else None
         return RunValues(sigmas, ev, self.tau(raw, ev), lam)
 
     def plain(self) -> RunValues:
