@@ -15,7 +15,7 @@ from timetuner_plugins.function_tuner import FunctionResult, FunctionTuner
 from timetuner_plugins.run import eval_plan, make_sigmas, sample
 from timetuner_plugins.tau_function import N_BASIS, TauFunction, basis
 from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
-from timetuner_plugins.tuner import TuneConfig
+from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
 
 from helpers import noise
 
@@ -132,6 +132,38 @@ def test_the_tuner_keeps_a_function_only_if_it_is_better_on_every_run(gmm):
         assert sel["best"] < 0 and all(r["val_change"] < 0 for r in result.runs)
         assert result.function.coef.any()
     assert [s for s, _ in sel["scores"]] == [0, 3, 6]
+
+
+def test_an_interrupted_function_run_resumes_to_the_same_function(gmm, tmp_path, monkeypatch):
+    config = TuneConfig(**{**TINY, "checkpoint_every": 2})
+    whole = FunctionTuner(gmm, "ddim", ["karras"], (4, 6), config).tune()
+    path = tmp_path / "f.safetensors.ckpt"
+    calls, chunk_loss = [], Tuner.chunk_loss
+
+    def interrupted(self, values, iteration):
+        calls.append(iteration)
+        if len(calls) == 5:  # iteration 5 of 6, after the checkpoint at 4
+            raise KeyboardInterrupt
+        return chunk_loss(self, values, iteration)
+
+    monkeypatch.setattr(Tuner, "chunk_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        FunctionTuner(gmm, "ddim", ["karras"], (4, 6), config, checkpoint=path).tune()
+    monkeypatch.undo()
+    assert path.exists()
+    with pytest.raises(TuneError, match="pass --resume"):
+        FunctionTuner(gmm, "ddim", ["karras"], (4, 6), config, checkpoint=path).tune()
+    other = FunctionTuner(gmm, "ddim", ["karras"], (4, 6), replace(config, lr=0.01), checkpoint=path)
+    with pytest.raises(Exception, match="other settings"):
+        other.tune(resume=True)
+    resumed = FunctionTuner(gmm, "ddim", ["karras"], (4, 6), config, checkpoint=path).tune(resume=True)
+    assert not path.exists()
+    torch.testing.assert_close(resumed.function.coef, whole.function.coef, rtol=1e-6, atol=0)
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+    assert [s for _, s in resumed.selection["scores"]] == pytest.approx(
+        [s for _, s in whole.selection["scores"]], rel=1e-6
+    )
+    assert resumed.selection["per_run"] == whole.selection["per_run"] and resumed.runs == whole.runs
 
 
 @pytest.mark.slow

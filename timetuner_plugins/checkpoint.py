@@ -32,6 +32,7 @@ class TunerState:
     best_iter: int | None = None
     scores: list[tuple[int, float]] = field(default_factory=list)
     stopped_at: int | None = None  # the step an early stop ended the run at
+    history: list = field(default_factory=list)  # a τ function run's per-validation record (each run's change)
 
 
 def save(path: Path, state: TunerState, fingerprint: str) -> None:
@@ -54,6 +55,7 @@ def save(path: Path, state: TunerState, fingerprint: str) -> None:
         "best_iter": json.dumps(state.best_iter),
         "scores": json.dumps(state.scores),
         "stopped_at": json.dumps(state.stopped_at),
+        "history": json.dumps(state.history),
     }
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -91,6 +93,7 @@ def load(path: Path, fingerprint: str, device: torch.device) -> TunerState:
             best_iter=json.loads(meta["best_iter"]),
             scores=[tuple(s) for s in json.loads(meta["scores"])],
             stopped_at=json.loads(meta.get("stopped_at", "null")),
+            history=json.loads(meta.get("history", "[]")),
         )
     except CheckpointError:
         raise

@@ -427,6 +427,7 @@ def tune(
             seed=seed,
             steps=steps,
             resume=resume,
+            checkpoint_every=checkpoint_every,
             shards=shards,
             out=out,
             overwrite=overwrite,
@@ -537,6 +538,7 @@ def _tune_function(
     seed: int,
     steps: int | None,
     resume: bool,
+    checkpoint_every: int,
     shards: Any,
     out: Path | None,
     overwrite: bool,
@@ -555,10 +557,10 @@ def _tune_function(
 
     if steps is not None:
         raise click.UsageError("an --nfe range covers every step count within it: drop --steps")
-    if resume or shards is not None or objective == "paper" or families != "tau":
+    if shards is not None or objective == "paper" or families != "tau":
         raise click.UsageError(
-            "a τ function is tuned in one process, without checkpoints, with the joint objectives and τ alone: "
-            "drop --resume, torchrun, --objective paper and --families, or tune one NFE at a time"
+            "a τ function is tuned in one process, with the joint objectives and τ alone: drop torchrun, "
+            "--objective paper and --families, or tune one NFE at a time"
         )
     m = _load_model(model, device)
     if dtype != "float32":
@@ -572,12 +574,40 @@ def _tune_function(
     out = check_output_file(
         out or Path(f"{_file_stem(model)}_{spec.name}_{'+'.join(schedules)}_nfe{lo}-{hi}.safetensors"), overwrite
     )
-    config = TuneConfig(objective=objective, seed=seed, show_progress=not quiet, **{**FUNCTION_DEFAULTS, **given})
+    config = TuneConfig(
+        objective=objective,
+        seed=seed,
+        show_progress=not quiet,
+        checkpoint_every=checkpoint_every,
+        **{**FUNCTION_DEFAULTS, **given},
+    )
     if eval_n:
         click.echo(
             f"then measuring untuned and tuned on {eval_n} samples at NFE {representative_nfe(nfe_range)}", err=True
         )
-    made = tune_function_set(m, spec, schedules, nfe_range, config, options=opts, eval_n=eval_n, progress=not quiet)
+    checkpoint = out.with_name(out.name + ".ckpt")
+    try:
+        made = tune_function_set(
+            m,
+            spec,
+            schedules,
+            nfe_range,
+            config,
+            options=opts,
+            eval_n=eval_n,
+            progress=not quiet,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted; nothing written to {out}. "
+            + (
+                f"Run the same command with --resume to continue from {checkpoint}"
+                if checkpoint.exists()
+                else "No checkpoint was reached yet: run the same command again"
+            )
+        ) from None
     made.tuned_set.save(out, overwrite=overwrite)
     res = made.result
     click.echo(

@@ -11,8 +11,11 @@ trajectory guard (hinged energy). θ = 0 (the plain sampler) is kept unless some
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +23,7 @@ from tqdm.auto import tqdm
 
 from registry import SamplerSpec
 
+from . import checkpoint as ckpt
 from .run import eval_plan, make_sigmas, sampler_spec, steps_for_nfe
 from .tau_function import TauFunction
 from .tuned_set import TunedSet
@@ -120,8 +124,10 @@ class FunctionTuner:
         config: TuneConfig | None = None,
         options: dict | None = None,
         train_nfes: tuple[int, ...] | None = None,
+        checkpoint: str | Path | None = None,
     ):
         self.model, self.spec = model, sampler_spec(sampler)
+        self.checkpoint = Path(checkpoint) if checkpoint else None
         self.config = config or TuneConfig(**FUNCTION_DEFAULTS)
         if self.config.objective == "paper" or self.config.families != ("tau",):
             raise TuneError(
@@ -215,21 +221,51 @@ class FunctionTuner:
                 guarded = run.tuner.selector.trajectory_guard(values) <= run.plain_guard
         return max(changes), changes, guarded
 
-    def tune(self) -> FunctionResult:
+    def _fingerprint(self) -> str:
+        """The settings a checkpoint must share to be resumed: the config and every run's tuner (model, sampler,
+        σ's, options)."""
+        parts = [
+            asdict(self.config) | {"show_progress": None, "checkpoint_every": None},
+            self.nfe_range,
+            [run.tuner._fingerprint() for run in self.runs],
+        ]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _start(self, resume: bool) -> ckpt.TunerState:
+        if resume:
+            if self.checkpoint is None:
+                raise TuneError("--resume needs a checkpoint path")
+            return ckpt.load(self.checkpoint, self._fingerprint(), self.function.coef.device)
+        if self.checkpoint is not None and self.checkpoint.exists():
+            raise TuneError(
+                f"checkpoint {self.checkpoint} exists from an earlier run; pass --resume to continue it, or delete "
+                f"it to start over"
+            )
+        return ckpt.TunerState(raw=self.function.coef.detach().clone(), scores=[(0, 0.0)], best_score=0.0)
+
+    def tune(self, resume: bool = False) -> FunctionResult:
+        """Run (or, from :attr:`checkpoint`, resume) the optimisation; a resumed run equals an uninterrupted one."""
         cfg = self.config
         started = time.perf_counter()
         show = cfg.show_progress
+        state = self._start(resume)
         with torch.no_grad():
             self._share_teachers(show)
             for run in tqdm(self.runs, desc="plain runs", disable=not show, leave=False):
                 self._prepare(run)
         coef = self.function.coef
+        with torch.no_grad():
+            coef.copy_(state.raw)
         opt = torch.optim.Adam([coef], lr=cfg.lr)
-        scores: list[tuple[int, float]] = [(0, 0.0)]
-        history: list[list] = []  # per validation: step, each run's change, whether every guard passed
-        best, best_coef, best_changes, stopped = 0.0, None, [0.0] * len(self.runs), None
-        with tqdm(total=cfg.iters, desc=f"tune τ function {self.spec.name}", disable=not show) as bar:
-            for it in range(cfg.iters):
+        if state.optimizer is not None:
+            opt.load_state_dict(state.optimizer)
+        self.losses = state.losses
+        scores, history = state.scores, state.history  # history: per validation, step, each run's change, guards
+        best, best_coef, stopped = state.best_score, state.best_raw, state.stopped_at
+        with tqdm(
+            total=cfg.iters, initial=state.next_iter, desc=f"tune τ function {self.spec.name}", disable=not show
+        ) as bar:
+            for it in range(state.next_iter, cfg.iters if stopped is None else 0):
                 round_, pos = divmod(it, len(self.runs))
                 run = self.runs[self._order(round_)[pos]]
                 opt.zero_grad(set_to_none=True)
@@ -242,19 +278,27 @@ class FunctionTuner:
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.losses[-1]:.4g}", nfe=run.nfe)
                 step = it + 1
-                if step % cfg.validate_every and step != cfg.iters:
-                    continue
-                with torch.no_grad():
-                    score, changes, guarded = self._score(coef.detach())
-                scores.append((step, score))
-                history.append([step, [round(c, 4) for c in changes], guarded])
-                if score < best and guarded:
-                    best, best_coef, best_changes = score, coef.detach().clone(), changes
-                if cfg.patience and step != cfg.iters and stalled(scores, cfg.patience, cfg.min_improvement):
-                    stopped = step
-                    bar.total = step
-                    bar.set_postfix_str(f"stopped early at iteration {step} of {cfg.iters}")
+                if step % cfg.validate_every == 0 or step == cfg.iters:
+                    with torch.no_grad():
+                        score, changes, guarded = self._score(coef.detach())
+                    scores.append((step, score))
+                    history.append([step, [round(c, 4) for c in changes], guarded])
+                    if score < best and guarded:
+                        best, best_coef, state.best_iter = score, coef.detach().clone(), step
+                    if cfg.patience and step != cfg.iters and stalled(scores, cfg.patience, cfg.min_improvement):
+                        stopped = step
+                        bar.total = step
+                        bar.set_postfix_str(f"stopped early at iteration {step} of {cfg.iters}")
+                if self.checkpoint is not None and (step % cfg.checkpoint_every == 0 or stopped is not None):
+                    state.raw, state.next_iter, state.optimizer = coef.detach().clone(), step, opt.state_dict()
+                    state.best_score, state.best_raw, state.stopped_at = best, best_coef, stopped
+                    ckpt.save(self.checkpoint, state, self._fingerprint())
+                if stopped is not None:
                     break
+        if self.checkpoint is not None:
+            self.checkpoint.unlink(missing_ok=True)
+        kept = [changes for step, changes, _ in history if step == state.best_iter]
+        best_changes = kept[0] if best_coef is not None and kept else [0.0] * len(self.runs)
         identity = best_coef is None
         with torch.no_grad():
             coef.copy_(torch.zeros_like(coef) if identity else best_coef)

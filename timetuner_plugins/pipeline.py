@@ -134,13 +134,17 @@ def tune_function_set(
     options: dict | None = None,
     eval_n: int = 1000,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> TunedFunction:
     """Tune one τ function over ``nfe_range`` and ``schedules`` and measure it on ``eval_n`` samples at the
-    representative run (the first schedule, :func:`representative_nfe`); the metrics are recorded in the set."""
+    representative run (the first schedule, :func:`representative_nfe`); the metrics are recorded in the set.
+    ``checkpoint``: written every ``config.checkpoint_every`` iterations and removed at the end; ``resume``
+    continues from it."""
     from .function_tuner import FunctionTuner
 
-    tuner = FunctionTuner(model, sampler, schedules, nfe_range, config, options=options)
-    result = tuner.tune()
+    tuner = FunctionTuner(model, sampler, schedules, nfe_range, config, options=options, checkpoint=checkpoint)
+    result = tuner.tune(resume=resume)
     sigmas, schedule = schedule_sigmas(model, tuner.spec, schedules[0], nfe=representative_nfe(nfe_range))
     before = after = {}
     tuned = result.tuned_set(model, sigmas)
