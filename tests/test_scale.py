@@ -195,3 +195,32 @@ def test_the_fake_tensor_memory_count_equals_a_real_run(name):
     rounded = {k: round(v, 3) for k, v in bs.estimate("sd15", 32, 2, "float32", size="tiny").items()}
     low, high = bs.projected(rounded, 4), bs.projected(rounded, 16)
     assert high["recompute_gb"] == low["recompute_gb"] and high["store_gb"] >= low["store_gb"]
+
+
+def test_each_point_records_its_allocator_and_a_missing_one_is_named(tmp_path):
+    """bench-scale's points run in their own processes with the allocator asked for; the record says which one
+    served the process (read from its memory map), and an allocator that is not there is refused up front."""
+    import ctypes.util
+
+    from click.testing import CliRunner
+
+    from timetuner_plugins import bench_scale as bs
+    from timetuner_plugins.cli import cli
+
+    code = "from timetuner_plugins.bench_scale import allocator; print(allocator())"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("LD_PRELOAD", None)
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.strip() == "glibc"
+    assert bs.preload("system") == {}
+    missing = CliRunner().invoke(cli, ["bench-scale", "--allocator", str(tmp_path / "no.so"), "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    found = ctypes.util.find_library("jemalloc")
+    if found is None:
+        refused = CliRunner().invoke(cli, ["bench-scale", "--allocator", "jemalloc", "--out", str(tmp_path)])
+        assert refused.exit_code == 2 and "apt install libjemalloc2" in refused.output
+    else:
+        served = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **bs.preload("jemalloc")}, capture_output=True, text=True
+        )
+        assert served.stdout.strip() == "jemalloc"

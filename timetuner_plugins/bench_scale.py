@@ -160,8 +160,35 @@ def measure(point: Point) -> Result:
     )
 
 
-def run(points: list[Point], out: Path, log: Callable[[str], None] = print, timeout: float = 3600) -> list[dict]:
-    """Measure each point in a fresh process; write ``results.json`` and ``results.md`` after each."""
+def preload(allocator: str) -> dict[str, str]:
+    """The environment that makes a point's process use ``allocator``: "system" (the C library's), "jemalloc"
+    (found by the dynamic linker's name) or a path to an allocator's shared library."""
+    if allocator == "system":
+        return {}
+    if allocator == "jemalloc":
+        import ctypes.util
+
+        found = ctypes.util.find_library("jemalloc")
+        if found is None:
+            raise ValueError(
+                "jemalloc is not installed (Debian/Ubuntu: apt install libjemalloc2); or give its path, "
+                "e.g. --allocator /usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+            )
+        return {"LD_PRELOAD": found}
+    if not Path(allocator).is_file():
+        raise ValueError(f"--allocator {allocator}: no such file; give 'system', 'jemalloc' or a library's path")
+    return {"LD_PRELOAD": str(Path(allocator).resolve())}
+
+
+def run(
+    points: list[Point],
+    out: Path,
+    log: Callable[[str], None] = print,
+    timeout: float = 3600,
+    env: dict[str, str] | None = None,
+) -> list[dict]:
+    """Measure each point in a fresh process (with ``env`` added to its environment, e.g. :func:`preload`'s); write
+    ``results.json`` and ``results.md`` after each."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else []
@@ -175,7 +202,7 @@ def run(points: list[Point], out: Path, log: Callable[[str], None] = print, time
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         if proc.returncode != 0:
             row = {"point": asdict(point), "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}

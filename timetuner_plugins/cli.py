@@ -1045,8 +1045,16 @@ def bench(
     "half precision on fake tensors (nothing allocated): weights, "
     "activations per evaluation, projected peaks.",
 )
+@click.option(
+    "--allocator",
+    default="system",
+    show_default=True,
+    metavar="system|jemalloc|PATH",
+    help="The C allocator of each point's process (CPU): the system's, jemalloc, or a library's path. glibc's "
+    "heap grows with NFE under recompute where jemalloc's stays flat (docs/scale.md).",
+)
 @_device_option
-def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str) -> None:
+def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, allocator: str, device: str) -> None:
     """Peak memory and seconds per tuning iteration against NFE, batch, resolution and recompute (each point in a
     fresh process), on diffusers' SD1.5 U-Net built from its published config with random weights."""
     from . import bench_scale as bs
@@ -1054,6 +1062,10 @@ def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str
     from .run import resolve_device
 
     check_output_dir(out)
+    try:
+        env = bs.preload(allocator)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allocator") from None
     where = str(resolve_device(device))
     points = bs.curve_points(device=where) if curves else []
     if full:
@@ -1062,7 +1074,7 @@ def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, device: str
             for r in (True, False)
         ]
     if points:
-        results = bs.run(points, out, log=click.echo)
+        results = bs.run(points, out, log=click.echo, env=env)
         bs.plot(results, out / "memory_time.png")
         click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'memory_time.png'}")
     if estimate:
