@@ -44,7 +44,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -64,14 +64,16 @@ from .tau import TauLookup
 from .tau_function import bounded_log_ratio
 from .tuned_set import TunedSet, verdict
 
-OBJECTIVES = ("paper", "trajectory", "final", "energy")
-MODES = ("sequential", "parallel")
-PARAMS = ("log_ratio", "t_ratio")
-DATA = ("teacher", "real")
-FEATURES = ("pixel", "tuning_features")  # tuning_features: the model's own (digits: a classifier)
-SELECT_BY = ("objective", "fd")  # fd: the model's FD metric, where it has one (the bundled models)
-FAMILIES = ("tau", "dode", "sigma")  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
-RECOMPUTE = ("auto", "on", "off")
+Objective = Literal["paper", "trajectory", "final", "energy"]
+Mode = Literal["sequential", "parallel"]
+Param = Literal["log_ratio", "t_ratio"]
+Data = Literal["teacher", "real"]
+Features = Literal["pixel", "tuning_features"]  # tuning_features: the model's own (digits: a classifier)
+SelectBy = Literal["objective", "fd"]  # fd: the model's own quality metric, where it has one
+Family = Literal["tau", "dode", "sigma"]  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
+Recompute = Literal["auto", "on", "off"]
+OBJECTIVES, MODES, PARAMS, DATA = get_args(Objective), get_args(Mode), get_args(Param), get_args(Data)
+FEATURES, SELECT_BY, FAMILIES, RECOMPUTE = get_args(Features), get_args(SelectBy), get_args(Family), get_args(Recompute)
 RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (docs/scale.md)
 DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
@@ -86,14 +88,14 @@ class TuneConfig:
     """Settings of one tuning run (immutable: change one with ``dataclasses.replace``); ``TuneConfig.paper()``
     gives the paper's procedure."""
 
-    objective: str = "energy"
-    mode: str = "sequential"
+    objective: Objective = "energy"
+    mode: Mode = "sequential"
     iters: int = 250
     batch: int = 128
     lr: float = 0.03
     seed: int = 0
-    param: str = "log_ratio"
-    data: str = "teacher"
+    param: Param = "log_ratio"
+    data: Data = "teacher"
     pool: int = 512
     teacher_substeps: int = 20
     teacher_sampler: str | None = None
@@ -104,12 +106,12 @@ class TuneConfig:
     min_improvement: float = 0.005  # relative score decrease that counts as an improvement for ``patience``
     checkpoint_every: int = 25
     show_progress: bool = True
-    families: tuple[str, ...] = ("tau",)
-    features: str = "pixel"
-    select_by: str = "objective"
+    families: tuple[Family, ...] = ("tau",)
+    features: Features = "pixel"
+    select_by: SelectBy = "objective"
     accuracy_hinge: float = 3.0  # energy: weight of the penalty on each sample's error growing past the plain run's
     micro_batch: int | None = None  # rows per forward/backward pass (None: the whole batch); same result
-    recompute: str = "auto"  # recompute each evaluation's activations in the backward pass: auto, on, off
+    recompute: Recompute = "auto"  # recompute each evaluation's activations in the backward pass: auto, on, off
 
     @classmethod
     def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
