@@ -70,3 +70,13 @@ def test_a_user_model_has_no_measures_until_it_provides_them():
     MeanMetric.calls = 0
     result = Tuner(model, "ddim", sigmas, schedule, config).tune()
     assert result.selection["metric"] == "fd" and MeanMetric.calls > 0
+
+
+def test_a_guidance_wrapper_passes_its_models_measures_on():
+    from timetuner_plugins.denoisers import CFGDenoiser
+
+    inner = _user_model()
+    assert not isinstance(CFGDenoiser(inner, 2.0), HasQualityMetric)
+    inner.quality_metric = MeanMetric
+    guided = CFGDenoiser(inner, 2.0)
+    assert isinstance(guided, HasQualityMetric) and isinstance(guided.quality_metric(), MeanMetric)

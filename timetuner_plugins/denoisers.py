@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .contract import OPTIONAL_MEMBERS
+
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append trailing singleton dimensions so ``v`` broadcasts against an ``ndim`` tensor."""
@@ -378,6 +380,9 @@ class CFGDenoiser(TunableDenoiser):
         self.inner, self.scale, self.cond_key = inner, scale, cond_key
         for attr in WRAPPED_ATTRIBUTES:
             setattr(self, attr, getattr(inner, attr))
+        for attr in OPTIONAL_MEMBERS:  # the inner model's own metric, features and data serve the guided one
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.inner.sigma_to_t(sigma)

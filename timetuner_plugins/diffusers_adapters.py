@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .contract import OPTIONAL_MEMBERS
 from .denoisers import WRAPPED_ATTRIBUTES, DiscreteVPDenoiser, FlowDenoiser, SigmaTable, TunableDenoiser
 
 INSTALL_HINT = "pip install 'timetuner[diffusers]'"
@@ -399,7 +400,15 @@ class DiffusersCFGDenoiser(TunableDenoiser):
         self.inner, self.guidance_scale = inner, float(guidance_scale)
         self.cond = dict(cond or {})
         self.negative = {k if k.startswith("negative_") else f"negative_{k}": v for k, v in (negative or {}).items()}
-        for attr in (*WRAPPED_ATTRIBUTES, "shift", "multiplier", "timesteps", "scheduler_config", "kind"):
+        for attr in (
+            *WRAPPED_ATTRIBUTES,
+            "shift",
+            "multiplier",
+            "timesteps",
+            "scheduler_config",
+            "kind",
+            *OPTIONAL_MEMBERS,
+        ):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
 
