@@ -184,7 +184,7 @@ class FunctionTuner:
                 finals = [states[-1:] for states in finest.tuner.teacher(noise_set)]
                 for run in runs:
                     if run is not finest:
-                        run.tuner._teachers[noise_set.name] = finals
+                        run.tuner.use_teacher(noise_set, finals)
 
     def values(self, run: _Run, coef: torch.Tensor | None = None) -> RunValues:
         """``run`` with τ from θ = ``coef`` (default: the function's own)."""

@@ -581,6 +581,11 @@ class Tuner:
         self._teachers[noise_set.name] = out
         return out
 
+    def use_teacher(self, noise_set: NoiseSet, states: list[torch.Tensor]) -> None:
+        """Take another run's teacher for ``noise_set`` (per chunk, at least the final states): runs that start from
+        the same noise at the same σ_0 and compare only final samples can share one."""
+        self._teachers[noise_set.name] = states
+
     # ----- joint objectives -----------------------------------------------------------------------------
     def target(self, noise_set: NoiseSet, c: int) -> torch.Tensor:
         if self.config.data == "real" or self.data is not None:
