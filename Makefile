@@ -58,11 +58,11 @@ test-kdiffusion: $(KD_STAMP)
 
 # Rebuild the shipped tuned sets and tuned_sets/index.yaml (tens of minutes on 2 cores).
 sets: $(STAMP)
-	$(BIN)/python -m timetuner_plugins.build_sets
+	$(BIN)/python -m timetuner_plugins.experiments.build_sets
 
 # Retrain the bundled models from their seeds (about 30 minutes on 2 cores).
 models: $(STAMP)
-	$(BIN)/python -m timetuner_plugins.training all
+	$(BIN)/python -m timetuner_plugins.bundled.training all
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

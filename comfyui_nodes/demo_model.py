@@ -12,8 +12,9 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.supported_models_base
-from timetuner_plugins import bundled, nets
-from timetuner_plugins.denoisers import DiscreteVPDenoiser
+from timetuner_plugins import bundled
+from timetuner_plugins.bundled import nets
+from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser
 
 from .tau_patch import fractional_timestep
 

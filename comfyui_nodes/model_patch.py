@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from timetuner_plugins.denoisers import fingerprint_tensors
-from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
+from timetuner_plugins.adapters.denoisers import fingerprint_tensors
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetMismatch
 
 from .tau_patch import DODEOutputs, SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
 
@@ -61,7 +61,7 @@ def is_flow(model_sampling: Any) -> bool:
 
 
 def sampling_parameters(model_sampling: Any) -> dict[str, Any]:
-    """The model's σ space as a tuned set records it (see ``timetuner_plugins.denoisers.parameterisation``):
+    """The model's σ space as a tuned set records it (see ``timetuner_plugins.adapters.denoisers.parameterisation``):
     a flow model's shift in SD3's form s (Flux's μ is s = e^μ) and its timestep multiplier."""
     if not is_flow(model_sampling):
         return {"space": "ve"}

@@ -18,9 +18,9 @@ import comfy.utils
 import folder_paths
 import registry
 from registry.specs import SAMPLER_ARGS
-from timetuner_plugins.checkpoint import CheckpointError
-from timetuner_plugins.comfy_samplers import PREFIX
-from timetuner_plugins.tuner import RECOMPUTE_PARAMETERS, TuneConfig, Tuner
+from timetuner_plugins.tuning.checkpoint import CheckpointError
+from timetuner_plugins.sampling.comfy_samplers import PREFIX
+from timetuner_plugins.tuning.tuner import RECOMPUTE_PARAMETERS, TuneConfig, Tuner
 
 from . import paths
 from .model_patch import install_timestep, model_fingerprint, sampling_of

@@ -8,8 +8,8 @@ import torch
 from comfy_api.latest import io, ui
 
 import folder_paths
-from timetuner_plugins import shipped
-from timetuner_plugins.tuned_set import TunedSet
+from timetuner_plugins.sets import shipped
+from timetuner_plugins.sets.tuned_set import TunedSet
 
 from . import paths
 from .model_patch import apply_tuned_set, check_model, warn

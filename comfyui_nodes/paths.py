@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from timetuner_plugins import shipped
+from timetuner_plugins.sets import shipped
 
 SHIPPED_PREFIX = "shipped/"
 FOLDER = "timetuner"  # ComfyUI models/timetuner

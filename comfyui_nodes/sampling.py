@@ -7,13 +7,13 @@ from typing import Any, Callable
 import torch
 
 from registry import SamplerSpec
-from timetuner_plugins.denoisers import TunableDenoiser
-from timetuner_plugins.multistep import UNIPC_LAST_SIGMA, sample_unipc, sample_unipc_bh2
-from timetuner_plugins.noise import SeededNoise
-from timetuner_plugins.run import nfe_of
-from timetuner_plugins.samplers import run_options
-from timetuner_plugins.tau import TauModel
-from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch
+from timetuner_plugins.adapters.denoisers import TunableDenoiser
+from timetuner_plugins.sampling.multistep import UNIPC_LAST_SIGMA, sample_unipc, sample_unipc_bh2
+from timetuner_plugins.sampling.noise import SeededNoise
+from timetuner_plugins.sampling.run import nfe_of
+from timetuner_plugins.sampling.samplers import run_options
+from timetuner_plugins.sets.tau import TauModel
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetMismatch
 
 from .model_patch import install_timestep, sampling_of, sampling_parameters, set_for_run, warn
 from .tau_patch import TauTimestep, schedule_problem
@@ -26,7 +26,7 @@ STOPS_SHORT = {sample_unipc: UNIPC_LAST_SIGMA, sample_unipc_bh2: UNIPC_LAST_SIGM
 
 class _OnStandIn:
     """ComfyUI's model, with the noise level a call is conditioned on (``cond_sigma``, as the library's
-    :class:`~timetuner_plugins.tau.TauModel` passes τ) forced on the timestep stand-in as τ/σ."""
+    :class:`~timetuner_plugins.sets.tau.TauModel` passes τ) forced on the timestep stand-in as τ/σ."""
 
     def __init__(self, model: Callable, stand_in: TauTimestep):
         self.inner_model, self.stand_in = model, stand_in

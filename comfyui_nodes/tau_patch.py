@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from timetuner_plugins import denoisers
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.tuned_set import SIGMA_RTOL, TunedSet, sigmas_match
+from timetuner_plugins.adapters import denoisers
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.sets.tuned_set import SIGMA_RTOL, TunedSet, sigmas_match
 
 
 class TauTimestep:

@@ -43,7 +43,7 @@ def wrap_model(model: Any, lookup: Any, sampler: Any) -> Any:
     """Return the model ``sampler`` will call for a run that uses ``lookup``.
 
     ``model`` is a tunable denoiser ``D(x, sigma, cond_sigma=None, **extra)``;
-    ``lookup`` is a :class:`timetuner_plugins.tau.TauLookup`; ``sampler`` the
+    ``lookup`` is a :class:`timetuner_plugins.sets.tau.TauLookup`; ``sampler`` the
     :class:`registry.specs.SamplerSpec` of the run. The first non-``None``
     result wins; a built-in implementation (``trylast``) serves every sampler
     whose plugin declares nothing.

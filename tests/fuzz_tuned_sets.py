@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError
 
 
 def seed_set(dode: bool = False) -> TunedSet:

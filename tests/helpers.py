@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timetuner_plugins.tuned_set import TunedSet
+from timetuner_plugins.sets.tuned_set import TunedSet
 
 REPO = Path(__file__).resolve().parents[1]
 COMFYUI = os.environ.get("COMFYUI_PATH")  # a ComfyUI checkout for the server tests (they skip without it)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from timetuner_plugins.bench import README_END, README_START
+from timetuner_plugins.experiments.bench import README_END, README_START
 from timetuner_plugins.cli import cli
 
 
@@ -112,7 +112,7 @@ def test_resume_refuses_results_made_with_another_sample_count(quick_run, tmp_pa
 
 
 def test_plan_runs_comparison_methods_only_on_their_cells():
-    from timetuner_plugins.bench import METHODS, Plan
+    from timetuner_plugins.experiments.bench import METHODS, Plan
 
     plan = Plan(models=["m"], samplers=["ddim", "heun"], nfes=[4, 5, 10, 20], methods=list(METHODS), seeds=[0])
     assert set(plan.methods_for("ddim", 5)) == set(METHODS)
@@ -134,7 +134,7 @@ def test_plan_runs_comparison_methods_only_on_their_cells():
 
 
 def test_table_shows_spread_only_where_several_seeds_ran():
-    from timetuner_plugins.bench import markdown, summarise
+    from timetuner_plugins.experiments.bench import markdown, summarise
 
     base = dict(
         model="m",

@@ -7,10 +7,10 @@ import torch
 
 import registry
 from timetuner_plugins import bundled
-from timetuner_plugins.denoisers import CFGDenoiser
-from timetuner_plugins.evaluate import generate
-from timetuner_plugins.run import make_sigmas
-from timetuner_plugins.training import digits as training
+from timetuner_plugins.adapters.denoisers import CFGDenoiser
+from timetuner_plugins.evaluation.evaluate import generate
+from timetuner_plugins.sampling.run import make_sigmas
+from timetuner_plugins.bundled.training import digits as training
 
 from helpers import noise
 
@@ -69,8 +69,8 @@ def test_training_script_runs_a_few_steps(tmp_path):
 def test_held_out_models_differ_from_the_bundled_ones_in_architecture_and_recipe(tmp_path):
     """The held-out models' recipes run and load as what they claim: a transformer rectified flow at shift 3, and a
     residual conv net with v-prediction on the cosine schedule."""
-    from timetuner_plugins.denoisers import DiscreteVPDenoiser
-    from timetuner_plugins.training import held_out
+    from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser
+    from timetuner_plugins.bundled.training import held_out
 
     out = tmp_path / "dit.safetensors"
     held_out.train_dit_flow(out, steps=3, batch=16)

@@ -9,9 +9,9 @@ import torch
 import registry
 from comfyui_nodes import paths
 from comfyui_nodes.tau_patch import DODEOutputs, SigmaMatcher, TauTimestep, fractional_timestep, schedule_problem
-from timetuner_plugins.denoisers import DiscreteVPDenoiser
-from timetuner_plugins.run import eval_sigmas, make_sigmas, sample
-from timetuner_plugins.tau import TauLookup, TauModel
+from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, sample
+from timetuner_plugins.sets.tau import TauLookup, TauModel
 
 from helpers import make_set, noise
 

@@ -22,9 +22,9 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
 import registry  # noqa: E402
-from timetuner_plugins import comfy_samplers as cs  # noqa: E402
-from timetuner_plugins.run import eval_sigmas, run_sampler  # noqa: E402
-from timetuner_plugins.tau import TauLookup  # noqa: E402
+from timetuner_plugins.sampling import comfy_samplers as cs  # noqa: E402
+from timetuner_plugins.sampling.run import eval_sigmas, run_sampler  # noqa: E402
+from timetuner_plugins.sets.tau import TauLookup  # noqa: E402
 
 MODEL_TYPES = {"EPS": comfy.model_base.ModelType.EPS, "FLOW": comfy.model_base.ModelType.FLOW}
 
@@ -120,7 +120,7 @@ def test_identity_tau_through_every_comfy_sampler_is_bit_exact_and_tau_has_gradi
 
 from comfyui_nodes.model_patch import apply_tuned_set  # noqa: E402
 from comfyui_nodes.sampling import sampler_function  # noqa: E402
-from timetuner_plugins.tuned_set import TunedSet  # noqa: E402
+from timetuner_plugins.sets.tuned_set import TunedSet  # noqa: E402
 
 TUNABLE = sorted(n[len(cs.PREFIX) :] for n in comfy_specs(tunable=True))
 COND, UNCOND = [[torch.zeros(1, 1, 4), {}]], [[torch.ones(1, 1, 4), {}]]
@@ -270,7 +270,7 @@ def test_the_memory_bounded_settings_tune_the_same_set_on_a_checkpoint_built_in_
     built (and tuned) inside inference mode, as ComfyUI's executor loads and runs a checkpoint."""
     from comfyui_nodes import demo_model
     from comfyui_nodes.nodes_sampling import ksampler_sigmas, tune_model
-    from timetuner_plugins.tuner import TuneConfig
+    from timetuner_plugins.tuning.tuner import TuneConfig
 
     with torch.inference_mode():
         model = demo_model.load("digits-ddpm")

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from timetuner_plugins.denoisers import DiscreteVPDenoiser, EDMDenoiser, FlowDenoiser
-from timetuner_plugins.run import make_sigmas
+from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser, EDMDenoiser, FlowDenoiser
+from timetuner_plugins.sampling.run import make_sigmas
 
 COMFY_NAMES = (
     "simple",

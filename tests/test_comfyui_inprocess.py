@@ -20,7 +20,7 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
 from comfyui_nodes.model_patch import apply_tuned_set  # noqa: E402
-from timetuner_plugins.tuned_set import TunedSet  # noqa: E402
+from timetuner_plugins.sets.tuned_set import TunedSet  # noqa: E402
 
 
 @pytest.mark.parametrize("model_type", [comfy.model_base.ModelType.EPS, comfy.model_base.ModelType.V_PREDICTION])
@@ -165,10 +165,10 @@ def test_registry_multistep_samplers_match_comfyuis_own(name, model_type):
 def test_a_tau_function_set_applies_under_the_stock_ksampler_at_any_steps_in_range(steps):
     """One function set, two step counts: each run's k-th network call sees the function's τ for that run's σ's;
     a step count outside the set's range samples plainly with a warning (strict: an error)."""
-    from timetuner_plugins.function_tuner import FunctionResult
-    from timetuner_plugins.tau_function import N_BASIS, TauFunction
-    from timetuner_plugins.tuned_set import TunedSetMismatch
-    from timetuner_plugins.tuner import TuneConfig
+    from timetuner_plugins.tuning.function_tuner import FunctionResult
+    from timetuner_plugins.sets.tau_function import N_BASIS, TauFunction
+    from timetuner_plugins.sets.tuned_set import TunedSetMismatch
+    from timetuner_plugins.tuning.tuner import TuneConfig
 
     model = make(comfy.model_base.ModelType.EPS)
     ms = model.get_model_object("model_sampling")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins import shipped
-from timetuner_plugins.run import run_sampler
-from timetuner_plugins.tuned_set import TunedSet
+from timetuner_plugins.sets import shipped
+from timetuner_plugins.sampling.run import run_sampler
+from timetuner_plugins.sets.tuned_set import TunedSet
 
 from helpers import COMFYUI, WORKFLOWS, error_message, load, ok
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import registry
-from timetuner_plugins.tuned_set import TunedSet
+from timetuner_plugins.sets.tuned_set import TunedSet
 
 from helpers import COMFYUI, error_message, load, ok
 

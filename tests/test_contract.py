@@ -6,11 +6,11 @@ import torch
 
 import registry
 from timetuner_plugins.contract import HasQualityMetric, HasRealData, HasTuningFeatures, TunableModel
-from timetuner_plugins.denoisers import DiscreteVPDenoiser
-from timetuner_plugins.evaluate import evaluate
-from timetuner_plugins.metrics import FrechetMetric
-from timetuner_plugins.pipeline import schedule_sigmas
-from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
+from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser
+from timetuner_plugins.evaluation.evaluate import evaluate
+from timetuner_plugins.evaluation.metrics import FrechetMetric
+from timetuner_plugins.tuning.pipeline import schedule_sigmas
+from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner
 
 
 class Eps(torch.nn.Module):
@@ -73,7 +73,7 @@ def test_a_user_model_has_no_measures_until_it_provides_them():
 
 
 def test_a_guidance_wrapper_passes_its_models_measures_on():
-    from timetuner_plugins.denoisers import CFGDenoiser
+    from timetuner_plugins.adapters.denoisers import CFGDenoiser
 
     inner = _user_model()
     assert not isinstance(CFGDenoiser(inner, 2.0), HasQualityMetric)

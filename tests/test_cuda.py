@@ -13,12 +13,12 @@ import torch
 
 import registry
 from comfyui_nodes.tau_patch import SigmaMatcher
-from timetuner_plugins import shipped
-from timetuner_plugins.evaluate import generate
-from timetuner_plugins.noise import SeededNoise
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.sets import shipped
+from timetuner_plugins.evaluation.evaluate import generate
+from timetuner_plugins.sampling.noise import SeededNoise
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 

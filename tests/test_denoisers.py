@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from timetuner_plugins.denoisers import CFGDenoiser, DiscreteVPDenoiser, EDMDenoiser
+from timetuner_plugins.adapters.denoisers import CFGDenoiser, DiscreteVPDenoiser, EDMDenoiser
 
 
 class Linear(torch.nn.Module):

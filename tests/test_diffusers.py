@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 
@@ -32,13 +32,8 @@ except Exception as exc:  # noqa: BLE001 - any import failure means "not availab
         allow_module_level=True,
     )
 
-from timetuner_plugins import diffusers_configs as dc  # noqa: E402
-from timetuner_plugins.diffusers_adapters import (
-    DiffusersCFGDenoiser,
-    DiffusersFlowDenoiser,  # noqa: E402
-    DiffusersVPDenoiser,
-    adapt,
-)
+from timetuner_plugins.adapters import diffusers_configs as dc  # noqa: E402
+from timetuner_plugins.adapters.diffusers import DiffusersCFGDenoiser, DiffusersFlowDenoiser, DiffusersVPDenoiser, adapt
 
 V_SCHEDULER = {**dc.DDPM_SCHEDULER, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
 VARIANTS = {  # name: (config name, scheduler overrides)
@@ -290,7 +285,7 @@ def test_full_size_configs_count_their_published_parameters():
 
 
 def test_fingerprint_samples_stay_inside_large_tensors():
-    from timetuner_plugins.diffusers_adapters import sample_positions
+    from timetuner_plugins.adapters.diffusers import sample_positions
 
     for n in (1, 2, 63, 64, 65, 29_491_200, 2**31 + 7):  # SD1.5's largest tensor has 29 491 200 elements
         pos = sample_positions(n, 64)
@@ -320,7 +315,7 @@ def test_diffusers_schedulers_match_our_samplers(ddpm, theirs, ours, overrides):
 
 
 def _schedule_with(model, name, steps, overrides):
-    from timetuner_plugins import diffusers_samplers as ds
+    from timetuner_plugins.sampling import diffusers_samplers as ds
 
     p = ds.plan(ds.BY_NAME[name], model, steps, overrides)
     return torch.tensor([*p.step_sigmas, 0.0])
@@ -386,8 +381,8 @@ def test_the_generic_tuner_tunes_a_diffusers_scheduler(gmm, ddpm, name):
 from click.testing import CliRunner  # noqa: E402
 
 from timetuner_plugins.cli import cli  # noqa: E402
-from timetuner_plugins.diffusers_pipeline import apply_tuned_set, load, remove_tuned_set  # noqa: E402
-from timetuner_plugins.tuned_set import TunedSet, TunedSetMismatch  # noqa: E402
+from timetuner_plugins.adapters.diffusers_pipeline import apply_tuned_set, load, remove_tuned_set  # noqa: E402
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetMismatch  # noqa: E402
 
 QUICK = TuneConfig(
     iters=2, batch=4, pool=4, val_size=4, teacher_substeps=2, select=False, show_progress=False, features="pixel"
@@ -513,7 +508,7 @@ def test_flux_pipeline_with_embeddings(tmp_path):
 def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path, monkeypatch):
     import functools
 
-    import timetuner_plugins.tuner as tuner_module
+    import timetuner_plugins.tuning.tuner as tuner_module
 
     # the command line has no --pool: a small pool and teacher keep this test to seconds (the default is 512 samples)
     monkeypatch.setattr(
@@ -579,7 +574,7 @@ def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, doc_block):
     README's three-line quick start on the pipeline, in a folder where both files are."""
     import functools
 
-    import timetuner_plugins.tuner as tuner_module
+    import timetuner_plugins.tuning.tuner as tuner_module
 
     block = doc_block
     monkeypatch.chdir(tmp_path)

@@ -19,10 +19,10 @@ SCRIPT = textwrap.dedent(
     import registry
     import timetuner_plugins.cli  # noqa: F401
     import comfyui_nodes.model_patch  # noqa: F401
-    from timetuner_plugins.denoisers import DiscreteVPDenoiser
+    from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser
     from timetuner_plugins.extras import MissingExtraError
-    from timetuner_plugins.pipeline import schedule_sigmas, tune_set
-    from timetuner_plugins.tuner import TuneConfig
+    from timetuner_plugins.tuning.pipeline import schedule_sigmas, tune_set
+    from timetuner_plugins.tuning.tuner import TuneConfig
 
     class Eps(torch.nn.Module):  # a user's own ε-network: no digits data, no classifier
         def __init__(self):
@@ -42,10 +42,10 @@ SCRIPT = textwrap.dedent(
     assert tuned.tuned_set.nfe == 4 and "traj_err" in tuned.after
     assert not any(m.split(".")[0] in ("matplotlib", "sklearn") for m in sys.modules)
 
-    for what in ("timetuner_plugins.plots", "digits"):
+    for what in ("timetuner_plugins.experiments.plots", "digits"):
         try:
             if what == "digits":
-                from timetuner_plugins.data import digits
+                from timetuner_plugins.bundled.data import digits
                 digits("train")
             else:
                 __import__(what)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.run import make_sigmas, run_sampler, sample
-from timetuner_plugins.tau import TauLookup, TauModel
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
-from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
+from timetuner_plugins.sampling.run import make_sigmas, run_sampler, sample
+from timetuner_plugins.sets.tau import TauLookup, TauModel
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
+from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner
 
 SMALL = dict(batch=32, pool=64, teacher_substeps=6, show_progress=False, select=False)
 
@@ -41,7 +41,7 @@ def test_zero_lambda_is_bit_exact(gmm, sampler):
     spec = registry.get_sampler(sampler)
     sigmas = make_sigmas(gmm, "karras", 5)
     x = torch.randn(16, *gmm.sample_shape, generator=torch.Generator().manual_seed(2)) * sigmas[0]
-    from timetuner_plugins.run import eval_sigmas
+    from timetuner_plugins.sampling.run import eval_sigmas
 
     ev = eval_sigmas(spec, sigmas, tuple(gmm.sample_shape))
     with torch.no_grad():

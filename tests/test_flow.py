@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.denoisers import FlowDenoiser, flow_shift
-from timetuner_plugins.evaluate import generate
-from timetuner_plugins.metrics import gmm_fd
-from timetuner_plugins.run import eval_sigmas, make_sigmas, sample
-from timetuner_plugins.samplers import is_flow
-from timetuner_plugins.tau import TauLookup, TauModel
-from timetuner_plugins.tuned_set import TunedSetMismatch
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.adapters.denoisers import FlowDenoiser, flow_shift
+from timetuner_plugins.evaluation.evaluate import generate
+from timetuner_plugins.evaluation.metrics import gmm_fd
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, sample
+from timetuner_plugins.sampling.samplers import is_flow
+from timetuner_plugins.sets.tau import TauLookup, TauModel
+from timetuner_plugins.sets.tuned_set import TunedSetMismatch
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 
@@ -150,7 +150,7 @@ def test_a_set_for_another_space_or_shift_is_refused(gmm, gflow):
 
 
 def test_time_shift_refuses_flow_models(gflow):
-    from timetuner_plugins.time_shift import TimeShift
+    from timetuner_plugins.sampling.time_shift import TimeShift
 
     sigmas = make_sigmas(gflow, "simple", 3)
     with pytest.raises(ValueError, match="not defined for flow models"):

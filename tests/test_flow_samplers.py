@@ -1,4 +1,4 @@
-"""The multistep samplers of timetuner_plugins.multistep: ComfyUI parity, evaluation counts, convergence
+"""The multistep samplers of timetuner_plugins.sampling.multistep: ComfyUI parity, evaluation counts, convergence
 order, identity τ, gradients and the generic tuner.
 
 The parity tests need COMFYUI_PATH (a ComfyUI checkout importable by this interpreter, with its
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler, sample
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler, sample
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 

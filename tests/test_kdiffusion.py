@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.denoisers import DiscreteVPDenoiser
-from timetuner_plugins.noise import SeededNoise
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser
+from timetuner_plugins.sampling.noise import SeededNoise
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 

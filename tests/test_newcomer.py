@@ -15,12 +15,13 @@ import torch
 from click.testing import CliRunner
 
 import registry
-from timetuner_plugins import plots, shipped
+from timetuner_plugins.experiments import plots
+from timetuner_plugins.sets import shipped
 from timetuner_plugins.cli import cli
-from timetuner_plugins.evaluate import generate
-from timetuner_plugins.run import make_sigmas
-from timetuner_plugins.tuned_set import TunedSet
-from timetuner_plugins.tuner import Tuner
+from timetuner_plugins.evaluation.evaluate import generate
+from timetuner_plugins.sampling.run import make_sigmas
+from timetuner_plugins.sets.tuned_set import TunedSet
+from timetuner_plugins.tuning.tuner import Tuner
 
 from helpers import noise
 

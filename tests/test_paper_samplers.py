@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 
 import registry
-from timetuner_plugins.bdia import bdia_invert, bdia_sample
+from timetuner_plugins.sampling.bdia import bdia_invert, bdia_sample
 from timetuner_plugins.cli import cli
-from timetuner_plugins.conjugate import DEFAULT_LAM
-from timetuner_plugins.invert import read_states
-from timetuner_plugins.option_checks import SamplerOptionError
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler, sample
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.sampling.conjugate import DEFAULT_LAM
+from timetuner_plugins.sampling.invert import read_states
+from timetuner_plugins.sampling.option_checks import SamplerOptionError
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler, sample
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 
@@ -256,7 +256,7 @@ def test_bdia_round_trip_gives_back_the_noise(gmm, name, options, tol32, dtype):
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
 def test_bdia_round_trip_on_a_flow_model(gmm_flow, gamma, dtype, tol):
     """On a flow model frame=auto is the flow's own state (α = 1): the paper's update for z = (1 − σ)x₀ + σε."""
-    from timetuner_plugins.bdia import resolve_frame
+    from timetuner_plugins.sampling.bdia import resolve_frame
 
     assert resolve_frame(gmm_flow, "auto") == "ve" and resolve_frame(registry.load_model("gmm-digits"), "auto") == "vp"
     sigmas = make_sigmas(gmm_flow, gmm_flow.default_schedule, 8)

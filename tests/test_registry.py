@@ -12,9 +12,9 @@ import torch
 
 import registry
 from registry import SamplerSpec, hookimpl
-from timetuner_plugins.run import make_sigmas, sample
-from timetuner_plugins.tau import TauLookup, TauModel
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.sampling.run import make_sigmas, sample
+from timetuner_plugins.sets.tau import TauLookup, TauModel
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 
@@ -119,7 +119,7 @@ def test_wrap_model_hook_can_be_overridden_per_sampler(gmm):
         sigmas = make_sigmas(gmm, "logsnr", 3)
         for name in ("ddim", "dpmpp_2m"):
             spec = registry.get_sampler(name)
-            from timetuner_plugins.run import eval_sigmas
+            from timetuner_plugins.sampling.run import eval_sigmas
 
             with torch.no_grad():
                 sample(gmm, spec, sigmas, noise(2), lookup=TauLookup.identity(eval_sigmas(spec, sigmas, (1, 8, 8))))

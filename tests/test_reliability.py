@@ -15,11 +15,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from timetuner_plugins import shipped
+from timetuner_plugins.sets import shipped
 from timetuner_plugins.cli import cli
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError
-from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
-from timetuner_plugins.run import make_sigmas
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError
+from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner
+from timetuner_plugins.sampling.run import make_sigmas
 
 from helpers import make_set
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.evaluate import generate
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler, sample
-from timetuner_plugins.tau import TauLookup
+from timetuner_plugins.evaluation.evaluate import generate
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler, sample
+from timetuner_plugins.sets.tau import TauLookup
 
 from helpers import noise
 

@@ -13,11 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import registry
-from timetuner_plugins.denoisers import set_network_dtype
-from timetuner_plugins.parallel import ShardError, Shards
-from timetuner_plugins.run import make_sigmas
-from timetuner_plugins.tuned_set import TunedSet
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.adapters.denoisers import set_network_dtype
+from timetuner_plugins.tuning.parallel import ShardError, Shards
+from timetuner_plugins.sampling.run import make_sigmas
+from timetuner_plugins.sets.tuned_set import TunedSet
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 SMALL = dict(iters=4, batch=16, pool=32, val_size=32, teacher_substeps=3, validate_every=2, show_progress=False)
 
@@ -186,7 +186,7 @@ def test_the_fake_tensor_memory_count_equals_a_real_run(name):
     """bench-scale --estimate counts SDXL/SD3/Flux on fake tensors; on the tiny configs the same count run on real
     tensors gives the same bytes, and storing K evaluations costs K times what recompute keeps per evaluation."""
     pytest.importorskip("diffusers")
-    from timetuner_plugins import bench_scale as bs
+    from timetuner_plugins.experiments import bench_scale as bs
 
     fake = bs.estimate(name, 8, 2, "float32", size="tiny")
     real = bs.estimate(name, 8, 2, "float32", size="tiny", fake=False)
@@ -204,10 +204,10 @@ def test_each_point_records_its_allocator_and_a_missing_one_is_named(tmp_path):
 
     from click.testing import CliRunner
 
-    from timetuner_plugins import bench_scale as bs
+    from timetuner_plugins.experiments import bench_scale as bs
     from timetuner_plugins.cli import cli
 
-    code = "from timetuner_plugins.bench_scale import allocator; print(allocator())"
+    code = "from timetuner_plugins.experiments.bench_scale import allocator; print(allocator())"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("LD_PRELOAD", None)
     plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 import registry
 from timetuner_plugins import bundled
 from timetuner_plugins.cli import cli
-from timetuner_plugins.run import eval_sigmas, make_sigmas, run_sampler
-from timetuner_plugins.t_stitch import StitchedDenoiser, StitchError, StitchRun, stitch
-from timetuner_plugins.tau import TauLookup
-from timetuner_plugins.training import digits as training
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler
+from timetuner_plugins.sampling.t_stitch import StitchedDenoiser, StitchError, StitchRun, stitch
+from timetuner_plugins.sets.tau import TauLookup
+from timetuner_plugins.bundled.training import digits as training
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 from helpers import noise
 

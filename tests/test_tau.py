@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.denoisers import DiscreteVPDenoiser, EDMDenoiser
-from timetuner_plugins.run import eval_sigmas, make_sigmas, sample
-from timetuner_plugins.tau import TauLookup, TauLookupError
+from timetuner_plugins.adapters.denoisers import DiscreteVPDenoiser, EDMDenoiser
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, sample
+from timetuner_plugins.sets.tau import TauLookup, TauLookupError
 
 from helpers import noise
 

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 import registry
 from timetuner_plugins.cli import cli
-from timetuner_plugins.function_tuner import FunctionResult, FunctionTuner
-from timetuner_plugins.run import eval_plan, make_sigmas, sample
-from timetuner_plugins.tau_function import N_BASIS, TauFunction, basis
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
-from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner
+from timetuner_plugins.tuning.function_tuner import FunctionResult, FunctionTuner
+from timetuner_plugins.sampling.run import eval_plan, make_sigmas, sample
+from timetuner_plugins.sets.tau_function import N_BASIS, TauFunction, basis
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
+from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner
 
 from helpers import noise
 
@@ -191,7 +191,7 @@ def test_tune_with_an_nfe_range_writes_a_function_that_eval_applies_at_other_ste
 
 
 def test_diffusers_apply_refuses_a_function_set_instead_of_using_its_one_shown_run(gmm):
-    from timetuner_plugins.diffusers_pipeline import apply_tuned_set
+    from timetuner_plugins.adapters.diffusers_pipeline import apply_tuned_set
 
     with pytest.raises(TunedSetError, match="diffusers pipelines cannot apply yet"):
         apply_tuned_set(object(), function_set(gmm, torch.zeros(N_BASIS)))

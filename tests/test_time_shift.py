@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins.run import make_sigmas, run_sampler
-from timetuner_plugins.time_shift import TimeShift, TimeShiftModel
+from timetuner_plugins.sampling.run import make_sigmas, run_sampler
+from timetuner_plugins.sampling.time_shift import TimeShift, TimeShiftModel
 
 
 class Recorder(torch.nn.Module):
@@ -39,7 +39,7 @@ def ddpm():
 def test_the_plugin_serves_time_shift_and_leaves_tau_lookups_alone(ddpm):
     spec = registry.get_sampler("ddim")
     assert isinstance(registry.wrap_model(ddpm, TimeShift(), spec), TimeShiftModel)
-    from timetuner_plugins.tau import TauLookup, TauModel
+    from timetuner_plugins.sets.tau import TauLookup, TauModel
 
     assert isinstance(registry.wrap_model(ddpm, TauLookup.identity(torch.ones(3)), spec), TauModel)
 

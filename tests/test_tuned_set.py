@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from timetuner_plugins.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
+from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
 
 from helpers import make_set
 
@@ -132,6 +132,6 @@ def test_mismatch_is_named_and_force_overrides():
     ],
 )
 def test_verdict_names_a_trade_off(before, after, said):
-    from timetuner_plugins.tuned_set import verdict
+    from timetuner_plugins.sets.tuned_set import verdict
 
     assert verdict(before, after) == said

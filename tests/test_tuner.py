@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import registry
-from timetuner_plugins import objectives
-from timetuner_plugins.evaluate import evaluate
-from timetuner_plugins.run import make_sigmas
-from timetuner_plugins.checkpoint import CheckpointError
-from timetuner_plugins.tuned_set import TunedSet
-from timetuner_plugins.tuner import TuneConfig, TuneError, Tuner, stalled
+from timetuner_plugins.tuning import objectives
+from timetuner_plugins.evaluation.evaluate import evaluate
+from timetuner_plugins.sampling.run import make_sigmas
+from timetuner_plugins.tuning.checkpoint import CheckpointError
+from timetuner_plugins.sets.tuned_set import TunedSet
+from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner, stalled
 
 SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False, select=False)
 
@@ -240,7 +240,7 @@ def test_the_default_needs_nothing_but_the_model(ddpm, gmm):
 def test_a_candidate_that_loses_per_sample_accuracy_is_not_kept(gmm):
     """Model-agnostic selection: a τ whose validation energy is better is still not kept when its final samples
     are farther from the teacher's than the plain sampler's; the plain sampler never beats itself."""
-    from timetuner_plugins.checkpoint import TunerState
+    from timetuner_plugins.tuning.checkpoint import TunerState
 
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
     tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(val_size=64, **{**SMALL, "select": True}))
@@ -285,7 +285,7 @@ def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
 def test_the_reference_starts_where_the_run_starts():
     """ComfyUI's ddim_uniform starts higher the more steps it has; the reference a run is measured against solves
     the same ODE from the run's own σ_0 (the fine schedule's σ's below it), and elsewhere is unchanged."""
-    from timetuner_plugins.evaluate import eval_noise, generate, reference
+    from timetuner_plugins.evaluation.evaluate import eval_noise, generate, reference
 
     model, spec = registry.load_model("heldout-resnet-v"), registry.get_sampler("dpmpp_2m")
     noise = eval_noise(16, (1, 8, 8), 3)

@@ -45,14 +45,14 @@ def _device_option(f):
 
 def _load_model(name: str, device: str):
     """A registered model on ``device`` (checked first, so a missing GPU is one clear error)."""
-    from .run import resolve_device
+    from .devices import resolve_device
 
     try:
         where = resolve_device(device)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
     if name.startswith("diffusers:"):  # a folder saved by diffusers' save_pretrained (the diffusers extra)
-        from .diffusers_pipeline import load_spec
+        from .adapters.diffusers_pipeline import load_spec
 
         try:
             return load_spec(name).to(where)
@@ -75,14 +75,14 @@ class _Group(click.Group):
         return list(self.commands)  # in the order they are defined: the tuning workflow first
 
     def invoke(self, ctx: click.Context) -> Any:
-        from .checkpoint import CheckpointError
+        from .tuning.checkpoint import CheckpointError
         from .extras import MissingExtraError
         from .io import OutputPathError
-        from .parallel import ShardError
-        from .shipped import NoShippedSet
-        from .tau import TauLookupError
-        from .tuned_set import TunedSetError
-        from .tuner import TuneError
+        from .tuning.parallel import ShardError
+        from .sets.shipped import NoShippedSet
+        from .sets.tau import TauLookupError
+        from .sets.tuned_set import TunedSetError
+        from .tuning.tuner import TuneError
 
         try:
             return super().invoke(ctx)
@@ -180,7 +180,7 @@ class _NFE(click.ParamType):
 
 
 def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | None) -> int:
-    from .run import steps_for_nfe
+    from .sampling.run import steps_for_nfe
 
     if (steps is None) == (nfe is None):
         raise click.UsageError("give exactly one of --steps (sampler steps) or --nfe (network evaluations)")
@@ -376,14 +376,15 @@ def tune(
 
     Under torchrun (``torchrun --nproc-per-node N -m timetuner_plugins tune ...``) each process runs its share
     of every batch (gloo on CPU, NCCL on GPUs) and rank 0 alone writes the checkpoint and the set."""
-    from . import parallel
-    from .denoisers import set_network_dtype
-    from .evaluate import choose_schedule
+    from .tuning import parallel
+    from .adapters.denoisers import set_network_dtype
+    from .evaluation.evaluate import choose_schedule
     from .io import check_output_file
-    from .pipeline import measure
-    from .tuned_set import verdict
-    from .run import make_sigmas, resolve_device
-    from .tuner import TuneConfig, Tuner
+    from .tuning.pipeline import measure
+    from .sets.tuned_set import verdict
+    from .sampling.run import make_sigmas
+    from .devices import resolve_device
+    from .tuning.tuner import TuneConfig, Tuner
 
     if out is not None:
         check_output_file(out, overwrite)
@@ -548,12 +549,12 @@ def _tune_function(
     quiet: bool,
 ) -> None:
     """``tune --nfe LO-HI``: one τ function over the range, measured at its representative run."""
-    from .denoisers import set_network_dtype
+    from .adapters.denoisers import set_network_dtype
     from .io import check_output_file
-    from .function_tuner import FUNCTION_DEFAULTS
-    from .pipeline import representative_nfe, tune_function_set
-    from .tuned_set import verdict
-    from .tuner import TuneConfig
+    from .tuning.function_tuner import FUNCTION_DEFAULTS
+    from .tuning.pipeline import representative_nfe, tune_function_set
+    from .sets.tuned_set import verdict
+    from .tuning.tuner import TuneConfig
 
     if steps is not None:
         raise click.UsageError("an --nfe range covers every step count within it: drop --steps")
@@ -690,9 +691,9 @@ def eval_(
     device: str,
 ) -> None:
     """Evaluate a tuned set against the untuned sampler: FD, trajectory error, NFE, seconds."""
-    from .evaluate import evaluate
-    from .run import make_sigmas
-    from .tuned_set import TunedSet
+    from .evaluation.evaluate import evaluate
+    from .sampling.run import make_sigmas
+    from .sets.tuned_set import TunedSet
 
     if tuned_path is not None:
         ts = TunedSet.load(tuned_path)
@@ -752,8 +753,8 @@ def eval_(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(files: tuple[Path, ...], as_json: bool) -> None:
     """Show a tuned set's metadata and τ; with no FILES, list the shipped sets."""
-    from . import shipped
-    from .tuned_set import TunedSet, TunedSetError, verdict
+    from .sets import shipped
+    from .sets.tuned_set import TunedSet, TunedSetError, verdict
 
     if not files:
         rows = [
@@ -831,7 +832,7 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
 @click.option("--n", "n", type=click.IntRange(100), default=1000, show_default=True, help="Samples per evaluation.")
 def demo(retune: bool, out: Path, n: int) -> None:
     """Untuned vs tuned DDIM and DPM-Solver++(2M) at NFE 5 and 10 on digits-ddpm, with figures."""
-    from .demo import run_demo
+    from .experiments.demo import run_demo
     from .io import check_output_dir
 
     run_demo(check_output_dir(out), retune=retune, n=n)
@@ -899,7 +900,7 @@ def stitch(
 ) -> None:
     """T-Stitch (Pan et al. 2024): FD and time over the fraction of evaluations given to a small model."""
     from .io import check_output_dir
-    from .stitch_report import StitchPlan, markdown, run_stitch
+    from .experiments.stitch_report import StitchPlan, markdown, run_stitch
 
     check_output_dir(out)
     fr = _fractions(fractions)
@@ -970,7 +971,7 @@ def bench(
     device: str,
 ) -> None:
     """Side-by-side benchmark of the tuning methods on the bundled models; JSON, Markdown and plots."""
-    from . import bench as b
+    from .experiments import bench as b
     from .io import check_output_dir
 
     check_output_dir(out)
@@ -1003,7 +1004,7 @@ def bench(
         plan.seeds = list(range(seeds))
     if n:
         plan.n = n
-    from .run import resolve_device
+    from .devices import resolve_device
 
     try:
         plan.device = str(resolve_device(device))
@@ -1057,9 +1058,9 @@ def bench(
 def bench_scale(out: Path, curves: bool, full: bool, estimate: bool, allocator: str, device: str) -> None:
     """Peak memory and seconds per tuning iteration against NFE, batch, resolution and recompute (each point in a
     fresh process), on diffusers' SD1.5 U-Net built from its published config with random weights."""
-    from . import bench_scale as bs
+    from .experiments import bench_scale as bs
     from .io import atomic_path, check_output_dir
-    from .run import resolve_device
+    from .devices import resolve_device
 
     check_output_dir(out)
     try:
@@ -1174,9 +1175,10 @@ def invert(
     """Recover the initial noise of BDIA samples exactly (Zhang et al., ECCV 2024), or --generate some."""
     import torch
 
-    from . import invert as inv
-    from .option_checks import SamplerOptionError
-    from .run import make_sigmas, model_device
+    from .sampling import invert as inv
+    from .sampling.option_checks import SamplerOptionError
+    from .sampling.run import make_sigmas
+    from .devices import model_device
 
     if (input_path is None) == (generate_n is None):
         raise click.UsageError("give exactly one of --input FILE (to invert) or --generate N (to write samples)")

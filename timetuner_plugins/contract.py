@@ -1,6 +1,6 @@
 """What a model must provide to be tuned, sampled and applied, and what it may provide to be measured.
 
-Every adapter in :mod:`timetuner_plugins.denoisers` (and the k-diffusion, diffusers and ComfyUI ones) meets
+Every adapter in :mod:`timetuner_plugins.adapters.denoisers` (and the k-diffusion, diffusers and ComfyUI ones) meets
 :class:`TunableModel`. The optional capabilities are separate protocols, checked with ``isinstance``, so a
 third-party model supplies its own quality metric, tuning features or real data by having the member; the
 bundled models are given theirs by :mod:`timetuner_plugins.bundled`, the same way.
@@ -36,7 +36,7 @@ class TunableModel(Protocol):
 
 class QualityMetric(Protocol):
     """A distance between samples and the model's data (lower is better), in two steps so resampling reuses the
-    per-sample features: :class:`timetuner_plugins.metrics.FrechetMetric` is one."""
+    per-sample features: :class:`timetuner_plugins.evaluation.metrics.FrechetMetric` is one."""
 
     def features(self, samples: torch.Tensor) -> torch.Tensor: ...
 

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from timetuner_plugins import diffusers_configs as dc
+    from timetuner_plugins.adapters import diffusers_configs as dc
 
     report: dict = {"torch_threads": torch.get_num_threads(), "models": {}}
     for name in ("sd15", "sdxl", "sd3", "flux"):
@@ -45,8 +45,8 @@ def main() -> None:
 
 
 def build_sd15(dc, latent: int) -> dict:
-    from timetuner_plugins.denoisers import fingerprint_tensors
-    from timetuner_plugins.diffusers_adapters import adapt
+    from timetuner_plugins.adapters.denoisers import fingerprint_tensors
+    from timetuner_plugins.adapters.diffusers import adapt
 
     out: dict = {"rss_before_gb": round(rss_gb(), 2)}
     started = time.perf_counter()

@@ -11,9 +11,9 @@ import time
 import torch
 
 import registry
-from timetuner_plugins import parallel
-from timetuner_plugins.run import make_sigmas
-from timetuner_plugins.tuner import TuneConfig, Tuner
+from timetuner_plugins.tuning import parallel
+from timetuner_plugins.sampling.run import make_sigmas
+from timetuner_plugins.tuning.tuner import TuneConfig, Tuner
 
 threads, iters = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 20
 torch.set_num_threads(threads)

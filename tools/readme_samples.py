@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 
 import registry
-from timetuner_plugins import bundled, plots
-from timetuner_plugins.data import digits
-from timetuner_plugins.evaluate import generate
-from timetuner_plugins.metrics import digits_fd
-from timetuner_plugins.run import make_sigmas
+from timetuner_plugins import bundled
+from timetuner_plugins.experiments import plots
+from timetuner_plugins.bundled.data import digits
+from timetuner_plugins.evaluation.evaluate import generate
+from timetuner_plugins.evaluation.metrics import digits_fd
+from timetuner_plugins.sampling.run import make_sigmas
 
 
 def main(out: Path) -> None:

@@ -2,7 +2,7 @@
 
 One registry sampler per name in ComfyUI's sampler list (``comfy.samplers.SAMPLER_NAMES``), resolved the way
 its KSampler resolves it, so a sampler ComfyUI adds is registered with no change here. See
-:mod:`timetuner_plugins.comfy_samplers` for how the functions are called, counted and checked.
+:mod:`timetuner_plugins.sampling.comfy_samplers` for how the functions are called, counted and checked.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import functools
 
 from registry import SamplerSpec, add_problem, hookimpl
 
-from .. import comfy_samplers as cs
+from ..sampling import comfy_samplers as cs
 
 PLUGIN = __name__
 

@@ -3,7 +3,7 @@
 - adapters ``diffusers.<ModelClass>`` for UNet2DModel, UNet2DConditionModel, SD3Transformer2DModel and
   FluxTransformer2DModel (``registry.adapt_model(unet, scheduler_config=pipe.scheduler.config)``);
 - samplers ``diffusers.<SchedulerClass>`` that drive the schedulers' own ``step()``, and schedules of the same
-  names that give the σ's each scheduler sets (see :mod:`timetuner_plugins.diffusers_samplers`).
+  names that give the σ's each scheduler sets (see :mod:`timetuner_plugins.sampling.diffusers_samplers`).
 
 Whether diffusers is installed is checked without importing it (importing it takes seconds); without it the
 plugin registers nothing and reports one problem, with the install command, for every ``diffusers.`` name.
@@ -46,7 +46,7 @@ def _is(cls_name: str):
 
 
 def _adapt(obj, **kwargs):
-    from ..diffusers_adapters import adapt
+    from ..adapters.diffusers import adapt
 
     return adapt(obj, **kwargs)
 
@@ -70,7 +70,7 @@ def register_model_adapters(register):
 def register_samplers(register):
     if not available():
         return
-    from .. import diffusers_samplers as ds
+    from ..sampling import diffusers_samplers as ds
 
     for entry in ds.ENTRIES:
         register(
@@ -88,7 +88,7 @@ def register_samplers(register):
 def register_schedules(register):
     if not available():
         return
-    from .. import diffusers_samplers as ds
+    from ..sampling import diffusers_samplers as ds
 
     for entry in ds.ENTRIES:
         register(

@@ -121,7 +121,7 @@ def register_model_adapters(register):
     modules = _kdiffusion()
     if modules is None:
         return
-    from .. import kdiffusion_adapters as ours
+    from ..adapters import kdiffusion as ours
 
     _, external, layers = modules
     kinds = [

@@ -3,7 +3,7 @@ DDIM/DDPM, Pandey et al.'s conjugate integrators)."""
 
 from registry import SamplerSpec, hookimpl, one_eval_per_step, two_evals_per_step
 
-from .. import accelerated, bdia, conjugate
+from ..sampling import accelerated, bdia, conjugate
 
 
 @hookimpl

@@ -2,8 +2,8 @@
 
 from registry import SamplerSpec, hookimpl, one_eval_per_step, two_evals_per_step
 
-from .. import multistep as m
-from .. import samplers as s
+from ..sampling import multistep as m
+from ..sampling import samplers as s
 
 
 def _churns(options) -> bool:

@@ -2,7 +2,7 @@
 
 from registry import ScheduleSpec, hookimpl
 
-from .. import schedules
+from ..sampling import schedules
 
 
 @hookimpl

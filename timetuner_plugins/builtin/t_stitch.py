@@ -2,7 +2,7 @@
 
 from registry import hookimpl
 
-from ..t_stitch import StitchedDenoiser, StitchRun
+from ..sampling.t_stitch import StitchedDenoiser, StitchRun
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 
 from registry import hookimpl
 
-from ..tau import TauModel
+from ..sets.tau import TauModel
 
 
 @hookimpl(trylast=True)

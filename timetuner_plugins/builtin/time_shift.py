@@ -2,7 +2,7 @@
 
 from registry import hookimpl
 
-from ..time_shift import TimeShift, TimeShiftModel
+from ..sampling.time_shift import TimeShift, TimeShiftModel
 
 
 @hookimpl

@@ -1,0 +1,1 @@
+"""Evaluation: FD and trajectory error of a sampler, with and without a tuned set."""

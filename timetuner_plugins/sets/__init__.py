@@ -1,0 +1,1 @@
+"""Tuned sets: the file format, the τ lookups and τ functions a set holds, and the shipped index."""
