@@ -145,9 +145,9 @@ def test_tuner_runs_on_cuda_and_returns_cpu_float32_results(ddpm):
     )
     tuner = Tuner(model, "ddim", sigmas, "quadratic_t", cfg)
     assert tuner.device.type == "cuda"
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     result = tuner.tune()
-    assert tuner.pool_objective() < untuned
+    assert tuner.joint.pool_objective() < untuned
     for t in (result.tau, result.eval_sigmas, result.sigmas, result.dode_lambda):
         assert t.device.type == "cpu" and t.dtype == torch.float32
     ts = result.tuned_set(model)

@@ -370,10 +370,10 @@ def test_the_generic_tuner_tunes_a_diffusers_scheduler(gmm, ddpm, name):
         objective="final", iters=3, lr=0.05, batch=8, pool=8, teacher_substeps=3, select=False, show_progress=False
     )
     tuner = Tuner(ddpm, name, sigmas, name, cfg, extra_args={"label": torch.arange(8) % 10})
-    before = tuner.pool_objective(tuner.untuned)
+    before = tuner.joint.pool_objective(tuner.untuned)
     result = tuner.tune()
     assert len(result.tau) == registry.get_sampler(name).nfe(sigmas)
-    assert tuner.pool_objective() < before
+    assert tuner.joint.pool_objective() < before
 
 
 # ----- Goal: pipelines: apply a tuned set, tune a saved folder ------------------------------------------------------

@@ -54,9 +54,9 @@ def test_dode_tuning_lowers_the_distillation_error_and_leaves_tau(gmm):
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
     cfg = TuneConfig(objective="trajectory", families=("dode",), iters=40, lr=0.05, **SMALL)
     tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     result = tuner.tune()
-    assert tuner.pool_objective() < 0.95 * untuned
+    assert tuner.joint.pool_objective() < 0.95 * untuned
     assert torch.equal(result.tau, result.eval_sigmas)  # τ was not trained
     assert float(result.dode_lambda[0]) == 0.0 and bool(result.dode_lambda[1:].abs().gt(0).any())
     ts = result.tuned_set(gmm)
@@ -67,9 +67,9 @@ def test_schedule_tuning_moves_interior_sigmas_only(gmm):
     sigmas = make_sigmas(gmm, "uniform_t", 5)
     cfg = TuneConfig(objective="energy", families=("sigma",), iters=30, lr=0.1, **SMALL)
     tuner = Tuner(gmm, "ddim", sigmas, "uniform_t", cfg)
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     result = tuner.tune()
-    assert tuner.pool_objective() < untuned
+    assert tuner.joint.pool_objective() < untuned
     learned = result.sigmas
     assert learned[0] == sigmas[0] and learned[-2] == sigmas[-2] and learned[-1] == 0
     assert bool((learned[1:] < learned[:-1]).all()) and not torch.allclose(learned, sigmas)

@@ -140,8 +140,8 @@ def test_the_generic_tuner_tunes_every_k_diffusion_sampler(gmm, name):
         objective="final", iters=12, lr=0.05, batch=16, pool=32, teacher_substeps=4, select=False, show_progress=False
     )
     tuner = Tuner(gmm, spec, sigmas, "karras", cfg)
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     result = tuner.tune()
     assert len(result.tau) == spec.nfe(sigmas)
-    assert tuner.pool_objective() < untuned
+    assert tuner.joint.pool_objective() < untuned
     assert k_diffusion.__name__ == "k_diffusion"

@@ -9,7 +9,7 @@ import torch
 
 import registry
 from timetuner_plugins.evaluation.evaluate import generate
-from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, run_sampler, sample
+from timetuner_plugins.sampling.run import eval_sigmas, make_sigmas, per_sample_args, run_sampler, sample
 from timetuner_plugins.sets.tau import TauLookup
 
 from helpers import noise
@@ -84,3 +84,11 @@ def test_stochastic_runs_are_deterministic_for_a_seed(gmm):
         b = run_sampler(gmm, spec, noise(4) * sigmas[0], sigmas, seed=11)
         c = run_sampler(gmm, spec, noise(4) * sigmas[0], sigmas, seed=12)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_per_sample_args_slices_only_per_sample_tensors():
+    cond, shared, scale = torch.arange(6.0).reshape(6, 1), torch.ones(1, 3), 7.5
+    args = per_sample_args({"cond": cond, "shared": shared, "scale": scale}, slice(2, 4), 6)
+    assert args["cond"].tolist() == [[2.0], [3.0]]
+    assert args["shared"] is shared and args["scale"] == scale
+    assert per_sample_args(None, slice(0, 1), 6) is None

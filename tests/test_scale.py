@@ -75,8 +75,10 @@ def _rank(
             torch.save({"error": str(exc)}, f"{out}.{rank}")
             return
         if stop_at is not None:  # an interrupt at one iteration, on every rank (as torchrun forwards Ctrl-C)
-            step = tuner._joint_step
-            tuner._joint_step = lambda it: (_ for _ in ()).throw(KeyboardInterrupt) if it == stop_at else step(it)
+            step = tuner.strategy.step
+            tuner.strategy.step = lambda p, it: (
+                (_ for _ in ()).throw(KeyboardInterrupt) if it == stop_at else step(p, it)
+            )
             try:
                 tuner.tune()
             except KeyboardInterrupt:

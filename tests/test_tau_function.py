@@ -12,10 +12,11 @@ from click.testing import CliRunner
 import registry
 from timetuner_plugins.cli import cli
 from timetuner_plugins.tuning.function_tuner import FunctionResult, FunctionTuner
+from timetuner_plugins.tuning.joint_objective import JointObjective
 from timetuner_plugins.sampling.run import eval_plan, make_sigmas, sample
 from timetuner_plugins.sets.tau_function import N_BASIS, TauFunction, basis
 from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError, TunedSetMismatch
-from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner
+from timetuner_plugins.tuning.tuner import TuneConfig, TuneError
 
 from helpers import noise
 
@@ -138,7 +139,7 @@ def test_an_interrupted_function_run_resumes_to_the_same_function(gmm, tmp_path,
     config = TuneConfig(**{**TINY, "checkpoint_every": 2})
     whole = FunctionTuner(gmm, "ddim", ["karras"], (4, 6), config).tune()
     path = tmp_path / "f.safetensors.ckpt"
-    calls, chunk_loss = [], Tuner.chunk_loss
+    calls, chunk_loss = [], JointObjective.chunk_loss
 
     def interrupted(self, values, iteration):
         calls.append(iteration)
@@ -146,7 +147,7 @@ def test_an_interrupted_function_run_resumes_to_the_same_function(gmm, tmp_path,
             raise KeyboardInterrupt
         return chunk_loss(self, values, iteration)
 
-    monkeypatch.setattr(Tuner, "chunk_loss", interrupted)
+    monkeypatch.setattr(JointObjective, "chunk_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         FunctionTuner(gmm, "ddim", ["karras"], (4, 6), config, checkpoint=path).tune()
     monkeypatch.undo()

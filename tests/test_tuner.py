@@ -26,9 +26,9 @@ def test_final_objective_lowers_loss_and_held_out_error(ddpm, sampler):
     spec = registry.get_sampler(sampler)
     sigmas = make_sigmas(ddpm, "quadratic_t", 4)
     tuner = Tuner(ddpm, spec, sigmas, "quadratic_t", TuneConfig(objective="final", iters=60, lr=0.03, **SMALL))
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     result = tuner.tune()
-    assert tuner.pool_objective() < 0.95 * untuned
+    assert tuner.joint.pool_objective() < 0.95 * untuned
     before = evaluate(ddpm, spec, sigmas, "quadratic_t", n=200)
     after = evaluate(ddpm, spec, sigmas, "quadratic_t", n=200, lookup=result.tuned_set(ddpm).lookup())
     assert after["traj_err"] < before["traj_err"]
@@ -39,18 +39,18 @@ def test_joint_objectives_lower_their_loss(gmm, objective):
     sigmas = make_sigmas(gmm, "quadratic_t", 4)
     cfg = TuneConfig(objective=objective, iters=40, lr=0.03, **{**SMALL, "batch": 32, "pool": 64})
     tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     tuner.tune()
-    assert tuner.pool_objective() < 0.95 * untuned
+    assert tuner.joint.pool_objective() < 0.95 * untuned
 
 
 def test_energy_objective_can_match_real_data(gmm):
     sigmas = make_sigmas(gmm, "quadratic_t", 3)
     cfg = TuneConfig(objective="energy", data="real", iters=30, lr=0.05, **{**SMALL, "batch": 32, "pool": 64})
     tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", cfg)
-    untuned = tuner.pool_objective(tuner.untuned)
+    untuned = tuner.joint.pool_objective(tuner.untuned)
     tuner.tune()
-    assert tuner.pool_objective() < untuned
+    assert tuner.joint.pool_objective() < untuned
 
 
 def test_real_data_from_a_data_loader(gmm):
@@ -130,14 +130,14 @@ def test_paper_objective_lowers_each_interval_loss(ddpm, mode, sampler):
     tuner = Tuner(ddpm, sampler, sigmas, "quadratic_t", TuneConfig.paper(mode, iters=40, lr=0.01, **SMALL))
     result = tuner.tune()
     assert len(result.losses) == 3 * 40  # intervals 0..2 tuned, the last left at τ = σ
-    counts = tuner.paper.counts
+    counts = tuner.strategy.counts
     torch.testing.assert_close(result.tau[counts[-1] :], result.eval_sigmas[counts[-1] :], rtol=1e-3, atol=0)
     tuned = tuner.param.raw.detach().clone()
 
     def held_out_loss(i, raw):
         with torch.no_grad():
             tuner.param.raw.copy_(raw)
-            return _mean([tuner.paper.interval_loss(i, j) for j in range(1000, 1006)])
+            return _mean([tuner.strategy.interval_loss(i, j) for j in range(1000, 1006)])
 
     for i in range(3):
         untuned_here = tuned.clone()
@@ -160,14 +160,14 @@ def test_resume_equals_an_uninterrupted_run(gmm, tmp_path):
 
     ckpt = tmp_path / "run.ckpt"
     stopped = Tuner(gmm, "dpmpp_2m", sigmas, "logsnr", TuneConfig(**cfg), checkpoint=ckpt)
-    original = stopped._joint_step
+    original = stopped.strategy.step
 
-    def stop_after_seven(iteration):
+    def stop_after_seven(phase, iteration):
         if iteration == 7:
             raise KeyboardInterrupt
-        return original(iteration)
+        return original(phase, iteration)
 
-    stopped._joint_step = stop_after_seven
+    stopped.strategy.step = stop_after_seven
     with pytest.raises(KeyboardInterrupt):
         stopped.tune()
     assert ckpt.exists()
@@ -265,18 +265,20 @@ def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
     hinged = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(**sizes))
     plain = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(accuracy_hinge=0, **sizes))
     # the units: the plain run's energy over the whole pool (the mean of the chunks' estimates, to their noise)
-    units = hinged._plain_terms(hinged.pool, 0)[0]
-    assert plain.pool_objective(plain.untuned) == pytest.approx(units, rel=0.2)
-    assert hinged.pool_objective(hinged.untuned) == pytest.approx(plain.pool_objective(plain.untuned) / units)
+    units = hinged.joint.plain_terms(hinged.pool, 0)[0]
+    assert plain.joint.pool_objective(plain.untuned) == pytest.approx(units, rel=0.2)
+    assert hinged.joint.pool_objective(hinged.untuned) == pytest.approx(
+        plain.joint.pool_objective(plain.untuned) / units
+    )
     with torch.no_grad():
         hinged.param.raw.add_(0.5)  # a τ far from the plain one: its samples move away from the teacher's
     values = hinged.param.values()
     outputs = hinged.whole(hinged.pool, 0, values)
     error = float(objectives.squared_error(outputs[-1], hinged.teacher(hinged.pool)[0][-1]))
-    e0, err0 = hinged._plain_terms(hinged.pool, 0)
+    e0, err0 = hinged.joint.plain_terms(hinged.pool, 0)
     energy_now = float(objectives.energy_distance(outputs[-1], hinged.teacher(hinged.pool)[0][-1]))
     expected = energy_now / e0 + 3 * max(0.0, error / err0 - 1)
-    assert float(hinged._loss(hinged.pool, 0, values)) == pytest.approx(expected, rel=1e-5)
+    assert float(hinged.joint.chunk_value(hinged.pool, 0, values)) == pytest.approx(expected, rel=1e-5)
     assert error > err0  # the hinge is active here
     with pytest.raises(TuneError, match="accuracy_hinge"):
         TuneConfig(accuracy_hinge=-1).validate()

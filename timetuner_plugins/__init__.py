@@ -36,9 +36,9 @@ _PUBLIC = {
     "bdia_invert": "sampling.bdia",
     "stitch": "sampling.t_stitch",
     # tune
-    "TuneConfig": "tuning.tuner",
+    "TuneConfig": "tuning.config",
     "Tuner": "tuning.tuner",
-    "TuneError": "tuning.tuner",
+    "TuneError": "tuning.config",
     "tune_set": "tuning.pipeline",
     "tune_function_set": "tuning.pipeline",
     # tuned sets

@@ -18,7 +18,7 @@ from registry import SamplerSpec
 from ..io import atomic_path
 from .metrics import fd_metric, trajectory_error
 from ..sampling.noise import BrownianNoise
-from ..sampling.run import eval_sigmas, make_sigmas, run_sampler, steps_for_nfe
+from ..sampling.run import eval_sigmas, make_sigmas, per_sample_args, run_sampler, steps_for_nfe
 from ..devices import model_device
 from ..sets.tau import TauLookup
 
@@ -65,7 +65,7 @@ def generate(
         for c, sub in enumerate(chunks):
             x = sub.to(device) * sigmas[0].to(device)
             ns = BrownianNoise(x, model.sigma_min, model.sigma_max, seed + c) if stochastic else None
-            args = _slice_args(extra_args, c * chunk, len(sub), device)
+            args = per_sample_args(extra_args, slice(c * chunk, c * chunk + len(sub)), len(noise), device)
             out.append(
                 run_sampler(
                     model,
@@ -81,15 +81,6 @@ def generate(
                 ).cpu()
             )
     return torch.cat(out)
-
-
-def _slice_args(extra_args: dict | None, start: int, n: int, device: torch.device) -> dict | None:
-    if not extra_args:
-        return extra_args
-    return {
-        k: (v[start : start + n] if v.ndim and len(v) > 1 else v).to(device) if torch.is_tensor(v) else v
-        for k, v in extra_args.items()
-    }
 
 
 def _key(*parts: Any) -> str:

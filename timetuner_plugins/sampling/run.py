@@ -55,6 +55,20 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def per_sample_args(extra_args: dict | None, rows: slice, n: int, device: torch.device | None = None) -> dict | None:
+    """``extra_args`` for rows ``rows`` of an ``n``-sample run: tensors with one row per sample are sliced, the
+    rest (one row for every sample, scalars, other values) pass whole; tensors are moved to ``device`` if given."""
+    if not extra_args:
+        return extra_args
+    out = {}
+    for k, v in extra_args.items():
+        if torch.is_tensor(v):
+            v = v[rows] if v.ndim and len(v) == n else v
+            v = v if device is None else v.to(device)
+        out[k] = v
+    return out
+
+
 def run_sampler(
     model: Callable[..., torch.Tensor],
     spec: SamplerSpec,

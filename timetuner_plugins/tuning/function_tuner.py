@@ -27,7 +27,9 @@ from . import checkpoint as ckpt
 from ..sampling.run import eval_plan, make_sigmas, sampler_spec, steps_for_nfe
 from ..sets.tau_function import TauFunction
 from ..sets.tuned_set import TunedSet
-from .tuner import RunValues, TuneConfig, TuneError, Tuner, stalled
+from .config import TuneConfig, TuneError
+from .parameters import RunValues
+from .tuner import Tuner, stalled
 
 TRAIN_NFES = (4, 5, 6, 8, 10, 13, 16, 20)  # the runs a 4–20 function trains on; it applies at every NFE between
 # A function's defaults where they differ from one run's: its runs share the iterations, so it gets more, and no
@@ -184,7 +186,7 @@ class FunctionTuner:
                 finals = [states[-1:] for states in finest.tuner.teacher(noise_set)]
                 for run in runs:
                     if run is not finest:
-                        run.tuner.use_teacher(noise_set, finals)
+                        run.tuner.teacher.use(noise_set, finals)
 
     def values(self, run: _Run, coef: torch.Tensor | None = None) -> RunValues:
         """``run`` with τ from θ = ``coef`` (default: the function's own)."""
@@ -207,7 +209,7 @@ class FunctionTuner:
             samples, target = tuner.selector.rows(tuner.untuned)
             scale = (samples.flatten(1).double() - target.flatten(1).double()).norm(dim=1).mean().item()
             run.unit = max(run.plain_score, 0.01 * scale, 1e-12)
-        if tuner.hinged:
+        if tuner.joint.hinged:
             run.plain_guard = tuner.selector.trajectory_guard(tuner.untuned)
 
     def _score(self, coef: torch.Tensor) -> tuple[float, list[float], bool]:
@@ -269,7 +271,7 @@ class FunctionTuner:
                 round_, pos = divmod(it, len(self.runs))
                 run = self.runs[self._order(round_)[pos]]
                 opt.zero_grad(set_to_none=True)
-                loss = run.tuner.chunk_loss(self.values(run), round_)
+                loss = run.tuner.joint.chunk_loss(self.values(run), round_)
                 if not torch.isfinite(loss):
                     raise TuneError(f"the loss diverged at iteration {it}; lower --lr (now {cfg.lr})")
                 loss.backward()

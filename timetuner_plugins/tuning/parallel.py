@@ -94,13 +94,6 @@ class Shards:
             dist.barrier()
 
 
-def rows(value: object, part: slice, n: int) -> object:
-    """``value`` restricted to the rows ``part`` when it has one row per sample of an ``n``-row batch."""
-    if torch.is_tensor(value) and value.ndim and len(value) == n:
-        return value[part]
-    return value
-
-
 def init_from_env(device_type: str) -> Shards | None:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1): gloo on CPU, NCCL on CUDA; else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:

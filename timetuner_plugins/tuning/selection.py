@@ -11,7 +11,8 @@ from . import checkpoint, objectives
 from ..contract import QualityMetric
 
 if TYPE_CHECKING:
-    from .tuner import RunValues, Tuner
+    from .parameters import RunValues
+    from .tuner import Tuner
 
 BOOTSTRAP_RESAMPLES = 200
 ACCEPT_WIN_RATE = 0.9  # keep a tuned τ only if it beats the untuned sampler in ≥ 90 % of paired resamples
@@ -51,7 +52,7 @@ class Selector:
         compares embeddings ('energy')."""
         t = self.tuner
         samples = self.samples(values)
-        target = torch.cat([t.target(t.val, c) for c in range(t.val.chunks)])
+        target = torch.cat([t.joint.target(t.val, c) for c in range(t.val.chunks)])
         if self.objective == "energy" and t.features is not None:
             samples, target = t.features(samples), t.features(target)
         return samples, target
@@ -67,7 +68,7 @@ class Selector:
         if self.metric is not None:
             return float(self.metric(self.samples(values)))
         if self.objective == "trajectory":
-            return self.tuner.pool_objective(values, self.tuner.val)
+            return self.tuner.joint.pool_objective(values, self.tuner.val)
         return self._rows_objective(*self.rows(values))
 
     def trajectory_guard(self, values: RunValues) -> float:
@@ -107,7 +108,7 @@ class Selector:
             state.scores.append((step, score))
             if state.best_score is not None and score >= state.best_score:
                 return
-            if self.metric is None and t.hinged:
+            if self.metric is None and t.joint.hinged:
                 if self._plain_guard is None:
                     self._plain_guard = self.trajectory_guard(t.untuned)
                 if self.trajectory_guard(values) > self._plain_guard:

@@ -34,6 +34,10 @@ samples, so a set records identity where tuning does not clearly help. Early sto
 run ends once ``patience`` validations in a row have not improved the best score by a relative
 ``min_improvement``. Every iteration's randomness derives from (seed, phase, iteration), so a run
 that is stopped and resumed from its checkpoint equals an uninterrupted one.
+
+This module is the loop; its parts: :mod:`.config` (the settings), :mod:`.parameters` (what is trained),
+:mod:`.teacher`, the training strategies :mod:`.joint_objective` and :mod:`.paper_objective`, :mod:`.selection`
+and :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -44,141 +48,31 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, get_args
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 from registry import SamplerSpec
 
-from . import checkpoint, objectives, parallel
+from . import checkpoint, parallel
 from ..adapters.denoisers import network_parameters, parameterisation, recompute_evaluations
 from ..contract import HasRealData, HasTuningFeatures
+from ..devices import model_device
 from ..evaluation.metrics import fd_metric
 from ..sampling.noise import BrownianNoise, RowNoise
-from .paper_objective import PaperObjective
-from ..sampling.run import eval_sigmas, run_sampler, sampler_spec
-from ..devices import model_device
-from ..sampling.schedules import refine
-from .selection import Selector
+from ..sampling.run import eval_sigmas, per_sample_args, run_sampler, sampler_spec
 from ..sets.tau import TauLookup
-from ..sets.tau_function import bounded_log_ratio
 from ..sets.tuned_set import TunedSet, verdict
+from .config import TuneConfig, TuneError
+from .joint_objective import JointObjective
+from .paper_objective import PaperObjective
+from .parameters import RunValues, TauParam
+from .selection import Selector
+from .teacher import Teacher
 
-Objective = Literal["paper", "trajectory", "final", "energy"]
-Mode = Literal["sequential", "parallel"]
-Param = Literal["log_ratio", "t_ratio"]
-Data = Literal["teacher", "real"]
-Features = Literal["pixel", "tuning_features"]  # tuning_features: the model's own (digits: a classifier)
-SelectBy = Literal["objective", "fd"]  # fd: the model's own quality metric, where it has one
-Family = Literal["tau", "dode", "sigma"]  # τ per evaluation; D-ODE λ per evaluation; the schedule's interior σ's
-Recompute = Literal["auto", "on", "off"]
-OBJECTIVES, MODES, PARAMS, DATA = get_args(Objective), get_args(Mode), get_args(Param), get_args(Data)
-FEATURES, SELECT_BY, FAMILIES, RECOMPUTE = get_args(Features), get_args(SelectBy), get_args(Family), get_args(Recompute)
 RECOMPUTE_PARAMETERS = 20_000_000  # auto: recompute for networks this large (docs/scale.md)
-DODE_BOUND = 1.0  # |λ| ≤ 1 via a tanh
 VALIDATION_SEED_OFFSET = 500_000_003
-
-
-class TuneError(ValueError):
-    """Settings that cannot work, named with the fix."""
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """Settings of one tuning run (immutable: change one with ``dataclasses.replace``); ``TuneConfig.paper()``
-    gives the paper's procedure."""
-
-    objective: Objective = "energy"
-    mode: Mode = "sequential"
-    iters: int = 250
-    batch: int = 128
-    lr: float = 0.03
-    seed: int = 0
-    param: Param = "log_ratio"
-    data: Data = "teacher"
-    pool: int = 512
-    teacher_substeps: int = 20
-    teacher_sampler: str | None = None
-    select: bool = True
-    validate_every: int = 25
-    val_size: int = 512
-    patience: int = 4  # validations without improvement before a joint run stops; 0: run every iteration
-    min_improvement: float = 0.005  # relative score decrease that counts as an improvement for ``patience``
-    checkpoint_every: int = 25
-    show_progress: bool = True
-    families: tuple[Family, ...] = ("tau",)
-    features: Features = "pixel"
-    select_by: SelectBy = "objective"
-    accuracy_hinge: float = 3.0  # energy: weight of the penalty on each sample's error growing past the plain run's
-    micro_batch: int | None = None  # rows per forward/backward pass (None: the whole batch); same result
-    recompute: Recompute = "auto"  # recompute each evaluation's activations in the backward pass: auto, on, off
-
-    @classmethod
-    def paper(cls, mode: str = "sequential", **overrides: Any) -> "TuneConfig":
-        """Xia et al. 2024: ratio τ = r·t per interval, Adam lr 2e-3, 500 iterations, real data, no selection."""
-        return cls(
-            **{
-                "objective": "paper",
-                "mode": mode,
-                "iters": 500,
-                "lr": 2e-3,
-                "param": "t_ratio",
-                "data": "real",
-                "batch": 64,
-                "select": False,
-                **overrides,
-            }
-        )
-
-    def validate(self) -> None:
-        for name, value, allowed in (
-            ("objective", self.objective, OBJECTIVES),
-            ("mode", self.mode, MODES),
-            ("param", self.param, PARAMS),
-            ("data", self.data, DATA),
-            ("features", self.features, FEATURES),
-            ("select_by", self.select_by, SELECT_BY),
-        ):
-            if value not in allowed:
-                raise TuneError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        for name in ("iters", "pool", "teacher_substeps", "checkpoint_every", "validate_every"):
-            if getattr(self, name) < 1:
-                raise TuneError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.micro_batch is not None and self.micro_batch < 1:
-            raise TuneError(f"micro_batch must be at least 1, got {self.micro_batch}")
-        if self.recompute not in RECOMPUTE:
-            raise TuneError(f"unknown recompute {self.recompute!r}; choose one of {', '.join(RECOMPUTE)}")
-        if self.batch < 2 or self.val_size < 2:
-            raise TuneError(f"batch and val_size must be at least 2, got {self.batch} and {self.val_size}")
-        if self.patience < 0 or not 0 <= self.min_improvement < 1:
-            raise TuneError(
-                f"patience must be 0 (off) or more and min_improvement in [0, 1), got {self.patience} and "
-                f"{self.min_improvement}"
-            )
-        if not (self.accuracy_hinge >= 0 and math.isfinite(self.accuracy_hinge)):
-            raise TuneError(f"accuracy_hinge must be 0 (off) or a positive number, got {self.accuracy_hinge}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TuneError(f"lr must be a positive number, got {self.lr}")
-        families = tuple(self.families)
-        if not families or len(set(families)) != len(families) or not set(families) <= set(FAMILIES):
-            raise TuneError(f"families must be distinct names from {', '.join(FAMILIES)}, got {list(families)}")
-        if self.objective == "paper" and families != ("tau",):
-            raise TuneError(
-                "the paper's objective tunes τ only; use objective 'energy' or 'final' for the "
-                "'dode' and 'sigma' families"
-            )
-        if "sigma" in families and (self.objective == "trajectory" or self.param != "log_ratio"):
-            raise TuneError(
-                "tuning the schedule ('sigma') moves the states the 'trajectory' objective compares, and "
-                "needs param 'log_ratio'; use objective 'energy' or 'final'"
-            )
-        if self.objective in ("final", "trajectory") and self.data == "real":
-            raise TuneError(
-                f"objective {self.objective!r} compares each run with a teacher run from the same "
-                f"noise, so it is data-free; use data='teacher', or objective 'energy' or 'paper' "
-                f"to tune on real data"
-            )
 
 
 @dataclass
@@ -248,97 +142,6 @@ def _jsonable(v: Any) -> bool:
         return True
     except TypeError:
         return False
-
-
-@dataclass
-class RunValues:
-    """What one run uses: the schedule, its evaluation σ's, τ per evaluation and D-ODE λ's (or None)."""
-
-    sigmas: torch.Tensor
-    ev: torch.Tensor
-    tau: torch.Tensor | None  # None: the plain sampler
-    dode_lambda: torch.Tensor | None = None
-
-    def lookup(self) -> TauLookup | None:
-        return None if self.tau is None else TauLookup(self.ev, self.tau, dode_lambda=self.dode_lambda)
-
-
-class TauParam(torch.nn.Module):
-    """The trained parameters as one raw vector [τ (K) | D-ODE λ (K) | schedule gaps (N−1)], named by ``parts``;
-    zeros (ones for ``t_ratio``'s τ) are the plain sampler.
-
-    τ: ``log_ratio``: τ = σ·exp(b·tanh(raw/b)); ``t_ratio`` (the paper's): the model's continuous
-    time is scaled, t(τ) = r·t(σ), with t counted from the model's time origin. λ = b·tanh(raw/b)
-    (λ_0 has no previous output and stays 0). Schedule: σ_0 and σ_{N−1} stay; the N−1 gaps between
-    them in log σ are a softmax of their initial shares plus raw, so σ's stay decreasing.
-    """
-
-    def __init__(
-        self,
-        eval_sigmas: torch.Tensor,
-        model: Any,
-        kind: str,
-        sigmas: torch.Tensor | None = None,
-        families: tuple[str, ...] = ("tau",),
-        eval_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
-        super().__init__()
-        self.kind, self.model, self.families, self.eval_fn = kind, model, tuple(families), eval_fn
-        self.register_buffer("eval_sigmas", eval_sigmas.clone())
-        sigmas = sigmas if sigmas is not None else torch.cat([eval_sigmas[:1], eval_sigmas.new_zeros(1)])
-        self.register_buffer("sigmas", sigmas.to(eval_sigmas).clone())
-        k, gaps = len(eval_sigmas), max(0, len(sigmas) - 2)
-        self.parts = {"tau": slice(0, k), "dode": slice(k, 2 * k), "sigma": slice(2 * k, 2 * k + gaps)}
-        self.raw = torch.nn.Parameter(self.identity_raw())
-
-    def identity_raw(self) -> torch.Tensor:
-        ev = self.eval_sigmas
-        raw = ev.new_zeros(self.parts["sigma"].stop)
-        if self.kind == "t_ratio":
-            raw[self.parts["tau"]] = 1.0
-        return raw
-
-    def trainable(self, evaluations: list[int]) -> torch.Tensor:
-        """The mask of raw entries a phase training ``evaluations`` updates."""
-        mask = torch.zeros(len(self.raw), dtype=torch.bool, device=self.raw.device)
-        if "tau" in self.families:
-            mask[self.parts["tau"]][evaluations] = True
-        if "dode" in self.families:
-            mask[self.parts["dode"]][1:] = True  # λ_0 has no previous output
-        if "sigma" in self.families:
-            mask[self.parts["sigma"]] = True
-        return mask
-
-    def tau(self, raw: torch.Tensor | None = None, ev: torch.Tensor | None = None) -> torch.Tensor:
-        raw = (self.raw if raw is None else raw)[self.parts["tau"]]
-        ev = self.eval_sigmas if ev is None else ev
-        if self.kind == "log_ratio":
-            tau_max = getattr(self.model, "tau_max", None)
-            tau = ev * torch.exp(bounded_log_ratio(raw, ev, tau_max))
-            return tau if tau_max is None else tau.clamp(max=tau_max)  # exp's rounding may not pass τ_max
-        offset = float(getattr(self.model, "time_offset", 0.0))
-        t = self.model.sigma_to_t(ev) + offset
-        return self.model.t_to_sigma(raw * t - offset)
-
-    def schedule(self, raw: torch.Tensor) -> torch.Tensor:
-        gaps = raw[self.parts["sigma"]]
-        if "sigma" not in self.families or len(gaps) == 0:
-            return self.sigmas
-        log = self.sigmas[:-1].log()
-        total = log[0] - log[-1]
-        shares = torch.softmax((log[:-1] - log[1:]).div(total).log() + gaps, dim=0)
-        inner = log[0] - total * torch.cumsum(shares, dim=0)[:-1]
-        return torch.cat([self.sigmas[:1], inner.exp(), self.sigmas[-2:]])
-
-    def values(self, raw: torch.Tensor | None = None) -> RunValues:
-        raw = self.raw if raw is None else raw
-        sigmas = self.schedule(raw)
-        ev = self.eval_sigmas if sigmas is self.sigmas else self.eval_fn(sigmas.detach())
-        lam = DODE_BOUND * torch.tanh(raw[self.parts["dode"]] / DODE_BOUND) if "dode" in self.families else None
-        return RunValues(sigmas, ev, self.tau(raw, ev), lam)
-
-    def plain(self) -> RunValues:
-        return RunValues(self.sigmas, self.eval_sigmas, None)
 
 
 def derive_seed(*parts: int) -> int:
@@ -418,8 +221,6 @@ class Tuner:
         )
         self.losses: list[float] = []
         self._untuned: RunValues | None = None
-        self._plain: dict[str, tuple[float, list[float]]] = {}
-        self._teachers: dict[str, list[torch.Tensor]] = {}
         self._brownian: dict[int, BrownianNoise] = {}
         metric = fd_metric(model) if cfg.select and cfg.select_by == "fd" else None
         if cfg.select and cfg.select_by == "fd" and metric is None:
@@ -437,8 +238,12 @@ class Tuner:
                 )
         self.features = features
         self.feature_space = "pixel" if features is None else getattr(features, "name", type(features).__name__)
+        self.teacher = Teacher(self)
+        self.joint = JointObjective(self)
+        self.strategy: JointObjective | PaperObjective = (
+            PaperObjective(self) if cfg.objective == "paper" else self.joint
+        )
         self.selector = Selector(self, metric)
-        self.paper = PaperObjective(self) if cfg.objective == "paper" else None
         self.shards.agree(self._fingerprint(), "settings and model (config, sampler, σ's, model fingerprint)")
 
     # ----- runs -----------------------------------------------------------------------------------------
@@ -490,16 +295,9 @@ class Tuner:
     def batch_args(self, c: int, part: slice = slice(None)) -> dict | None:
         """Extra arguments for rows ``part`` of chunk ``c``: tensors with one row per pool sample are sliced to
         the chunk, tensors with one row per batch sample to ``part``."""
-        if not self.extra_args:
-            return self.extra_args
-        b, rows = self.config.batch, self.pool.chunks * self.config.batch
-        out = {}
-        for k, v in self.extra_args.items():
-            if torch.is_tensor(v) and v.ndim and len(v) == rows and rows != b:
-                v = v[c * b : (c + 1) * b]
-            v = parallel.rows(v, part, b)
-            out[k] = v.to(self.device) if torch.is_tensor(v) else v
-        return out
+        b = self.config.batch
+        chunk = per_sample_args(self.extra_args, slice(c * b, (c + 1) * b), self.pool.chunks * b)
+        return per_sample_args(chunk, part, b, self.device)
 
     def _start(self, noise_set: NoiseSet, c: int, part: slice = slice(None)) -> tuple[torch.Tensor, Callable | None]:
         """Rows ``part`` of chunk ``c``'s starting state, and their noise sampler (the whole chunk's, sliced,
@@ -508,7 +306,7 @@ class Tuner:
         ns = self._noise_sampler(noise_set.key(c), x)
         return x[part], (None if ns is None else RowNoise(ns, part))
 
-    def _sampled(
+    def sampled(
         self,
         noise_set: NoiseSet,
         c: int,
@@ -524,7 +322,7 @@ class Tuner:
         if values is None:
             final = self.run(
                 x,
-                self._fine.to(self.device),
+                self.teacher.sigmas.to(self.device),
                 None,
                 ns,
                 seed=noise_set.seed + c,
@@ -553,151 +351,15 @@ class Tuner:
         states: bool = False,
         spec: SamplerSpec | None = None,
     ) -> list[torch.Tensor]:
-        """:meth:`_sampled` for the whole chunk without gradients: this process's micro-batches, joined with the
+        """:meth:`sampled` for the whole chunk without gradients: this process's micro-batches, joined with the
         other processes' rows."""
         with torch.no_grad():
             runs = [
-                self._sampled(noise_set, c, values, part, states, spec) for part in self.shards.parts(self.config.batch)
+                self.sampled(noise_set, c, values, part, states, spec) for part in self.shards.parts(self.config.batch)
             ]
         return [self.shards.gather(parallel.concat([run[j] for run in runs])) for j in range(len(runs[0]))]
 
-    def teacher(self, noise_set: NoiseSet | None = None) -> list[torch.Tensor]:
-        """Per chunk of ``noise_set`` (default: the pool), the teacher's states at each σ: (N+1, batch, ...)."""
-        noise_set = noise_set or self.pool
-        if noise_set.name in self._teachers:
-            return self._teachers[noise_set.name]
-        cfg = self.config
-        same_kind = self.stochastic or "dode" in cfg.families  # D-ODE distils from its own solver (Kim et al.)
-        spec = sampler_spec(cfg.teacher_sampler or (self.spec.name if same_kind else "dpmpp_2m"))
-        self._fine, positions = refine(self.sigmas, cfg.teacher_substeps, self.model.sigma_min)
-        out = []
-        for c in tqdm(
-            range(noise_set.chunks),
-            desc=f"teacher ({noise_set.name})",
-            leave=False,
-            disable=not (cfg.show_progress and self.shards.rank == 0),
-        ):
-            states = self.whole(noise_set, c, None, states=True, spec=spec)
-            out.append(torch.stack([states[p] for p in positions]))
-        self._teachers[noise_set.name] = out
-        return out
-
-    def use_teacher(self, noise_set: NoiseSet, states: list[torch.Tensor]) -> None:
-        """Take another run's teacher for ``noise_set`` (per chunk, at least the final states): runs that start from
-        the same noise at the same σ_0 and compare only final samples can share one."""
-        self._teachers[noise_set.name] = states
-
-    # ----- joint objectives -----------------------------------------------------------------------------
-    def target(self, noise_set: NoiseSet, c: int) -> torch.Tensor:
-        if self.config.data == "real" or self.data is not None:
-            gen = torch.Generator().manual_seed(noise_set.key(c) + 17)
-            if self.data is not None:
-                return self.data[torch.randint(len(self.data), (self.config.batch,), generator=gen)].to(self.device)
-            return real_data(self.model, self.config.batch, gen).to(self.device)
-        return self.teacher(noise_set)[c][-1]
-
-    def _objective(self, outputs: list[torch.Tensor], noise_set: NoiseSet, c: int, objective: str) -> torch.Tensor:
-        """The joint loss of a whole chunk's run: ``outputs`` = [final], or the states at each σ and the final."""
-        final = outputs[-1]
-        if objective == "energy":
-            embed = self.features or (lambda x: x)
-            energy = objectives.energy_distance(embed(final), embed(self.target(noise_set, c)))
-            if not self.hinged:
-                return energy
-            plain_energy, plain_error = self._plain_terms(noise_set, c)
-            error = objectives.squared_error(final, self.teacher(noise_set)[c][-1])
-            return energy / plain_energy + self.config.accuracy_hinge * torch.relu(error / plain_error - 1)
-        target = self.teacher(noise_set)[c]
-        if objective == "final":
-            return objectives.squared_error(final, target[-1])
-        return objectives.trajectory_error(outputs, target, self.sigmas)
-
-    @property
-    def hinged(self) -> bool:
-        """Energy with the accuracy hinge: the teacher pairs each sample with its own target."""
-        cfg = self.config
-        return cfg.objective == "energy" and cfg.data == "teacher" and self.data is None and cfg.accuracy_hinge > 0
-
-    def _plain_terms(self, noise_set: NoiseSet, c: int) -> tuple[float, float]:
-        """The hinged energy objective's units, from the plain sampler (computed once): its energy distance to the
-        teacher over the whole noise set (all its samples at once, so it is stable where one chunk's estimate is
-        noise; floored at 1 % of the mean distance between its samples and the teacher's, for a plain sampler that
-        already matches the teacher), and chunk ``c``'s final squared error."""
-        if noise_set.name not in self._plain:
-            embed = self.features or (lambda x: x)
-            finals, targets = [], []
-            for chunk in range(noise_set.chunks):
-                finals.append(self.whole(noise_set, chunk, self.untuned)[-1])
-                targets.append(self.teacher(noise_set)[chunk][-1])
-            errors = [max(objectives.squared_error(f, t).item(), 1e-12) for f, t in zip(finals, targets)]
-            a, b = embed(torch.cat(finals)).flatten(1), embed(torch.cat(targets)).flatten(1)
-            scale = (a.double() - b.double()).norm(dim=1).mean().item()
-            energy = max(objectives.energy_distance(a, b).item(), 0.01 * scale, 1e-12)
-            self._plain[noise_set.name] = (energy, errors)
-        energy, errors = self._plain[noise_set.name]
-        return energy, errors[c]
-
-    def _loss(self, noise_set: NoiseSet, c: int, values: RunValues, objective: str | None = None) -> torch.Tensor:
-        """The joint loss of chunk ``c`` for ``values`` without gradients (every process gets the same value)."""
-        objective = objective or self.config.objective
-        if objective == "paper":
-            raise TuneError("the joint objectives are 'final', 'trajectory' and 'energy'")
-        return self._objective(
-            self.whole(noise_set, c, values, states=objective == "trajectory"), noise_set, c, objective
-        )
-
-    def _chunk(self, iteration: int) -> int:
-        """The pool chunk iteration ``iteration`` trains on: every chunk once per epoch, in a seeded order."""
-        epoch, pos = divmod(iteration, self.pool.chunks)
-        order = torch.randperm(self.pool.chunks, generator=torch.Generator().manual_seed(self.pool.key(epoch)))
-        return int(order[pos])
-
-    def chunk_loss(self, values: RunValues, iteration: int) -> torch.Tensor:
-        """The joint loss of iteration ``iteration``'s pool chunk for ``values``, differentiable through the run
-        (one process, the whole batch in one pass)."""
-        c, objective = self._chunk(iteration), self.config.objective
-        outputs = self._sampled(self.pool, c, values, slice(None), objective == "trajectory")
-        return self._objective(outputs, self.pool, c, objective)
-
-    def _joint_step(self, iteration: int) -> torch.Tensor:
-        """Back-propagate the joint loss of the iteration's chunk into ``param.raw.grad``; returns the loss.
-
-        One process and micro-batch: one pass. Otherwise two: the whole chunk without gradients (the loss
-        compares all its samples), then each own micro-batch again with gradients, back-propagating the
-        whole-chunk loss's gradient for its rows; the processes' gradients are summed."""
-        c, objective, n = self._chunk(iteration), self.config.objective, self.config.batch
-        want_states = objective == "trajectory"
-        if self.shards.trivial(n):
-            loss = self.chunk_loss(self.param.values(), iteration)
-            loss.backward()
-            return loss.detach()
-        whole = [t.requires_grad_() for t in self.whole(self.pool, c, self.param.values(), want_states)]
-        loss = self._objective(whole, self.pool, c, objective)
-        grads = torch.autograd.grad(loss, whole, allow_unused=True)  # the start state is not a function of τ
-        for part in self.shards.parts(n):
-            outputs = self._sampled(self.pool, c, self.param.values(), part, want_states)
-            used = [(out, g[part]) for out, g in zip(outputs, grads) if g is not None]
-            torch.autograd.backward([out for out, _ in used], [g for _, g in used])
-        self.shards.reduce_sum(self.param.raw.grad)
-        return loss.detach()
-
-    def pool_objective(self, values: RunValues | None = None, noise_set: NoiseSet | None = None) -> float:
-        """The joint objective averaged over every chunk of ``noise_set`` (default: the training pool) for
-        ``values`` (default: the current parameters; :attr:`untuned` is the plain sampler)."""
-        noise_set = noise_set or self.pool
-        objective = "final" if self.config.objective == "paper" else None
-        with torch.no_grad():
-            values = self.param.values() if values is None else values
-            return (
-                sum(self._loss(noise_set, c, values, objective).item() for c in range(noise_set.chunks))
-                / noise_set.chunks
-            )
-
     # ----- optimisation ---------------------------------------------------------------------------------
-    def _phases(self) -> list[list[int]]:
-        """Indices of the evaluations each phase trains: one joint phase, or one per interval (paper)."""
-        return [list(range(len(self.ev)))] if self.paper is None else self.paper.phases()
-
     def tune(self, resume: bool = False, progress: Callable[[int, int], None] | None = None) -> TuneResult:
         """Run (or resume) the optimisation; ``progress(done, total)`` is called after every iteration.
         Out of memory becomes a :class:`TuneError` naming the fix."""
@@ -713,7 +375,7 @@ class Tuner:
     def _tune(self, resume: bool, progress: Callable[[int, int], None] | None) -> TuneResult:
         cfg = self.config
         started = time.perf_counter()
-        phases = self._phases()
+        phases = self.strategy.phases()
         if resume:
             state = checkpoint.load(self.checkpoint, self._fingerprint(), self.device) if self.checkpoint else None
             if state is None:
@@ -761,7 +423,7 @@ class Tuner:
                 opt.load_state_dict(state.optimizer)
             for it in range(state.next_iter, cfg.iters):
                 opt.zero_grad(set_to_none=True)
-                loss = self._joint_step(it) if self.paper is None else self.paper.step(phase, it)
+                loss = self.strategy.step(phase, it)
                 grad = self.param.raw.grad
                 if not torch.isfinite(loss) or not bool(torch.isfinite(grad).all()):
                     raise TuneError(
