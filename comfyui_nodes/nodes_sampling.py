@@ -20,7 +20,8 @@ import registry
 from registry.specs import SAMPLER_ARGS
 from timetuner_plugins.tuning.checkpoint import CheckpointError
 from timetuner_plugins.sampling.comfy_samplers import PREFIX
-from timetuner_plugins.tuning.tuner import RECOMPUTE_PARAMETERS, TuneConfig, Tuner
+from timetuner_plugins.tuning.pipeline import tune_set
+from timetuner_plugins.tuning.tuner import RECOMPUTE_PARAMETERS, TuneConfig
 
 from . import paths
 from .model_patch import install_timestep, model_fingerprint, sampling_of
@@ -534,21 +535,23 @@ def tune_model(
                     check=mm.throw_exception_if_processing_interrupted,
                 )
                 args = {**(extra_args or {}), "denoise_mask": None}  # tuning samples whole images (no inpaint mask)
-                tuner = Tuner(
-                    denoiser,
-                    spec,
-                    run_sigmas.detach().float().cpu().clone(),
-                    schedule,
-                    config,
-                    extra_args=args,
-                    checkpoint=checkpoint,
-                )
                 try:
                     with checkpointed_blocks(base.diffusion_model, blocks):
-                        result = tuner.tune(resume=resume, progress=progress)
+                        found["set"] = tune_set(
+                            denoiser,
+                            spec,
+                            run_sigmas.detach().float().cpu().clone(),
+                            schedule,
+                            config,
+                            extra_args=args,
+                            eval_n=0,  # the node measures nothing: the workflow's own sampler shows the result
+                            checkpoint=checkpoint,
+                            resume=resume,
+                            extra=extra,
+                            on_iteration=progress,
+                        ).tuned_set
                 except CheckpointError as exc:
                     raise ValueError(f"{exc} (turn 'resume' off to start over)") from None
-                found["set"] = result.tuned_set(denoiser, extra=extra)
         finally:
             if installed:
                 del ms.timestep

@@ -193,8 +193,8 @@ def test_help_names_schedules_and_every_option(runner):
 
 
 def test_fd_plot_never_joins_points_across_unmeasured_nfes():
-    assert plots._measured_runs([5, 10], [4, 5, 6, 8, 10, 15, 20]) == [[0], [1]]
-    assert plots._measured_runs([6, 4, 5, 10], [4, 5, 6, 8, 10]) == [[1, 2, 0], [3]]
+    assert plots.measured_runs([5, 10], [4, 5, 6, 8, 10, 15, 20]) == [[0], [1]]
+    assert plots.measured_runs([6, 4, 5, 10], [4, 5, 6, 8, 10]) == [[1, 2, 0], [3]]
 
 
 def test_ctrl_c_closes_the_bars_before_its_one_line_message(tmp_path):

@@ -40,7 +40,7 @@ def sample_grid(panels: dict[str, dict[str, torch.Tensor]], path: Path, per_row:
     return path
 
 
-def _measured_runs(nfes: Sequence[int], grid: Sequence[int]) -> list[list[int]]:
+def measured_runs(nfes: Sequence[int], grid: Sequence[int]) -> list[list[int]]:
     """Indices of ``nfes`` split where the series skips an NFE of ``grid`` (the NFEs any series measured)."""
     order = sorted(range(len(nfes)), key=lambda i: nfes[i])
     position = {v: k for k, v in enumerate(sorted(set(grid)))}
@@ -67,7 +67,7 @@ def fd_vs_nfe(
         nfes, fds = [int(v) for v in nfes], list(fds)
         dashed = "tuned" in name and "untuned" not in name
         line = None
-        for run in _measured_runs(nfes, grid):
+        for run in measured_runs(nfes, grid):
             color = line.get_color() if line is not None else None
             (line,) = ax.plot(
                 [nfes[i] for i in run],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -83,13 +83,14 @@ def tune_set(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     extra: dict | None = None,
+    on_iteration: Callable[[int, int], None] | None = None,
 ) -> Tuned:
     """Tune ``sampler`` on ``model`` over ``sigmas`` and :func:`measure` the result on ``eval_n`` samples (0 skips
-    it); the metrics are recorded in the set."""
+    it); the metrics are recorded in the set. ``on_iteration(done, total)`` is called after every iteration."""
     tuner = Tuner(
         model, sampler, sigmas, schedule, config, options=options, extra_args=extra_args, checkpoint=checkpoint
     )
-    result = tuner.tune(resume=resume)
+    result = tuner.tune(resume=resume, progress=on_iteration)
     before, after = (
         measure(
             model,
