@@ -380,11 +380,11 @@ def tune(
     from .adapters.denoisers import set_network_dtype
     from .evaluation.evaluate import choose_schedule
     from .io import check_output_file
-    from .tuning.pipeline import measure
-    from .sets.tuned_set import verdict
-    from .sampling.run import make_sigmas
     from .devices import resolve_device
-    from .tuning.tuner import TuneConfig, Tuner
+    from .sampling.run import eval_sigmas, make_sigmas
+    from .sets.tuned_set import verdict
+    from .tuning.pipeline import measure, tune_set
+    from .tuning.tuner import TuneConfig, stop_reason
 
     if out is not None:
         check_output_file(out, overwrite)
@@ -464,33 +464,35 @@ def tune(
         recompute=recompute,
         families=tuple(f.strip() for f in families.split(",") if f.strip()),
     )
-    tuner = Tuner(m, spec, sigmas, schedule, base, options=opts)
+    evaluations = len(eval_sigmas(spec, sigmas, tuple(m.sample_shape), spec.options(opts), m))
     out = check_output_file(
-        out or Path(f"{_file_stem(model)}_{spec.name}_{schedule}_nfe{len(tuner.ev)}.safetensors"), overwrite
+        out or Path(f"{_file_stem(model)}_{spec.name}_{schedule}_nfe{evaluations}.safetensors"), overwrite
     )
-    tuner.checkpoint = out.with_name(out.name + ".ckpt")
-    try:
-        result = tuner.tune(resume=resume)
+    checkpoint = out.with_name(out.name + ".ckpt")
+    try:  # evaluated below, apart, so an interrupt while evaluating keeps the tuned set
+        result = tune_set(
+            m, spec, sigmas, schedule, base, options=opts, eval_n=0, checkpoint=checkpoint, resume=resume
+        ).result
         if not lead:  # rank 0 evaluates and writes
             return
     except KeyboardInterrupt:
-        saved = tuner.checkpoint.exists()
+        saved = checkpoint.exists()
         raise click.ClickException(
             f"interrupted; nothing written to {out}. "
             + (
-                f"Run the same command with --resume to continue from {tuner.checkpoint}"
+                f"Run the same command with --resume to continue from {checkpoint}"
                 if saved
                 else "No checkpoint was reached yet: run the same command again"
             )
         ) from None
     if result.selection.get("stopped_early_at"):
-        click.echo(f"stopped early at {tuner.stop_reason(result.selection['stopped_early_at'])}", err=True)
+        click.echo(f"stopped early at {stop_reason(base, result.selection['stopped_early_at'])}", err=True)
     before = after = {}
     if eval_n:
         click.echo(f"evaluating untuned and tuned on {eval_n} samples from held-out noise", err=True)
         try:
             before, after = measure(
-                m, spec, sigmas, schedule, result, options=tuner.options, n=eval_n, progress=not quiet
+                m, spec, sigmas, schedule, result, options=result.options, n=eval_n, progress=not quiet
             )
         except KeyboardInterrupt:  # the tuning is done: keep it, without the metrics
             result.tuned_set(m).save(out, overwrite=overwrite)

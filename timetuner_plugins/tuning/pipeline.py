@@ -1,7 +1,8 @@
 """The one tune pipeline: a schedule's σ's → the generic tuner → before/after evaluation → a tuned set.
 
-The command line, the set builder, the benchmark, the demo and the T-Stitch report all tune through
-:func:`tune_set`, so a set made anywhere is made, measured and recorded the same way.
+The command line, the set builder, the benchmark, the demo, the T-Stitch report and the ComfyUI Tune node tune through
+:func:`tune_set` (:func:`tune_function_set` for τ functions), so a set made anywhere is made, measured and recorded
+the same way.
 """
 
 from __future__ import annotations

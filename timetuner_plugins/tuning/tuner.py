@@ -444,7 +444,7 @@ class Tuner:
                     if not done and len(phases) == 1 and stalled(state.scores, cfg.patience, cfg.min_improvement):
                         done, state.stopped_at = True, step
                         bar.total = step
-                        bar.set_postfix_str(f"stopped early: {self.stop_reason(step)}")
+                        bar.set_postfix_str(f"stopped early: {stop_reason(cfg, step)}")
                 state.raw = self.param.raw.detach().clone()
                 state.phase, state.next_iter = (phase + 1, 0) if done else (phase, it + 1)
                 state.optimizer = None if done else opt.state_dict()
@@ -455,14 +455,6 @@ class Tuner:
             state.next_iter, state.optimizer = 0, None
         if progress is not None and state.stopped_at is not None:
             progress(total, total)
-
-    def stop_reason(self, step: int) -> str:
-        """Why a run that ended at ``step`` stopped before its configured iterations."""
-        cfg = self.config
-        return (
-            f"iteration {step} of {cfg.iters}: {cfg.patience} validations in a row without a "
-            f"{cfg.min_improvement:.1%} gain (patience 0 runs every iteration)"
-        )
 
     def _result(self, state: checkpoint.TunerState, seconds: float) -> TuneResult:
         selection: dict[str, Any] = {}
@@ -503,6 +495,14 @@ class Tuner:
             self.feature_space,
         ]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stop_reason(config: TuneConfig, step: int) -> str:
+    """Why a run that ended at ``step`` stopped before its configured iterations."""
+    return (
+        f"iteration {step} of {config.iters}: {config.patience} validations in a row without a "
+        f"{config.min_improvement:.1%} gain (patience 0 runs every iteration)"
+    )
 
 
 def stalled(scores: list[tuple[int, float]], patience: int, min_improvement: float) -> bool:
