@@ -11,7 +11,7 @@ from timetuner_plugins.evaluation.evaluate import evaluate
 from timetuner_plugins.sampling.run import make_sigmas
 from timetuner_plugins.tuning.checkpoint import CheckpointError
 from timetuner_plugins.sets.tuned_set import TunedSet
-from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner, stalled
+from timetuner_plugins.tuning.tuner import NoiseSet, TuneConfig, TuneError, Tuner, stalled
 
 SMALL = dict(batch=16, pool=32, teacher_substeps=6, show_progress=False, select=False)
 
@@ -301,3 +301,11 @@ def test_the_reference_starts_where_the_run_starts():
         reference(model, spec, "karras", noise, nfe=40, start_sigma=karras),
         reference(model, spec, "karras", noise, nfe=40),
     )
+
+
+def test_noise_sets_are_derived_from_the_config_alone(gmm):
+    config = TuneConfig(**SMALL)
+    tuner = Tuner(gmm, "ddim", make_sigmas(gmm, "logsnr", 3), "logsnr", config)
+    assert tuner.pool == NoiseSet.training(config) and tuner.val == NoiseSet.validation(config)
+    shape, cpu = tuple(gmm.sample_shape), torch.device("cpu")
+    assert not torch.equal(tuner.pool.noise(0, shape, cpu), tuner.val.noise(0, shape, cpu))

@@ -9,7 +9,6 @@ Writes ``results.json``, ``results.md`` and PNG plots; ``--quick`` is a CI-sized
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import time
@@ -28,7 +27,7 @@ from ..sampling.run import make_sigmas, steps_for_nfe
 from ..sets.tau import TauLookup
 from ..sampling.time_shift import TimeShift
 from ..tuning.pipeline import tune_set
-from ..tuning.tuner import TuneConfig, derive_seed
+from ..tuning.tuner import NoiseSet, TuneConfig
 
 METHODS: dict[str, Callable[[int], TuneConfig | TimeShift | None]] = {
     "untuned": lambda seed: None,
@@ -167,20 +166,9 @@ def _held_out_check(
     """The tuned run's error against a teacher on its own training noise and on fresh noise."""
     solver = registry.get_sampler("dpmpp_2m")
     fine = make_sigmas(model, "logsnr", 200)
-    out = {}
+    pool, cpu, out = NoiseSet.training(config), torch.device("cpu"), {}
     for label, noise in (
-        (
-            "train",
-            torch.cat(
-                [
-                    torch.randn(
-                        (config.batch, *model.sample_shape),
-                        generator=torch.Generator().manual_seed(derive_seed(config.seed, c)),
-                    )
-                    for c in range(max(1, math.ceil(config.pool / config.batch)))
-                ]
-            )[:n],
-        ),
+        ("train", torch.cat([pool.noise(c, tuple(model.sample_shape), cpu) for c in range(pool.chunks)])[:n]),
         ("fresh", eval_noise(n, tuple(model.sample_shape), EVAL_SEED + 7)),
     ):
         target = generate(model, solver, fine, noise)

@@ -161,6 +161,17 @@ class NoiseSet:
     chunks: int
     batch: int
 
+    @classmethod
+    def training(cls, config: TuneConfig) -> NoiseSet:
+        """The pool a run with ``config`` trains on."""
+        return cls("pool", config.seed, max(1, math.ceil(config.pool / config.batch)), config.batch)
+
+    @classmethod
+    def validation(cls, config: TuneConfig) -> NoiseSet:
+        """The held-out noise a run with ``config`` selects on."""
+        chunks = max(1, math.ceil(config.val_size / config.batch))
+        return cls("val", config.seed + VALIDATION_SEED_OFFSET, chunks, config.batch)
+
     def noise(self, c: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         gen = torch.Generator().manual_seed(derive_seed(self.seed, c))
         return torch.randn((self.batch, *shape), generator=gen).to(device)
@@ -210,10 +221,7 @@ class Tuner:
             self._eval_sigmas,
         )
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.pool = NoiseSet("pool", cfg.seed, max(1, math.ceil(cfg.pool / cfg.batch)), cfg.batch)
-        self.val = NoiseSet(
-            "val", cfg.seed + VALIDATION_SEED_OFFSET, max(1, math.ceil(cfg.val_size / cfg.batch)), cfg.batch
-        )
+        self.pool, self.val = NoiseSet.training(cfg), NoiseSet.validation(cfg)
         self.shards = parallel.Shards.current(cfg.micro_batch)
         self.shards.check(cfg.batch)
         self.recompute = cfg.recompute == "on" or (
