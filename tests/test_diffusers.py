@@ -572,19 +572,23 @@ def test_cli_tunes_a_saved_pipeline_folder(sd_folder, tmp_path, monkeypatch):
 def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, doc_block):
     """The documented diffusers blocks: tuning a saved folder (with a smaller pool than the default 512), then the
     README's three-line quick start on the pipeline, in a folder where both files are."""
-    import functools
-
-    import timetuner_plugins.tuning.tuner as tuner_module
+    import timetuner_plugins
 
     block = doc_block
     monkeypatch.chdir(tmp_path)
     dc.tiny_pipeline("sd15", "DDIMScheduler").save_pretrained(tmp_path / "my-sd")
-    small = functools.partial(TuneConfig, pool=8, batch=8, val_size=8, teacher_substeps=2, show_progress=False)
+    made = []
+
+    def small(**given):  # the documented config, with a pool small enough for a test
+        made.append(TuneConfig(**given, pool=8, batch=8, val_size=8, teacher_substeps=2, show_progress=False))
+        return made[-1]
+
     tune_scope = {}
     code = block("tested: diffusers-tune").replace("TuneConfig(iters=100)", "TuneConfig(iters=3)")
     with monkeypatch.context() as m:
-        m.setattr(tuner_module, "TuneConfig", small)
+        m.setattr(timetuner_plugins, "TuneConfig", small)
         exec(compile(code, "README diffusers-tune", "exec"), tune_scope)
+    assert [c.iters for c in made] == [3]
     assert (tmp_path / "my-sd_ddim10.safetensors").is_file()
     scope = {"pipe": _pipe(tmp_path / "my-sd")}
     exec(compile(block("tested: diffusers-apply"), "README diffusers-apply", "exec"), scope)
