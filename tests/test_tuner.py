@@ -258,6 +258,18 @@ def test_a_candidate_that_loses_per_sample_accuracy_is_not_kept(gmm):
     assert selector.win_rate(tuner.untuned) == 0.0
 
 
+def test_resampled_energy_distances_match_the_energy_distance_of_each_resample():
+    """The selection's bootstrap computes every resample's energy distance from one set of distances: each must equal
+    energy_distance on the drawn rows (repeated rows included)."""
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(40, 2, 3, generator=gen), torch.randn(40, 2, 3, generator=gen) + 0.2
+    draws = [torch.randint(40, (40,), generator=gen) for _ in range(5)]
+    counts = torch.stack([torch.bincount(idx, minlength=40) for idx in draws])
+    batched = objectives.resampled_energy_distances(a, b, counts)
+    one_by_one = torch.stack([objectives.energy_distance(a[idx], b[idx]) for idx in draws])
+    assert torch.allclose(batched, one_by_one, atol=1e-6) and len(set(batched.tolist())) == 5
+
+
 def test_the_hinged_energy_is_relative_to_the_plain_sampler(gmm):
     """With the teacher, the default energy objective is energy / the plain run's + hinge · the final error's
     growth past the plain run's: exactly 1 for the plain sampler, the pure energy distance with the hinge off."""

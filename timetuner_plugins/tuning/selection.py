@@ -83,20 +83,22 @@ class Selector:
         untuned = self.tuner.untuned
         if self.metric is None and self.objective == "trajectory":
             return float(self.score(values) < self.score(untuned))
+        gen = torch.Generator().manual_seed(self.tuner.val.seed)
+        n = len(self.samples(values))
+        draws = [torch.randint(n, (n,), generator=gen) for _ in range(resamples)]
         if self.metric is not None:
             metric = self.metric
             tuned, plain = metric.features(self.samples(values)), metric.features(self.samples(untuned))
-            compare = lambda idx: metric.from_features(tuned[idx]) < metric.from_features(plain[idx])  # noqa: E731
-        else:
-            (tuned, target), (plain, _) = self.rows(values), self.rows(untuned)
-            compare = lambda idx: (  # noqa: E731
-                self._rows_objective(tuned[idx], target[idx]) < self._rows_objective(plain[idx], target[idx])
-            )
-        gen = torch.Generator().manual_seed(self.tuner.val.seed)
-        wins = 0
-        for _ in range(resamples):  # embeddings are per sample, so resampling them resamples the samples
-            wins += bool(compare(torch.randint(len(tuned), (len(tuned),), generator=gen)))
-        return wins / resamples
+            wins = [metric.from_features(tuned[idx]) < metric.from_features(plain[idx]) for idx in draws]
+            return sum(map(bool, wins)) / resamples
+        (tuned, target), (plain, _) = self.rows(values), self.rows(untuned)
+        if self.objective == "energy":  # every resample at once, from the distances between all rows
+            counts = torch.stack([torch.bincount(idx, minlength=n) for idx in draws])
+            tuned_energy = objectives.resampled_energy_distances(tuned, target, counts)
+            plain_energy = objectives.resampled_energy_distances(plain, target, counts)
+            return (tuned_energy < plain_energy).double().mean().item()
+        rows = self._rows_objective
+        return sum(rows(tuned[idx], target[idx]) < rows(plain[idx], target[idx]) for idx in draws) / resamples
 
     def consider(self, state: checkpoint.TunerState, step: int) -> None:
         """Score the current τ on validation noise and keep it if it is the best so far and passes the
