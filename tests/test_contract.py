@@ -80,3 +80,15 @@ def test_a_guidance_wrapper_passes_its_models_measures_on():
     inner.quality_metric = MeanMetric
     guided = CFGDenoiser(inner, 2.0)
     assert isinstance(guided, HasQualityMetric) and isinstance(guided.quality_metric(), MeanMetric)
+
+
+def test_tuning_leaves_a_trainable_user_network_as_it_was():
+    """A network its owner left trainable is tuned exactly like a frozen one: the weights get no gradients (no
+    backward work for them, no ``.grad`` left on the user's network) and stay trainable afterwards."""
+    sigmas, schedule = schedule_sigmas(_user_model(), "ddim", "quadratic_t", nfe=3)
+    config = TuneConfig(iters=3, batch=8, pool=16, teacher_substeps=2, select=False, show_progress=False)
+    frozen = Tuner(_user_model(), "ddim", sigmas, schedule, config).tune()
+    model = _user_model().requires_grad_(True)
+    trainable = Tuner(model, "ddim", sigmas, schedule, config).tune()
+    assert torch.equal(trainable.tau, frozen.tau) and not torch.equal(trainable.tau, trainable.eval_sigmas)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -115,6 +115,20 @@ def network_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters()) if isinstance(model, nn.Module) else 0
 
 
+@contextmanager
+def frozen_network(model: Any) -> Iterator[None]:
+    """The model's weights without gradients inside (as they were after): τ is trained, never the network, so the
+    backward pass computes nothing for the weights and leaves no ``.grad`` on a network its owner left trainable."""
+    trainable = [p for p in model.parameters() if p.requires_grad] if isinstance(model, nn.Module) else []
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def fingerprint_tensors(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and bytes, in name order: the model's identity."""
     digest = hashlib.sha256()

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from registry import SamplerSpec
 
 from . import checkpoint as ckpt
+from ..adapters.denoisers import frozen_network
 from ..sampling.run import eval_plan, make_sigmas, sampler_spec, steps_for_nfe
 from ..sets.tau_function import TauFunction
 from ..sets.tuned_set import TunedSet
@@ -246,7 +247,12 @@ class FunctionTuner:
         return ckpt.TunerState(raw=self.function.coef.detach().clone(), scores=[(0, 0.0)], best_score=0.0)
 
     def tune(self, resume: bool = False) -> FunctionResult:
-        """Run (or, from :attr:`checkpoint`, resume) the optimisation; a resumed run equals an uninterrupted one."""
+        """Run (or, from :attr:`checkpoint`, resume) the optimisation; a resumed run equals an uninterrupted one. The
+        network's weights get no gradients."""
+        with frozen_network(self.model):
+            return self._tune(resume)
+
+    def _tune(self, resume: bool) -> FunctionResult:
         cfg = self.config
         started = time.perf_counter()
         show = cfg.show_progress

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from registry import SamplerSpec
 
 from . import checkpoint, parallel
-from ..adapters.denoisers import network_parameters, parameterisation, recompute_evaluations
+from ..adapters.denoisers import frozen_network, network_parameters, parameterisation, recompute_evaluations
 from ..contract import HasRealData, HasTuningFeatures
 from ..devices import model_device
 from ..evaluation.metrics import fd_metric
@@ -370,9 +370,10 @@ class Tuner:
     # ----- optimisation ---------------------------------------------------------------------------------
     def tune(self, resume: bool = False, progress: Callable[[int, int], None] | None = None) -> TuneResult:
         """Run (or resume) the optimisation; ``progress(done, total)`` is called after every iteration.
-        Out of memory becomes a :class:`TuneError` naming the fix."""
+        Out of memory becomes a :class:`TuneError` naming the fix. The network's weights get no gradients."""
         try:
-            return self._tune(resume, progress)
+            with frozen_network(self.model):
+                return self._tune(resume, progress)
         except torch.OutOfMemoryError:
             raise TuneError(_oom_message(self.config)) from None
         except RuntimeError as exc:
