@@ -190,6 +190,36 @@ def test_bad_settings_are_named(gmm):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(objective="final", data="real"))
     with pytest.raises(TuneError, match="lr must be"):
         Tuner(gmm, "ddim", sigmas, config=TuneConfig(lr=float("nan")))
+    with pytest.raises(TuneError, match="teacher_tolerance must be in"):
+        Tuner(gmm, "ddim", sigmas, config=TuneConfig(teacher_tolerance=1.0))
+
+
+def test_the_teacher_is_refined_until_it_has_converged(gmm):
+    """The teacher's substeps double (at most twice) while doubling them still moves its final samples by more than
+    ``teacher_tolerance`` of the plain sampler's distance to them; the set records what was used and measured."""
+    from timetuner_plugins.sampling.schedules import refine
+
+    sigmas = make_sigmas(gmm, "quadratic_t", 4)
+    sizes = dict(iters=2, batch=16, pool=32, val_size=32, teacher_substeps=1, show_progress=False, select=False)
+
+    def settled(tolerance):
+        tuner = Tuner(gmm, "ddim", sigmas, "quadratic_t", TuneConfig(teacher_tolerance=tolerance, **sizes))
+        tuner.teacher(tuner.pool)
+        return tuner
+
+    strict, loose, off = settled(1e-9), settled(0.99), settled(0)
+    assert strict.teacher.substeps == 4 and [c["substeps"] for c in strict.teacher.checks] == [1, 2]
+    fine = Tuner(
+        gmm, "ddim", sigmas, "quadratic_t", TuneConfig(teacher_tolerance=0, **{**sizes, "teacher_substeps": 32})
+    )
+    exact = fine.teacher(fine.pool)[0][-1]
+    error = {k: (t.teacher(t.pool)[0][-1] - exact).pow(2).mean().item() for k, t in (("strict", strict), ("off", off))}
+    assert error["strict"] < 0.5 * error["off"]  # the refined teacher is nearer the converged solutions
+    assert torch.equal(strict.teacher.sigmas, refine(sigmas, 4, gmm.sigma_min)[0])
+    assert loose.teacher.substeps == 1 and len(loose.teacher.checks) == 1
+    assert off.teacher.substeps == 1 and off.teacher.checks == []
+    extra = strict.tune().tuned_set(gmm).extra
+    assert extra["teacher_substeps"] == 4 and extra["teacher_check"] == strict.teacher.checks
 
 
 def test_energy_is_measured_in_the_given_feature_space(gmm):

@@ -226,7 +226,9 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
 @click.option(
     "--iters", type=click.IntRange(1), default=None, help="Iterations (per interval for paper; 800 for an --nfe range)."
 )
-@click.option("--batch", type=click.IntRange(2), default=None, help="Batch size (default 128; paper 64).")
+@click.option(
+    "--batch", type=click.IntRange(2), default=None, help="Batch size (default 64; 128 for an --nfe range; paper 64)."
+)
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.03; paper 2e-3).")
 @click.option(
     "--param",
@@ -270,7 +272,7 @@ def _steps(spec: Any, model: Any, schedule: str, steps: int | None, nfe: int | N
     "--patience",
     type=click.IntRange(0),
     default=None,
-    help="Stop after this many validations without a 0.5 % improvement (default 4; 0 runs every iteration).",
+    help="Stop after this many validations without a 0.5 % improvement (default 2; 0 runs every iteration).",
 )
 @click.option(
     "--families",

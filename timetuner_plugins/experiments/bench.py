@@ -65,7 +65,7 @@ DESCRIPTIONS = {
     "(bundled digits models only)",
     "ours-real": "as ours, energy distance to real data instead of the teacher",
     "dode": "D-ODE (Kim et al. 2024): one λ per evaluation, D̃ = D + λ(D − D_prev), distilled from the same "
-    "solver's 20× finer run (teacher states; gradient fit, not the paper's closed form)",
+    "solver's run on a finer schedule (teacher states; gradient fit, not the paper's closed form)",
     "schedule": "the schedule's interior σ's alone, trained like ours (energy + selection)",
     "joint": "τ and the schedule's σ's together, trained like ours",
     "ours-full": "τ, D-ODE λ and the schedule's σ's together, trained like ours (needs the set's own σ's and a "
@@ -131,7 +131,7 @@ def quick_plan() -> Plan:
         n=200,
         heavy_samplers=("ddim",),
         heavy_nfes=(5,),
-        overrides={"iters": 15, "pool": 64, "batch": 32, "val_size": 64, "teacher_substeps": 6},
+        overrides={"iters": 15, "pool": 64, "batch": 32, "val_size": 64, "teacher_substeps": 6, "teacher_tolerance": 0},
     )
 
 

@@ -31,18 +31,19 @@ class TuneConfig:
     objective: Objective = "energy"
     mode: Mode = "sequential"
     iters: int = 250
-    batch: int = 128
+    batch: int = 64
     lr: float = 0.03
     seed: int = 0
     param: Param = "log_ratio"
     data: Data = "teacher"
-    pool: int = 512
-    teacher_substeps: int = 20
+    pool: int = 256
+    teacher_substeps: int = 10  # per interval; doubled (at most twice) until the teacher has converged
+    teacher_tolerance: float = 0.05  # converged: doubling moves it by ≤ this share of the plain run's distance; 0: off
     teacher_sampler: str | None = None
     select: bool = True
     validate_every: int = 25
-    val_size: int = 512
-    patience: int = 4  # validations without improvement before a joint run stops; 0: run every iteration
+    val_size: int = 384
+    patience: int = 2  # validations without improvement before a joint run stops; 0: run every iteration
     min_improvement: float = 0.005  # relative score decrease that counts as an improvement for ``patience``
     checkpoint_every: int = 25
     show_progress: bool = True
@@ -94,6 +95,10 @@ class TuneConfig:
             raise TuneError(
                 f"patience must be 0 (off) or more and min_improvement in [0, 1), got {self.patience} and "
                 f"{self.min_improvement}"
+            )
+        if not 0 <= self.teacher_tolerance < 1:
+            raise TuneError(
+                f"teacher_tolerance must be in [0, 1) (0 turns the check off), got {self.teacher_tolerance}"
             )
         if not (self.accuracy_hinge >= 0 and math.isfinite(self.accuracy_hinge)):
             raise TuneError(f"accuracy_hinge must be 0 (off) or a positive number, got {self.accuracy_hinge}")

@@ -36,7 +36,18 @@ TRAIN_NFES = (4, 5, 6, 8, 10, 13, 16, 20)  # the runs a 4–20 function trains o
 # A function's defaults where they differ from one run's: its runs share the iterations, so it gets more, and no
 # early stop (on gmm-digits DDIM, 250 iterations stopped at 150 closed 48/52 % of the FD gap at NFE 8/10; 750
 # without the stop 56-59/63-64 %, docs/model_agnostic.md).
-FUNCTION_DEFAULTS = {"iters": 800, "validate_every": 50, "patience": 0}
+# a function learns from eight runs at once: more iterations, no early stop, and the larger pools and finer teacher
+# its results were measured with (docs/model_agnostic.md)
+FUNCTION_DEFAULTS = {
+    "iters": 800,
+    "validate_every": 50,
+    "patience": 0,
+    "batch": 128,
+    "pool": 512,
+    "val_size": 512,
+    "teacher_substeps": 20,
+    "teacher_tolerance": 0.0,
+}
 
 
 @dataclass

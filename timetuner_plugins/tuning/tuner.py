@@ -90,6 +90,7 @@ class TuneResult:
     dode_lambda: torch.Tensor | None = None
     feature_space: str = "pixel"
     iterations_run: int = 0
+    teacher: dict[str, Any] = field(default_factory=dict)  # the substeps used and the convergence check's record
 
     def tuned_set(
         self,
@@ -125,7 +126,8 @@ class TuneResult:
                 "lr": cfg.lr,
                 "batch": cfg.batch,
                 "pool": cfg.pool,
-                "teacher_substeps": cfg.teacher_substeps,
+                "teacher_substeps": self.teacher.get("substeps", cfg.teacher_substeps),
+                "teacher_check": self.teacher.get("checks", []),
                 "tune_seconds": round(self.seconds, 2),
                 "final_loss": self.losses[-1] if self.losses else None,
                 "selection": self.selection,
@@ -491,6 +493,7 @@ class Tuner:
             dode_lambda=None if lam is None else lam.detach().float().cpu(),
             feature_space=self.feature_space,
             iterations_run=state.stopped_at or self._planned,
+            teacher={"substeps": self.teacher.substeps, "checks": self.teacher.checks},
         )
 
     def _fingerprint(self) -> str:
