@@ -112,13 +112,16 @@ def _g(value: Any) -> str:
 
 
 def _tuned_with(entry: Entry) -> str:
-    """'default' for a set tuned with the model-agnostic default (pixels, selected by the objective), 'classifier'
-    for one tuned in the digits classifier's features and selected by FD (the earlier default)."""
+    """'default' for a set tuned with today's model-agnostic default (pixels, selected by the objective, a teacher
+    that checked its convergence), 'default, larger sizes' for one tuned by the same objective before the default's
+    sizes shrank (no teacher check recorded), 'classifier' for one tuned in the digits classifier's features and
+    selected by FD (the earlier default)."""
     from .tuned_set import TunedSet
 
     extra = TunedSet.load(entry.path).extra
-    classifier = extra.get("features", "pixel") != "pixel" or extra.get("selection", {}).get("metric") == "fd"
-    return "classifier" if classifier else "default"
+    if extra.get("features", "pixel") != "pixel" or extra.get("selection", {}).get("metric") == "fd":
+        return "classifier"
+    return "default" if "teacher_check" in extra else "default, larger sizes"
 
 
 def _changes(m: dict[str, Any]) -> str:
