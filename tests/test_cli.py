@@ -66,6 +66,9 @@ def test_tune_inspect_eval(runner, tuned_file):
     said = report["verdict"]  # what the set does to FD and trajectory error, measured at tune time
     assert said and "FD" in said and "trajectory error" in said and report["extra"]["verdict"] == said
     assert f"measured on evaluation noise: {said}" in out.output
+    checks = report["extra"]["teacher_check"]  # the teacher's convergence check, as recorded and as said
+    assert checks and report["extra"]["teacher_substeps"] in (checks[-1]["substeps"], 2 * checks[-1]["substeps"])
+    assert f"teacher: {report['extra']['teacher_substeps']} substeps per step" in out.output
     out = runner.invoke(cli, ["eval", "--tuned", str(tuned_file), "--n", "40", "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)

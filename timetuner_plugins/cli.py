@@ -815,6 +815,13 @@ def inspect(files: tuple[Path, ...], as_json: bool) -> None:
                     "shown below at its representative run"
                 )
             click.echo("  τ/σ " + " ".join(f"{v:.3f}" for v in r["tau_over_sigma"]))
+            checks = r["extra"].get("teacher_check")
+            if checks:
+                said = ", ".join(f"{c['substeps']} → {2 * c['substeps']}: {100 * c['change']:.1f} %" for c in checks)
+                click.echo(
+                    f"  teacher: {r['extra']['teacher_substeps']} substeps per step (convergence check, change on "
+                    f"doubling: {said})"
+                )
             sel = r["extra"].get("selection") or {}
             if sel.get("fallback_identity"):
                 click.echo("  identity: tuning did not validate better than the untuned sampler")
