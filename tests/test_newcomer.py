@@ -213,7 +213,7 @@ def test_ctrl_c_closes_the_bars_before_its_one_line_message(tmp_path):
         "--steps",
         "4",
         "--iters",
-        "300",
+        "5000",
         "--batch",
         "16",
         "--eval-n",
@@ -229,9 +229,18 @@ def test_ctrl_c_closes_the_bars_before_its_one_line_message(tmp_path):
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in err
+    # Ctrl-C, pressed again if the run goes on: Python can lose one SIGINT (a KeyboardInterrupt raised inside a
+    # finaliser is dropped as "Exception ignored"), and then the run finished and this test failed now and then
+    for _ in range(5):
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)  # far longer than an interrupted run takes to exit
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
     head, message = err.rsplit("Error: interrupted", 1)
     assert head.endswith("\n"), "the message was printed onto the progress bar's line"
     assert "\r" not in message and message.count("\n") == 1, "a bar was drawn after the message"
