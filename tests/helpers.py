@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -154,3 +155,10 @@ def error_message(entry: dict) -> str:
     return " ".join(
         str(d.get("exception_message", "")) for e, d in entry["status"]["messages"] if e == "execution_error"
     )
+
+
+def interruptible(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` so that SIGINT reaches it as Ctrl-C in a terminal would: a shell that runs the tests in the
+    background (`make test &`) starts them with SIGINT ignored, which a child inherits, and a Python started so
+    never raises KeyboardInterrupt."""
+    return subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)

@@ -23,7 +23,7 @@ from timetuner_plugins.sampling.run import make_sigmas
 from timetuner_plugins.sets.tuned_set import TunedSet
 from timetuner_plugins.tuning.tuner import Tuner
 
-from helpers import noise
+from helpers import interruptible, noise
 
 QUICK = [
     "--model",
@@ -225,16 +225,7 @@ def test_ctrl_c_closes_the_bars_before_its_one_line_message(tmp_path):
         "--out",
         str(out),
     ]
-    # SIGINT as a terminal delivers it: a shell that runs the tests in the background (`make test &`) starts them with
-    # SIGINT ignored, which the child would inherit, and a Python started so never raises KeyboardInterrupt
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = interruptible(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

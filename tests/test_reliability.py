@@ -21,7 +21,7 @@ from timetuner_plugins.sets.tuned_set import TunedSet, TunedSetError
 from timetuner_plugins.tuning.tuner import TuneConfig, TuneError, Tuner
 from timetuner_plugins.sampling.run import make_sigmas
 
-from helpers import make_set
+from helpers import interruptible, make_set
 
 
 def test_racing_writers_never_leave_a_corrupt_file(tmp_path):
@@ -118,7 +118,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted)
     full_tau, env = uninterrupted
     out = tmp_path / "stopped.safetensors"
     ckpt = Path(str(out) + ".ckpt")
-    proc = subprocess.Popen(
+    proc = interruptible(
         TUNE + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 300
